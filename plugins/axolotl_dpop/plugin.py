@@ -1,0 +1,133 @@
+"""DPOPPlugin: adds `rl: dpop` to axolotl.
+
+axolotl's `rl:` is a closed enum, so `register` (which sees the raw YAML before validation) turns
+`rl: dpop` into `rl: dpo` + `dpop: true` and points `trainer_cls` at DPOPTrainer. From there axolotl's
+own DPO path runs — datasets and `type:`s, LoRA/QLoRA, precomputed reference log-probs, DeepSpeed —
+and only the loss differs. Without `rl: dpop` the plugin changes no training behaviour; it only writes
+`smaug_provenance.json` next to the trained weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
+
+from axolotl_dpop import data_checks
+
+LOG = get_logger(__name__)
+TRAINER_CLS = "axolotl_dpop.trainer.DPOPTrainer"
+# DPO options that change the loss DPOP replaces; a value here is a config mistake, not a preference.
+_CONFLICTING_OPTIONS = ("dpo_use_weighting", "dpo_use_liger_kernel", "dpo_label_smoothing", "dpo_ld_alpha")
+
+
+class DPOPPlugin(BasePlugin):
+    def get_input_args(self) -> str:
+        return "axolotl_dpop.args.DPOPArgs"
+
+    def register(self, cfg: dict):
+        if cfg.get("rl") != "dpop":
+            return
+        where = cfg.get("axolotl_config_path") or "the axolotl config"
+        lam = cfg.get("dpop_lambda")
+        if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
+                                or not math.isfinite(lam) or lam < 0):
+            raise ValueError(f"{where}: dpop_lambda must be a number >= 0 (the paper uses 50), got {lam!r}.")
+        loss_type = cfg.get("dpo_loss_type")
+        if loss_type not in (None, "sigmoid", ["sigmoid"]):
+            raise ValueError(f"{where}: rl: dpop is the sigmoid DPO loss plus the positive penalty; "
+                             f"remove dpo_loss_type ({loss_type!r}) or use rl: dpo for other losses.")
+        conflicts = [key for key in _CONFLICTING_OPTIONS if cfg.get(key)]
+        if conflicts:
+            raise ValueError(f"{where}: rl: dpop cannot be combined with {conflicts}; remove them.")
+        if cfg.get("trainer_cls") not in (None, TRAINER_CLS):
+            raise ValueError(f"{where}: rl: dpop sets trainer_cls itself; remove trainer_cls "
+                             f"({cfg.get('trainer_cls')!r}) or subclass {TRAINER_CLS}.")
+        cfg["rl"] = "dpo"
+        cfg["dpop"] = True
+        cfg["trainer_cls"] = TRAINER_CLS
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        """Check every row before any model is loaded, then load as axolotl would and drop identical pairs."""
+        if not cfg.get("dpop"):
+            return None
+        from axolotl.common.datasets import TrainDatasetMeta, load_preference_datasets
+
+        data_checks.raise_for_problems(_check_configured_datasets(cfg))
+        meta = load_preference_datasets(cfg=cfg)
+        train = _drop_identical(meta.train_dataset, "train")
+        evaluation = _drop_identical(meta.eval_dataset, "eval") if meta.eval_dataset is not None else None
+        total_steps = meta.total_num_steps
+        if total_steps is not None and len(train) != len(meta.train_dataset):
+            total_steps = int(math.ceil(len(train) * cfg.num_epochs / cfg.batch_size))
+        return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=total_steps)
+
+    def post_trainer_create(self, cfg, trainer):
+        if not cfg.get("dpop"):
+            return
+        from axolotl_dpop.trainer import DPOPTrainer
+
+        if not isinstance(trainer, DPOPTrainer):
+            raise TypeError(f"rl: dpop expected a DPOPTrainer, axolotl built {type(trainer).__name__}.")
+        trainer.dpop_lambda = float(cfg.dpop_lambda)
+        LOG.info(f"DPOP: beta={trainer.beta} lambda={trainer.dpop_lambda}")
+
+    def post_train(self, cfg, model):
+        # Called by axolotl both after trainer.train() and after the final save; writing twice is harmless.
+        if int(os.environ.get("RANK", "0")) == 0 and cfg.get("output_dir"):
+            from axolotl_dpop.provenance import write_provenance
+
+            write_provenance(cfg)
+
+
+def _check_configured_datasets(cfg) -> list[data_checks.DatasetReport]:
+    from axolotl.prompt_strategies.dpo import load as load_dpo
+    from axolotl.utils.data.shared import datasets_with_name_generator, load_dataset_with_config
+    from datasets import DatasetDict
+
+    reports, tokenizer = [], None
+    for key in ("datasets", "test_datasets"):
+        for index, ds_cfg in enumerate(cfg.get(key) or []):
+            type_name = ds_cfg.get("type")
+            if isinstance(type_name, dict):
+                type_name = "user_defined.default"
+            transform = load_dpo(type_name, cfg, dataset_idx=index) if type_name else (lambda row: row)
+            if transform is None:
+                raise data_checks.PreferenceDataError(
+                    f"{key}[{index}] ({ds_cfg.get('path')}): unknown DPO dataset type {type_name!r}.")
+            if isinstance(transform, tuple):
+                transform = transform[0]
+            if tokenizer is None and "tokenizer" in _params(transform):
+                from axolotl.loaders import load_tokenizer
+
+                tokenizer = load_tokenizer(cfg)
+            for expanded in datasets_with_name_generator([ds_cfg]):
+                dataset = load_dataset_with_config(expanded, cfg.hf_use_auth_token, streaming=False)
+                if isinstance(dataset, DatasetDict):
+                    dataset = dataset[expanded.get("split") or "train"]
+                source = f"{key}[{index}] {expanded.get('path')}"
+                if expanded.get("data_files"):
+                    source += f" (data_files={expanded.get('data_files')})"
+                report = data_checks.check_rows(dataset, transform, source, str(type_name), tokenizer)
+                if report.identical:
+                    LOG.warning(f"DPOP: {source}: {report.identical} of {report.rows} rows have identical "
+                                "chosen and rejected texts; they will be dropped.")
+                reports.append(report)
+    return reports
+
+
+def _params(fn) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)
+
+
+def _drop_identical(dataset, split: str):
+    before = len(dataset)
+    kept = dataset.filter(lambda row: row["chosen"] != row["rejected"], desc="DPOP: dropping identical pairs")
+    if len(kept) != before:
+        LOG.warning(f"DPOP: dropped {before - len(kept)} of {before} {split} pairs whose chosen and "
+                    "rejected texts are identical (no preference signal).")
+    return kept

@@ -1,0 +1,108 @@
+"""`smaug data`: build the paper's preference pair datasets, measure them, make synthetic MetaMath rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from smaug.errors import UserError
+
+
+def register(subparsers) -> None:
+    from smaug.data.builders import BUILDERS
+
+    data = subparsers.add_parser("data", help="build preference pair datasets and measure their edit distance")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    names = ",".join(BUILDERS)
+    build = sub.add_parser(
+        "build",
+        help="turn a source dataset into prompt/chosen/rejected pairs",
+        description="Builders: "
+        + "; ".join(f"{b.name} ({b.hub_id}{'/' + b.config if b.config else ''}): {b.description}" for b in BUILDERS.values()),
+    )
+    # No argparse `choices`: an unknown name must be a UserError that names it (exit 2, no usage dump).
+    build.add_argument("builder", metavar=f"{{{names}}}", help="which dataset to build")
+    build.add_argument("--out", required=True, help="output file: .jsonl or .parquet (report goes to OUT.build.json)")
+    build.add_argument("--source", help="local JSON/JSONL/Parquet file or folder, or a Hub id (default: the builder's Hub dataset)")
+    build.add_argument("--config", help="dataset config (default: ARC-Challenge for arc)")
+    build.add_argument("--split", default="train", help="source split (default: train)")
+    build.add_argument("--seed", type=int, default=0, help="seed for corruption and few-shot sampling (default: 0)")
+    build.add_argument("--few-shot", type=int, default=0, metavar="K", help="prepend K solved examples to each prompt")
+    build.add_argument("--limit", type=int, help="use only the first N source rows")
+    build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the pairs as this Hub dataset")
+    build.add_argument("--private", action="store_true", help="make the pushed Hub dataset private")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
+    build.set_defaults(func=_cmd_build)
+
+    stats = sub.add_parser("stats", help="pair count, lengths and normalised edit distance of a pair dataset")
+    stats.add_argument("path", help="pair file (.jsonl/.parquet) or folder with prompt/chosen/rejected columns")
+    stats.add_argument("--json", dest="json_out", help="where to write the stats JSON (default: PATH.stats.json)")
+    stats.set_defaults(func=_cmd_stats)
+
+    synth = sub.add_parser("synth-metamath", help="write synthetic MetaMathQA-schema rows (arithmetic word problems)")
+    synth.add_argument("--n", type=int, required=True, help="number of rows")
+    synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    synth.add_argument("--out", required=True, help="output .jsonl file")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_cmd_synth)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from smaug.data.builders import build_dataset, report_path
+
+    report = build_dataset(
+        args.builder,
+        args.out,
+        source=args.source,
+        config=args.config,
+        split=args.split,
+        seed=args.seed,
+        few_shot=args.few_shot,
+        limit=args.limit,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        progress=not args.no_progress,
+    )
+    print(f"{report['builder']}: {report['rows_read']:,} source rows -> {report['pairs']:,} pairs in {report['output']}")
+    if report["skipped"]:
+        print(f"skipped {report['skipped_total']:,}:")
+        for reason, count in report["skipped"].items():
+            print(f"  {reason}: {count:,}")
+    if report["pushed_to"]:
+        print(f"pushed to https://huggingface.co/datasets/{report['pushed_to']}")
+    print(f"report: {report_path(args.out)}")
+    return 0
+
+
+def stats_json_path(path: str | Path) -> Path:
+    """`PATH.stats.json` next to a pair file or folder."""
+    path = Path(str(path).rstrip("/"))
+    return path.with_name(path.name + ".stats.json")
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from smaug.data.io import write_json_atomic
+    from smaug.data.stats import format_stats, stats_for_path
+
+    stats = stats_for_path(args.path)
+    out = Path(args.json_out) if args.json_out else stats_json_path(args.path)
+    write_json_atomic(out, stats)
+    print(format_stats(stats))
+    print(f"stats: {out}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from smaug.data.synthetic import write_synthetic_metamath
+
+    if args.n <= 0:
+        raise UserError(f"--n must be > 0, got {args.n}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if Path(args.out).suffix.lower() not in (".jsonl", ".json"):
+        raise UserError(f"--out {args.out}: synthetic rows are written as JSON Lines; use a .jsonl file")
+    write_synthetic_metamath(args.out, args.n, args.seed, progress=not args.no_progress)
+    print(f"wrote {args.n:,} synthetic MetaMath rows (seed {args.seed}) to {args.out}")
+    return 0

@@ -1,0 +1,87 @@
+"""Pieces shared by the builders: per-row random generators, few-shot prompts, field checks."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# Separate streams for the different random choices made for one row.
+SALT_CORRUPT = 1
+SALT_FEW_SHOT = 2
+
+
+def row_rng(seed: int, index: int, salt: int) -> random.Random:
+    """A generator that depends only on (seed, row index, purpose): no global state, so a row's result does
+    not change when other rows are added, removed or processed in another order."""
+    if seed < 0:
+        raise ValueError("seed must be >= 0")
+    return random.Random((seed << 40) ^ (salt << 36) ^ index)
+
+
+def text_field(row: dict[str, Any], name: str, counts: Counter) -> str | None:
+    """The stripped string in ``row[name]``, or None after counting why it is unusable
+    (`missing_field:<name>`, `not_text:<name>`, `empty:<name>`)."""
+    value = row.get(name)
+    if value is None:
+        counts[f"missing_field:{name}"] += 1
+        return None
+    if not isinstance(value, str):
+        counts[f"not_text:{name}"] += 1
+        return None
+    value = value.strip()
+    if not value:
+        counts[f"empty:{name}"] += 1
+        return None
+    return value
+
+
+def few_shot_prompt(
+    examples: Sequence[tuple[str, str]],
+    query: str,
+    fmt_example: Callable[[str, str], str],
+    fmt_query: Callable[[str], str],
+) -> str:
+    """K solved examples, then the query, separated by blank lines. With no examples: the bare query."""
+    if not examples:
+        return query
+    return "\n\n".join([*(fmt_example(q, a) for q, a in examples), fmt_query(query)])
+
+
+def qa_example(question: str, answer: str) -> str:
+    return f"Question: {question}\nAnswer: {answer}"
+
+
+def qa_query(question: str) -> str:
+    return f"Question: {question}"
+
+
+def pick_few_shot(
+    pool_size: int, k: int, seed: int, index: int, exclude: Callable[[int], bool]
+) -> list[int]:
+    """``k`` distinct pool indices for row ``index``, drawn with that row's own generator, skipping those for
+    which ``exclude(i)`` is true (the row itself; for MetaMath also rephrasings of the same question, which
+    would leak the answer). Returns fewer than ``k`` only when the pool runs out."""
+    if k <= 0:
+        return []
+    rng = row_rng(seed, index, SALT_FEW_SHOT)
+    chosen: list[int] = []
+    seen: set[int] = set()
+    # Rejection sampling is cheap while the pool is much larger than k; fall back to a full shuffle otherwise.
+    for _ in range(8 * k):
+        i = rng.randrange(pool_size)
+        if i in seen:
+            continue
+        seen.add(i)
+        if not exclude(i):
+            chosen.append(i)
+            if len(chosen) == k:
+                return chosen
+    rest = [i for i in range(pool_size) if i not in seen and not exclude(i)]
+    rng.shuffle(rest)
+    return chosen + rest[: k - len(chosen)]
+
+
+def sorted_counts(counts: Counter) -> dict[str, int]:
+    return {key: counts[key] for key in sorted(counts)}

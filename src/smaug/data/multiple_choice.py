@@ -1,0 +1,185 @@
+"""ARC-Challenge and HellaSwag preference pairs: the correct choice vs. each wrong one.
+
+Every question with a usable correct answer gives one pair per usable wrong choice, in choice order; the
+prompt is the same for all of them. Reasons are counted per row (`missing_field:*`, `malformed_answer`, ...)
+or per wrong choice (`empty:rejected`, `rejected_equals_chosen`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from smaug.data.common import few_shot_prompt, pick_few_shot, qa_example, qa_query, sorted_counts, text_field
+
+_LETTERS = "ABCDEFGHIJ"
+
+
+def arc_answer_index(labels: Sequence[str], answer_key: str) -> int | None:
+    """Index of the correct choice. ai2_arc uses letter labels (A-E) for most questions and digit labels
+    ("1".."4") for some; a key written in the other style than the labels is mapped by position."""
+    key = answer_key.strip()
+    if key in labels:
+        return list(labels).index(key)
+    if key.isdigit() and 1 <= int(key) <= len(labels):
+        return int(key) - 1
+    if len(key) == 1 and key.upper() in _LETTERS and _LETTERS.index(key.upper()) < len(labels):
+        return _LETTERS.index(key.upper())
+    return None
+
+
+def _pairs_for_choices(
+    prompt: str, correct: str, options: Sequence[Any], answer: int, counts: Counter
+) -> list[dict[str, str]]:
+    out = []
+    for j, option in enumerate(options):
+        if j == answer:
+            continue
+        rejected = option.strip() if isinstance(option, str) else ""
+        if not rejected:
+            counts["empty:rejected"] += 1
+        elif rejected == correct:
+            counts["rejected_equals_chosen"] += 1
+        else:
+            out.append({"prompt": prompt, "chosen": correct, "rejected": rejected})
+    return out
+
+
+def _with_few_shot(
+    valid: list[tuple[int, str, str, list]],
+    seed: int,
+    few_shot: int,
+    progress: bool,
+    desc: str,
+    fmt_example,
+    fmt_query,
+) -> list[dict[str, str]]:
+    from tqdm.auto import tqdm
+
+    pairs: list[dict[str, str]] = []
+    for pos, (index, query, correct, row_pairs) in enumerate(
+        tqdm(valid, desc=desc, unit="row", disable=not progress, mininterval=1.0)
+    ):
+        if few_shot:
+            shots = pick_few_shot(len(valid), few_shot, seed, index, lambda i: i == pos or valid[i][1] == query)
+            prompt = few_shot_prompt([valid[i][1:3] for i in shots], query, fmt_example, fmt_query)
+            row_pairs = [{**p, "prompt": prompt} for p in row_pairs]
+        pairs.extend(row_pairs)
+    return pairs
+
+
+def build_arc_pairs(
+    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Pairs from `allenai/ai2_arc` rows (`id`, `question`, `choices{text,label}`, `answerKey`).
+
+    prompt = the question (after ``few_shot`` solved `Question:/Answer:` examples when > 0), chosen = the
+    correct choice's text, rejected = each other choice's text. Returns (pairs, skip counts by reason)."""
+    counts: Counter = Counter()
+    valid = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            counts["not_a_record"] += 1
+            continue
+        question = text_field(row, "question", counts)
+        if question is None:
+            continue
+        choices = row.get("choices")
+        if choices is None:
+            counts["missing_field:choices"] += 1
+            continue
+        texts = choices.get("text") if isinstance(choices, dict) else None
+        labels = choices.get("label") if isinstance(choices, dict) else None
+        if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels) or len(texts) < 2:
+            counts["malformed_choices"] += 1
+            continue
+        key = row.get("answerKey")
+        if key is None:
+            counts["missing_field:answerKey"] += 1
+            continue
+        answer = arc_answer_index([str(label) for label in labels], str(key))
+        if answer is None:
+            counts["malformed_answer"] += 1
+            continue
+        correct = texts[answer].strip() if isinstance(texts[answer], str) else ""
+        if not correct:
+            counts["empty:chosen"] += 1
+            continue
+        row_pairs = _pairs_for_choices(question, correct, texts, answer, counts)
+        if row_pairs:
+            valid.append((index, question, correct, row_pairs))
+    pairs = _with_few_shot(valid, seed, few_shot, progress, "arc pairs", qa_example, qa_query)
+    return pairs, sorted_counts(counts)
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """The clean-up lm-eval's hellaswag task applies: WikiHow markup such as `[header]`/`[step]` removed,
+    `[title]` turned into a sentence break, doubled spaces collapsed."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ").strip()
+
+
+def hellaswag_context(row: dict[str, Any]) -> str | None:
+    """`activity_label: ctx_a Ctx_b` as lm-eval builds it (falling back to `ctx`), preprocessed."""
+    ctx_a, ctx_b = row.get("ctx_a"), row.get("ctx_b")
+    if isinstance(ctx_a, str) and ctx_a.strip():
+        ctx = ctx_a.strip() + (" " + ctx_b.strip().capitalize() if isinstance(ctx_b, str) and ctx_b.strip() else "")
+    elif isinstance(row.get("ctx"), str) and row["ctx"].strip():
+        ctx = row["ctx"].strip()
+    else:
+        return None
+    label = row.get("activity_label")
+    if isinstance(label, str) and label.strip():
+        ctx = f"{label.strip()}: {ctx}"
+    return hellaswag_preprocess(ctx)
+
+
+def build_hellaswag_pairs(
+    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Pairs from `Rowan/hellaswag` rows (`activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `label`).
+
+    prompt = the context (after ``few_shot`` examples `context ending` when > 0), chosen = the correct
+    ending, rejected = each of the other endings (all preprocessed like lm-eval). `label` is the string
+    "0".."3" in the real data and empty in the test split (skipped as `malformed_answer`)."""
+    counts: Counter = Counter()
+    valid = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            counts["not_a_record"] += 1
+            continue
+        context = hellaswag_context(row)
+        if context is None:
+            counts["missing_field:ctx"] += 1
+            continue
+        endings = row.get("endings")
+        if endings is None:
+            counts["missing_field:endings"] += 1
+            continue
+        if not isinstance(endings, list) or len(endings) < 2:
+            counts["malformed_endings"] += 1
+            continue
+        label = row.get("label")
+        if label is None:
+            counts["missing_field:label"] += 1
+            continue
+        label_text = str(label).strip()
+        if not label_text.isdigit() or int(label_text) >= len(endings):
+            counts["malformed_answer"] += 1
+            continue
+        answer = int(label_text)
+        options = [hellaswag_preprocess(e) if isinstance(e, str) else "" for e in endings]
+        correct = options[answer]
+        if not correct:
+            counts["empty:chosen"] += 1
+            continue
+        row_pairs = _pairs_for_choices(context, correct, options, answer, counts)
+        if row_pairs:
+            valid.append((index, context, correct, row_pairs))
+    pairs = _with_few_shot(
+        valid, seed, few_shot, progress, "hellaswag pairs", lambda q, a: f"{q} {a}", lambda q: q
+    )
+    return pairs, sorted_counts(counts)

@@ -1,0 +1,190 @@
+"""Run a suite through lm-evaluation-harness (its Python API) and write the results where the card code
+looks: `smaug.paths.eval_dir(model, suite)`.
+
+Everything that can be wrong with the input (model path, Hub id while offline, suite name) is checked
+before lm-eval or the model is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from smaug.errors import UserError
+from smaug.evaluation.suites import TASKS_DIR, Suite, get_suite
+from smaug.evaluation.summary import build_summary, write_results
+from smaug.paths import PROVENANCE_FILE, REPO_ROOT, eval_dir
+
+DTYPES = ("bfloat16", "float16", "float32", "auto")
+# A Hub repo id: `name` or `org/name`, no other slashes.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_RECORDED_PACKAGES = ("lm_eval", "transformers", "torch", "datasets", "smaug-dpop")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # as recorded in summaries: the Hub id, or the absolute folder path
+    pretrained: str  # what lm-eval's `hf` model loads
+    local: bool
+    revision: str | None  # Hub commit hash, or a content hash for a local folder
+    provenance: dict[str, Any] | None = field(default=None)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _looks_like_path(model: str) -> bool:
+    if model.startswith(("/", "./", "../", "~", ".\\")) or model in {".", ".."} or not _HUB_ID.match(model):
+        return True
+    # `outputs/run1` where `outputs/` exists here is a path someone mistyped, not a Hub id.
+    return "/" in model and Path(model).expanduser().parent.is_dir()
+
+
+def _local_model(path: Path) -> ResolvedModel:
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model folder (no config.json); pass the output_dir of a training run "
+                        "(merged weights), a folder written by save_pretrained, or a Hub id")
+    # Hashing tens of GB of weights is too slow: config + provenance identify the folder's content well enough
+    # together with the weight file names and sizes.
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    provenance = None
+    prov_file = path / PROVENANCE_FILE
+    if prov_file.is_file():
+        digest.update(prov_file.read_bytes())
+        try:
+            provenance = json.loads(prov_file.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{prov_file}: not valid JSON ({err}); fix or delete it") from err
+    return ResolvedModel(name=str(path), pretrained=str(path), local=True,
+                         revision=f"local-sha256:{digest.hexdigest()[:16]}", provenance=provenance)
+
+
+def _hub_model(repo_id: str, revision: str | None) -> ResolvedModel:
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            raise UserError(f"{repo_id!r} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
+                            "HF_HUB_OFFLINE=1 forbids downloading it: download it first (`hf download "
+                            f"{repo_id}`) or unset HF_HUB_OFFLINE; for a local folder give its path (./{repo_id})")
+        commit = Path(cached).parent.name  # .../snapshots/<commit>/config.json
+        return ResolvedModel(name=repo_id, pretrained=repo_id, local=False, revision=commit)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+    except RepositoryNotFoundError as err:
+        raise UserError(f"{repo_id!r} is neither a local folder nor a model on the Hub (if it is private or "
+                        "gated, log in with `hf auth login` or set HF_TOKEN)") from err
+    except RevisionNotFoundError as err:
+        raise UserError(f"{repo_id!r} has no revision {revision!r} on the Hub") from err
+    except (HfHubHTTPError, OSError):  # Hub unreachable: lm-eval may still find it in the cache
+        sha = revision
+    return ResolvedModel(name=repo_id, pretrained=repo_id, local=False, revision=sha)
+
+
+def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
+    """A local model folder or a Hub id, checked without loading anything heavy."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if revision:
+            raise UserError(f"--revision {revision} only applies to Hub models, and {model} is a local folder")
+        return _local_model(path.resolve())
+    if _looks_like_path(model):
+        raise UserError(f"model folder {model} does not exist (resolved to {path.resolve()}); check the path, or "
+                        "train/download the model first")
+    return _hub_model(model, revision)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_harness(model: ResolvedModel, suite: Suite, *, dtype: str, batch_size: int | str, device: str,
+                limit: int | float | None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """lm-eval's simple_evaluate on the suite's tasks; returns its raw results dict (samples not logged)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    model_args: dict[str, Any] = {"pretrained": model.pretrained, "dtype": dtype}
+    if not model.local and model.revision:
+        model_args["revision"] = model.revision
+    if trust_remote_code:
+        model_args["trust_remote_code"] = True
+    task_manager = TaskManager(include_path=str(TASKS_DIR))
+    # Our task configs name their data_files relative to the repository root, and lm-eval resolves them
+    # against the working directory: run from there, whatever the caller's cwd (model paths are absolute).
+    with contextlib.chdir(REPO_ROOT):
+        results = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=[spec.harness_config() for spec in suite.tasks],
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            task_manager=task_manager,
+            log_samples=False,
+        )
+    if results is None:  # non-zero ranks in a distributed run
+        raise RuntimeError("lm-eval returned no results on this process")
+    results.pop("samples", None)
+    return results
+
+
+def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size: int | str = 8,
+             device: str | None = None, limit: int | float | None = None, revision: str | None = None,
+             results_root: Path | None = None, trust_remote_code: bool = False) -> Path:
+    """Score `model` on `suite_name`; write harness.json, summary.json and summary.md; return their folder."""
+    suite = get_suite(suite_name)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if limit is not None and limit <= 0:
+        raise UserError("--limit must be > 0 (a number of documents per task, or a fraction below 1)")
+    resolved = resolve_model(model, revision)
+    device = device or default_device()
+    out_dir = eval_dir(resolved.name, suite.name, results_root)
+    harness = run_harness(resolved, suite, dtype=dtype, batch_size=batch_size, device=device, limit=limit,
+                          trust_remote_code=trust_remote_code)
+    versions = package_versions()
+    versions["lm_eval"] = harness.get("lm_eval_version") or versions["lm_eval"]
+    run_info: dict[str, Any] = {
+        "model": resolved.name,
+        "model_revision": resolved.revision,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "device": device,
+        "limit": limit,
+        "versions": versions,
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if resolved.provenance is not None:
+        run_info["model_provenance"] = {k: resolved.provenance.get(k)
+                                        for k in ("recipe", "base_model", "base_model_revision", "finished_at")}
+    summary = build_summary(harness, suite, run_info)
+    write_results(out_dir, harness, summary)
+    return out_dir

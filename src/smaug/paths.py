@@ -1,0 +1,34 @@
+"""Where things live: one function per kind of artefact, so Make, the CLI and tests agree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = REPO_ROOT / "recipes"
+EVAL_CONFIG_DIR = REPO_ROOT / "eval"
+MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
+# Everything the tools write goes under here unless told otherwise (SMAUG_RESULTS overrides).
+RESULTS_DIR = Path(os.environ.get("SMAUG_RESULTS", REPO_ROOT / "results"))
+
+from axolotl_dpop.provenance import PROVENANCE_FILE  # noqa: E402,F401  (one home: the plugin writes it)
+
+
+def model_slug(model: str) -> str:
+    """A filesystem-safe name for a model: `org__name` for a Hub id, `name-<hash8>` for a local folder.
+
+    The hash (of the absolute path) keeps two local folders both called `final/` apart."""
+    path = Path(model).expanduser()
+    if path.exists():
+        resolved = str(path.resolve())
+        digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+        return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', path.resolve().name)}-{digest}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", model.replace("/", "__"))
+
+
+def eval_dir(model: str, suite: str, root: Path | None = None) -> Path:
+    """`results/eval/<model slug>/<suite>/`: raw harness JSON, summary.json and summary.md live here."""
+    return (root or RESULTS_DIR) / "eval" / model_slug(model) / suite

@@ -1,0 +1,67 @@
+"""Config-time behaviour of DPOPPlugin: schema, defaults and clear errors, all before any model loads."""
+
+import re
+from pathlib import Path
+
+import pytest
+from axolotl.cli.config import prepare_plugins
+from axolotl.utils.config import validate_config
+from axolotl.utils.dict import DictDefault
+
+from tests.axolotl_runner import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = {"capabilities": {"bf16": False, "fp8": False, "n_gpu": 0, "n_node": 1, "compute_capability": None},
+       "env_capabilities": {"torch_version": "2.13.0"}}
+
+
+def validated(tmp_path, **overrides):
+    cfg = DictDefault(tiny_config(tmp_path / "model", tmp_path / "pairs.jsonl", tmp_path / "out", **overrides))
+    cfg.axolotl_config_path = str(tmp_path / "my_recipe.yml")
+    prepare_plugins(cfg)
+    return validate_config(cfg, **CPU)
+
+
+def test_rl_dpop_becomes_dpo_with_the_dpop_trainer(tmp_path):
+    cfg = validated(tmp_path, dpop_lambda=5)
+    assert cfg.rl == "dpo" and cfg.dpop is True and cfg.dpop_lambda == 5.0
+    assert cfg.trainer_cls == "axolotl_dpop.trainer.DPOPTrainer"
+
+
+def test_lambda_defaults_to_the_papers_50(tmp_path):
+    assert validated(tmp_path, dpop_lambda=None).dpop_lambda == 50.0
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, "fifty", True, float("nan"), [50]])
+def test_bad_lambda_is_refused_naming_the_file_and_field(tmp_path, bad):
+    with pytest.raises(ValueError, match=r"my_recipe\.yml: dpop_lambda must be a number >= 0"):
+        validated(tmp_path, dpop_lambda=bad)
+
+
+def test_other_dpo_losses_are_refused_with_dpop(tmp_path):
+    with pytest.raises(ValueError, match="remove dpo_loss_type"):
+        validated(tmp_path, dpo_loss_type=["ipo"])
+    with pytest.raises(ValueError, match=r"cannot be combined with \['dpo_label_smoothing'\]"):
+        validated(tmp_path, dpo_label_smoothing=0.1)
+
+
+def test_lambda_without_rl_dpop_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="dpop_lambda is set but rl is not dpop"):
+        validated(tmp_path, rl="dpo", dpop_lambda=50)
+
+
+def test_rl_dpo_is_left_alone(tmp_path):
+    cfg = validated(tmp_path, rl="dpo", dpop_lambda=None)
+    assert cfg.rl == "dpo" and not cfg.dpop and not cfg.trainer_cls
+
+
+def test_rl_dpop_without_the_plugin_message_is_in_the_readme(tmp_path):
+    """axolotl rejects the enum before any plugin code runs, so the README must show the message and fix."""
+    cfg = DictDefault(tiny_config(tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "o", plugins=None))
+    with pytest.raises(Exception) as info:
+        validate_config(cfg, **CPU)
+    message_line = next(line.strip() for line in str(info.value).splitlines() if "input_value='dpop'" in line)
+    readme = (REPO / "README.md").read_text()
+    troubleshooting = readme[readme.index("## Troubleshooting"):]
+    assert message_line in troubleshooting
+    assert re.search(r"plugins:\s*\n\s*- axolotl_dpop\.DPOPPlugin", troubleshooting)
