@@ -35,12 +35,14 @@ def memorised_model(tiny_model_dir, tmp_path_factory):
     batch = tok(SEEN, padding=True, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model.train()
-    for _ in range(60):
+    for _ in range(100):
         loss = model(**batch, labels=labels).loss
+        if loss.item() < 0.3:  # memorised (about 50 steps)
+            break
         loss.backward()
         optimiser.step()
         optimiser.zero_grad()
-    assert loss.item() < 0.5, "the model should have memorised the texts"
+    assert loss.item() < 0.3, "the model should have memorised the texts"
     out = tmp_path_factory.mktemp("memorised") / "model"
     model.save_pretrained(out)
     tok.save_pretrained(out)

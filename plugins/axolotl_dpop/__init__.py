@@ -9,7 +9,14 @@
 The loss itself is :func:`axolotl_dpop.loss.dpop_loss`.
 """
 
-from axolotl_dpop.plugin import DPOPPlugin
-
 __all__ = ["DPOPPlugin"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy, so that `import axolotl_dpop.provenance` (the smaug CLI does) does not import axolotl.
+    if name == "DPOPPlugin":
+        from axolotl_dpop.plugin import DPOPPlugin
+
+        return DPOPPlugin
+    raise AttributeError(f"module 'axolotl_dpop' has no attribute {name!r}")

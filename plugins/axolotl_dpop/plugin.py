@@ -51,6 +51,7 @@ class DPOPPlugin(BasePlugin):
 
     def load_datasets(self, cfg, preprocess: bool = False):
         """Check every row before any model is loaded, then load as axolotl would and drop identical pairs."""
+        _place_multiprocess_cpu_models_on_cpu(cfg)
         if not cfg.get("dpop"):
             return None
         from axolotl.common.datasets import TrainDatasetMeta, load_preference_datasets
@@ -80,6 +81,16 @@ class DPOPPlugin(BasePlugin):
             from axolotl_dpop.provenance import write_provenance
 
             write_provenance(cfg)
+
+
+def _place_multiprocess_cpu_models_on_cpu(cfg) -> None:
+    """axolotl 0.19 maps a multi-process run's model to device index LOCAL_RANK, which only exists on GPUs.
+    On a machine without CUDA (a gloo launch, as in our tests) put the models on the CPU instead. This is the
+    last hook after axolotl sets device_map and before it loads the model; GPU runs are untouched."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        cfg.device_map = "cpu"
 
 
 def _check_configured_datasets(cfg) -> list[data_checks.DatasetReport]:

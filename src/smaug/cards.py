@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import yaml
 
 from smaug import paths
 from smaug.errors import UserError
-from smaug.provenance import Stage, display_name, local_stages
+from smaug.provenance import Stage, display_name, local_stages, looks_like_hub_id
 
 LICENSE_TABLE = paths.MODEL_CARDS_DIR / "licenses.yaml"
 CARD_TEMPLATE = paths.MODEL_CARDS_DIR / "template.md"
@@ -64,7 +64,9 @@ HYPERPARAMETERS = [
     ("micro batch size", "micro_batch_size"),
     ("gradient accumulation steps", "gradient_accumulation_steps"),
     ("sequence length", "sequence_len"),
+    ("lr scheduler", "lr_scheduler"),
     ("adapter", "adapter"),
+    ("base loaded in 4-bit (QLoRA)", "load_in_4bit"),
     ("seed", "seed"),
 ]
 LEADERBOARD_URL = "https://huggingface.co/spaces/open-llm-leaderboard-old/open_llm_leaderboard"
@@ -165,7 +167,7 @@ class Lineage:
                     "name": stage.name,
                     "kind": "scratch" if stage.own_license else "local",
                     "license": stage.own_license,
-                    "recipe": prov.get("recipe"),
+                    "recipe": _recipe_display(prov.get("recipe")),
                     "base_model": display_name(prov.get("base_model")),
                     "rl": (prov.get("training") or {}).get("rl"),
                 }
@@ -261,6 +263,18 @@ def eval_results_from_summaries(summaries: list[dict[str, Any]]):
             seen.add(ident)
             fewshot = task.get("num_fewshot")
             value = round(100.0 * float(task["value"]), 2)
+            limited = summary.get("limit") is not None
+            stderr = task.get("stderr")
+            rows.append({
+                "task": task.get("label") or key, "lm_eval_task": task.get("task", key), "dataset": ds["name"],
+                "metric": task["metric"] + (f" ({task['filter']})" if task.get("filter") else ""),
+                "fewshot": fewshot, "value": f"{value:.2f}",
+                "stderr": f"{100.0 * stderr:.2f}" if isinstance(stderr, (int, float)) else "",
+                "suite": summary.get("suite"), "dtype": summary.get("dtype"),
+                "limit": summary.get("limit"),
+            })
+            if limited:  # a subsample is not a leaderboard-comparable number: body only, never model-index
+                continue
             results.append(
                 EvalResult(
                     task_type="text-generation", task_name="Text Generation",
@@ -270,17 +284,18 @@ def eval_results_from_summaries(summaries: list[dict[str, Any]]):
                     source_name=source_name, source_url=source_url,
                 )
             )
-            stderr = task.get("stderr")
-            rows.append({
-                "task": key, "lm_eval_task": task.get("task", key), "dataset": ds["name"], "metric": task["metric"],
-                "fewshot": fewshot, "value": f"{value:.2f}",
-                "stderr": f"{100.0 * stderr:.2f}" if isinstance(stderr, (int, float)) else "",
-                "suite": summary.get("suite"), "dtype": summary.get("dtype"),
-            })
     return results, rows
 
 
 # ----------------------------------------------------------------------------------------------- card
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow", ".txt", ".tsv")
+
+
+def _is_hub_dataset(path: str | None) -> bool:
+    """`org/name` that is not a local file: a Hub dataset id (local data files stay out of the metadata)."""
+    return bool(path) and looks_like_hub_id(path) and not path.lower().endswith(DATA_FILE_SUFFIXES)
+
+
 def _recipe_values(recipe: str | None) -> dict[str, Any]:
     """Hyperparameters from the recipe YAML the provenance names (fills keys the provenance lacks)."""
     if not recipe:
@@ -293,6 +308,19 @@ def _recipe_values(recipe: str | None) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return {key: data[key] for _, key in HYPERPARAMETERS if key in data}
+
+
+def _recipe_display(recipe: str | None) -> str | None:
+    """Repo-relative when the recipe is ours (axolotl records absolute paths); never a local absolute path."""
+    if not recipe:
+        return None
+    path = Path(recipe)
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(paths.REPO_ROOT).as_posix()
+        except ValueError:
+            return path.name
+    return recipe
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -315,12 +343,14 @@ def _stage_view(stage: Stage) -> dict[str, Any]:
     )
     return {
         "name": stage.name,
-        "recipe": prov.get("recipe"),
+        "recipe": _recipe_display(prov.get("recipe")),
         "base_model": display_name(prov.get("base_model")),
         "base_model_revision": prov.get("base_model_revision"),
         "from_scratch": stage.own_license is not None,
+        # Unset keys are left out (adapter: none = full fine-tune is worth saying); lambda only matters for DPOP.
         "hyperparameters": [(label, _fmt(key, training.get(key))) for label, key in HYPERPARAMETERS
-                            if key in training and not (key == "dpop_lambda" and training.get("rl") != "dpop")],
+                            if (training.get(key) is not None or (key == "adapter" and key in training))
+                            and not (key == "dpop_lambda" and training.get("rl") != "dpop")],
         "datasets": prov.get("datasets") or [],
         "hardware": hardware or "not recorded",
         "finished_at": prov.get("finished_at"),
@@ -347,7 +377,7 @@ def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None =
     hub_datasets, local_datasets = [], []
     for view in stage_views:
         for ds in view["datasets"]:
-            target = hub_datasets if ds.get("path") and re.match(r"^[\w.-]+/[\w.-]+$", ds["path"]) and not Path(ds["path"]).exists() else local_datasets
+            target = hub_datasets if _is_hub_dataset(ds.get("path")) else local_datasets
             if ds.get("path") not in [d.get("path") for d in target]:
                 target.append(ds)
     rl_used = {(s.provenance.get("training") or {}).get("rl") for s in lineage.stages} - {None}
@@ -371,7 +401,8 @@ def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None =
         for key, value in (summary.get("versions") or {}).items():
             versions.setdefault(key, value)  # training versions win; eval adds lm_eval
     versions["huggingface_hub (card)"] = huggingface_hub.__version__
-    averages = [(s.get("suite"), f"{100.0 * s['average']:.2f}") for s in summaries if isinstance(s.get("average"), (int, float))]
+    averages = [(s.get("suite"), f"{100.0 * s['average']:.2f}", s.get("limit")) for s in summaries
+                if isinstance(s.get("average"), (int, float))]
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),

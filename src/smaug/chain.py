@@ -227,13 +227,14 @@ def stage_env(stage: Stage) -> dict[str, str]:
 
 def train_command(stage: Stage, launch: Launch, accelerator: str) -> list[str]:
     config = rel(stage.run_config)
+    if accelerator == "cpu":
+        # One CPU process: nothing for accelerate to launch, and it would cost a second interpreter start.
+        return [str(venv_bin() / "axolotl"), "train", config, "--launcher", "python"]
     args = [str(venv_bin() / "axolotl"), "train", config, "--launcher", "accelerate", "--",
             "--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
             "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
             "--main_process_port", str(launch.master_port)]
-    if accelerator == "cpu":
-        args.append("--cpu")
-    elif launch.world_size > 1:
+    if launch.world_size > 1:
         args.append("--multi_gpu")
     return args
 
@@ -353,7 +354,7 @@ def describe(chain: Chain, launch: Launch) -> str:
             kind += f", {recipe['adapter']}"
         status = stage_status(stage)
         status_text = {"done": "done: skipped", "stale": "done with a DIFFERENT recipe version: stops",
-                       "new": "to run"}.get(status, f"to run, resuming from {status.split(':', 1)[1]}")
+                       "new": "to run"}.get(status) or f"to run, resuming from {status.split(':', 1)[-1]}"
         lines += ["", f"stage {stage.index + 1}/{len(chain.stages)}: {stage.name}  [{kind}]  ({status_text})",
                   f"  base_model: {recipe['base_model']}",
                   f"  output_dir: {stage.output_dir}"]

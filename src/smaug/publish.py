@@ -224,6 +224,8 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
                 f"{where} already exists and is public; nothing was uploaded. Pass --public to publish to it, "
                 "or choose another --repo."
             )
+        if info.private and public:
+            out(f"note: {where} exists and is private; --public does not change an existing repo's visibility")
         operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(model_dir / rel)) for rel, _ in plan.files]
         commit = api.create_commit(
             repo_id, operations=operations, repo_type="model",

@@ -125,18 +125,74 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def task_manager_for(suite: Suite):
+    """A TaskManager that knows our eval/tasks/ configs, and the harness's own ones only if the suite needs
+    them (indexing the harness's thousands of task YAMLs takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    ours = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    if all(ours._name_is_registered(spec.task) for spec in suite.tasks):
+        return ours
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def _leaf_task_names(task_manager, name: str) -> list[str]:
+    """The plain tasks a task/group/tag name stands for, read from lm-eval's index (nothing downloaded)."""
+    if task_manager._name_is_task(name) or task_manager._name_is_python_task(name):
+        return [name]
+    if not task_manager._name_is_registered(name):
+        raise UserError(f"lm-eval knows no task, group or tag {name!r} (looked in the harness and {TASKS_DIR})")
+    members = task_manager._get_tasklist(name)
+    if members == -1:  # a group defined by its own YAML
+        members = task_manager._get_config(name)["task"]
+    leaves: list[str] = []
+    for member in members:
+        leaves.extend(_leaf_task_names(task_manager, member["task"] if isinstance(member, dict) else member))
+    return leaves
+
+
+def check_suite_tasks(suite: Suite, task_manager) -> dict[str, dict[str, Any]]:
+    """Validate every task of the suite the way lm-eval will build it (its config + our per-task overrides,
+    parsed into lm-eval's TaskConfig), and that the metric/filter we report exists, without downloading any
+    dataset. Returns {suite task key: {leaf task name: TaskConfig}}."""
+    from lm_eval.config.task import TaskConfig
+
+    checked: dict[str, dict[str, Any]] = {}
+    for spec in suite.tasks:
+        where = f"eval/suites.yaml: suites.{suite.name}.tasks.{spec.key}"
+        leaves = _leaf_task_names(task_manager, spec.task)
+        if spec.aggregation == "unweighted_mean_of_subtasks" and leaves == [spec.task]:
+            raise UserError(f"{where}: aggregation unweighted_mean_of_subtasks needs a group, {spec.task!r} is a task")
+        configs = {}
+        for leaf in leaves:
+            overrides = {k: v for k, v in spec.harness_config().items() if k != "task"}
+            try:
+                config = TaskConfig(**{**task_manager._get_config(leaf), **overrides})
+            except (TypeError, ValueError) as err:
+                raise UserError(f"{where}: lm-eval rejects the config of {leaf!r}: {err}") from err
+            metrics = [m["metric"] for m in config.metric_list or []]
+            if spec.metric not in metrics:
+                raise UserError(f"{where}: {leaf!r} has no metric {spec.metric!r} (it has {', '.join(metrics)})")
+            filters = [f["name"] for f in config.filter_list or []]
+            if spec.filter and spec.filter not in filters:
+                raise UserError(f"{where}: {leaf!r} has no filter {spec.filter!r} (it has {', '.join(filters) or 'none'})")
+            configs[leaf] = config
+        checked[spec.key] = configs
+    return checked
+
+
 def run_harness(model: ResolvedModel, suite: Suite, *, dtype: str, batch_size: int | str, device: str,
                 limit: int | float | None, trust_remote_code: bool = False) -> dict[str, Any]:
     """lm-eval's simple_evaluate on the suite's tasks; returns its raw results dict (samples not logged)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     model_args: dict[str, Any] = {"pretrained": model.pretrained, "dtype": dtype}
     if not model.local and model.revision:
         model_args["revision"] = model.revision
     if trust_remote_code:
         model_args["trust_remote_code"] = True
-    task_manager = TaskManager(include_path=str(TASKS_DIR))
+    task_manager = task_manager_for(suite)
+    check_suite_tasks(suite, task_manager)  # a typo in suites.yaml fails here, before the model loads
     # Our task configs name their data_files relative to the repository root, and lm-eval resolves them
     # against the working directory: run from there, whatever the caller's cwd (model paths are absolute).
     with contextlib.chdir(REPO_ROOT):

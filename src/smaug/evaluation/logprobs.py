@@ -90,6 +90,10 @@ def check_model_ref(model: str, what: str = "model") -> None:
     if not looks_like_hub_id:
         raise UserError(f"{what} {model!r}: no such folder; pass a local model folder or a Hub id (org/name)")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return  # in the local Hub cache: loads offline
         raise UserError(
             f"{what} {model!r}: not a local folder and HF_HUB_OFFLINE is set; download it first or pass a local path"
         )

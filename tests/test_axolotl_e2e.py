@@ -1,0 +1,98 @@
+"""The real `axolotl train` CLI with rl: dpop (and rl: dpo next to it), on a tiny model, CPU, offline."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.axolotl_runner import assert_ok, log_history, run_axolotl_train, tiny_config, write_pairs
+
+pytestmark = pytest.mark.slow
+DPOP_KEYS = {"dpop/penalty", "dpop/active_fraction"}
+TRL_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+            "logps/chosen", "logps/rejected", "logits/chosen"}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
+
+
+def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, **overrides):
+    out = tmp_path / name / "out"
+    cfg = tiny_config(tiny_model_dir, pairs, out, **overrides)
+    proc = run_axolotl_train(cfg, tmp_path / name, launcher_args=launcher_args)
+    assert_ok(proc)
+    return out, log_history(out), proc
+
+
+def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(tmp_path, tiny_model_dir, pairs):
+    out, logs, _ = _train(tmp_path, tiny_model_dir, pairs, "full", max_steps=4, save_steps=4)
+    assert len(logs) == 4
+    for entry in logs:
+        assert DPOP_KEYS | TRL_KEYS <= entry.keys()
+        assert 0.0 <= entry["dpop/active_fraction"] <= 1.0 and entry["dpop/penalty"] >= 0.0
+    # step 1: policy = reference, so the penalty is off and the loss is log 2
+    assert logs[0]["dpop/penalty"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # lr 5e-4 on a random model pushes some chosen log-probs below the reference: the penalty must notice
+    assert max(entry["dpop/active_fraction"] for entry in logs[1:]) > 0
+
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diffs = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values())]
+    assert any(diffs), "training changed no weight"
+    provenance = json.loads((out / "smaug_provenance.json").read_text())
+    assert provenance["training"]["rl"] == "dpop" and provenance["training"]["dpop_lambda"] == 50.0
+    assert provenance["base_model"] == str(tiny_model_dir)
+
+
+def test_lora_reference_is_the_adapter_disabled(tmp_path, tiny_model_dir, pairs):
+    out, logs, _ = _train(tmp_path, tiny_model_dir, pairs, "lora", adapter="lora", lora_r=4, lora_alpha=8,
+                          lora_dropout=0.0, lora_target_linear=True, gradient_accumulation_steps=2,
+                          micro_batch_size=2)
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+    # LoRA's B matrix starts at zero: at step 1 the policy IS the adapter-disabled reference
+    assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["rewards/rejected"] == 0.0
+    assert logs[-1]["rewards/chosen"] != 0.0
+
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert model.peft_config["default"].r == 4
+
+
+def test_precomputed_reference_log_probs(tmp_path, tiny_model_dir, pairs):
+    _, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "precompute", precompute_ref_log_probs=True)
+    assert "Computing reference log probs" in proc.stdout + proc.stderr
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+    assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_rl_dpo_is_unchanged_by_the_plugin_and_lambda_zero_is_dpo(tmp_path, tiny_model_dir, pairs):
+    common = {"rl": "dpo", "dpop_lambda": None, "max_steps": 4, "save_steps": 4}
+    _, with_plugin, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-plugin", **common)
+    _, without, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-bare", plugins=None, **common)
+    _, dpop_zero, _ = _train(tmp_path, tiny_model_dir, pairs, "dpop-0", dpop_lambda=0, max_steps=4, save_steps=4)
+    losses = [e["loss"] for e in without]
+    assert [e["loss"] for e in with_plugin] == losses
+    assert not any(DPOP_KEYS & e.keys() for e in with_plugin)
+    # our DPOPTrainer with lambda = 0 reproduces TRL's own DPO loss step by step
+    assert [e["loss"] for e in dpop_zero] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    assert [e["logps/chosen"] for e in dpop_zero] == pytest.approx([e["logps/chosen"] for e in without], rel=1e-5)
+    assert losses[0] != losses[-1]
+
+
+def test_two_process_cpu_launch(tmp_path, tiny_model_dir, pairs, monkeypatch):
+    # accelerate's multi-process launcher; ACCELERATE_USE_CPU makes it pick gloo on a machine without CUDA.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    launcher = ["--", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", "29517"]
+    _, logs, single_proc = _train(tmp_path, tiny_model_dir, pairs, "ddp", launcher_args=launcher, max_steps=2,
+                                  save_steps=2)
+    assert '"world_size": 2' in single_proc.stdout + single_proc.stderr
+    # both ranks' batches count: 2 steps x 2 processes x micro_batch 4 pairs = 16 of 24 pairs = 2/3 epoch
+    assert logs[-1]["epoch"] == pytest.approx(16 / 24, rel=1e-3)
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
