@@ -3,9 +3,22 @@
 VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
+
+# Knobs (all optional): MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1, PUBLIC=1, JUDGE_URL,
+# JUDGE_MODEL, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
+SUITE ?= leaderboard_v1
+BATCH_SIZE ?= 8
+DATA_OUT ?= outputs/data
+FEW_SHOT ?= 0
+SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast bench-loss
+# The stage chains read these from the environment (multi-GPU / multi-node through accelerate).
+export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREFLIGHT
+
+.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
+.PHONY: setup test test-fast demo eval eval-compare mtbench contamination logprobs card publish \
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
 
 setup: $(VENV)/.installed
 
@@ -18,5 +31,49 @@ test: setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -m "not slow" $(PYTEST_ARGS)
 
+# --- training: the stage chains of recipes/chains.yaml (DRY_RUN=1 prints the plan and memory estimate) ---
+smaug-34b: setup ; smaug chain run smaug-34b
+smaug-72b: setup ; smaug chain run smaug-72b
+smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora
+smaug-7b: setup ; smaug chain run smaug-7b
+mistral-7b-losses: setup ; smaug chain run mistral-7b-losses
+smaug-tiny: setup ; smaug chain run tiny
+recipes: setup ; smaug recipes generate
+recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
+
+# --- datasets (issue: build the paper's pairs) ---
+data-metamath data-arc data-hellaswag: data-%: setup
+	smaug data build $* --out $(DATA_OUT)/$*_dpo.parquet --few-shot $(FEW_SHOT) --seed $(SEED) && smaug data stats $(DATA_OUT)/$*_dpo.parquet
+
+data-mini: setup
+	smaug data build metamath --source data/mini/metamath.jsonl --out $(DATA_OUT)/mini/metamath_dpo.jsonl && smaug data build arc --source data/mini/arc_challenge.jsonl --out $(DATA_OUT)/mini/arc_dpo.jsonl && smaug data build hellaswag --source data/mini/hellaswag.jsonl --out $(DATA_OUT)/mini/hellaswag_dpo.jsonl
+
+# --- evaluation ---
+eval: setup
+	smaug eval run $(MODEL) --suite $(SUITE) --batch-size $(BATCH_SIZE)
+
+eval-compare: setup
+	smaug eval compare $(MODELS) --suite $(SUITE) $(if $(OUT),--out $(OUT))
+
+mtbench: setup
+	smaug mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config eval/mtbench.yaml
+
+contamination: setup
+	smaug contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
+
+logprobs: setup
+	smaug logprobs --models $(MODELS) --reference $(REF) --pairs $(PAIRS) --out $(OUT)
+
+# --- model card and publishing ---
+card: setup
+	smaug card $(MODEL) $(if $(EVAL),--eval $(EVAL))
+
+publish: setup
+	smaug publish $(MODEL) --repo $(REPO) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(PUBLIC)),--public)
+
+# --- benchmarks (print measured ratios/times; not tests) ---
 bench-loss: setup
 	python benchmarks/bench_dpop_vs_dpo.py
+
+bench-data: setup
+	taskset -c 0 python benchmarks/bench_data_build.py

@@ -127,6 +127,13 @@ def test_cli_stops_in_seconds_on_a_machine_without_gpus(monkeypatch, capsys, tmp
     assert not any(tmp_path.iterdir()), "nothing written before the preflight"
 
 
+def test_make_dry_run_variable_selects_the_dry_run(monkeypatch, capsys):
+    monkeypatch.setenv("DRY_RUN", "1")
+    monkeypatch.setattr(C, "detect_gpus", lambda: pytest.fail("a dry run must not look for GPUs"))
+    assert smaug_main(["chain", "run", "smaug-34b"]) == 0
+    assert "stage 2/2: recipes/smaug34b_dpop.yml" in capsys.readouterr().out
+
+
 def _mark_done(stage, digest=None):
     stage.output_dir.mkdir(parents=True, exist_ok=True)
     stage.marker.write_text(json.dumps({"recipe": stage.name, "sha256": digest or stage.digest}))
@@ -211,51 +218,66 @@ def _children_running_axolotl() -> list[int]:
             if any("axolotl" in part for part in p.cmdline())]
 
 
-@pytest.mark.slow
-def test_tiny_chain_runs_resumes_a_killed_stage_and_skips_done_ones(tmp_path, capsys):
-    root = tmp_path / "out"
-    sft, dpop = C.plan_chain("tiny", root).stages
-    max_steps = dpop.recipe["max_steps"]
-
-    # 1st run: SFT finishes, then the DPOP stage's process is killed once it has written a checkpoint.
+def _run_until_checkpoint_then_kill(root: Path, stage) -> int:
+    """Run the chain in a thread; once `stage` has a complete checkpoint, SIGKILL the axolotl process (a crash
+    or a pre-empted node). Returns the step of the last complete checkpoint."""
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", C.run_chain("tiny", root)))
     runner.start()
     deadline = time.monotonic() + 240
-    while not C.complete_checkpoints(dpop.output_dir):
-        assert runner.is_alive() and time.monotonic() < deadline, "no DPOP checkpoint appeared"
+    while not C.complete_checkpoints(stage.output_dir):
+        assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared in {stage.output_dir}"
         time.sleep(0.2)
     for pid in _children_running_axolotl():
         os.kill(pid, signal.SIGKILL)
     runner.join(60)
-    assert result["code"] != 0
-    assert sft.marker.is_file() and not dpop.marker.is_file()
-    killed_at = int(C.complete_checkpoints(dpop.output_dir)[-1].name.split("-")[-1])
-    assert killed_at < max_steps
-    first_log = (dpop.output_dir / C.STAGE_LOG).read_text()
+    assert result["code"] != 0 and not stage.marker.is_file()
+    step = int(C.complete_checkpoints(stage.output_dir)[-1].name.split("-")[-1])
+    assert step < stage.recipe["max_steps"], "killed before the end"
+    return step
+
+
+def _resumed_correctly(stage, log_before: str, killed_at: int) -> None:
+    """axolotl's log of the rerun says it resumed from that checkpoint, and only the remaining steps ran."""
+    rerun_log = (stage.output_dir / C.STAGE_LOG).read_text()[len(log_before):]
+    match = re.search(r"resume from checkpoint at (\S+)/checkpoint-(\d+)", rerun_log)
+    assert match, f"axolotl did not auto-resume {stage.name}"
+    assert Path(match.group(1)) == stage.output_dir and int(match.group(2)) == killed_at
+    assert rerun_log.count("{'loss'") == stage.recipe["max_steps"] - killed_at
+    final = C.complete_checkpoints(stage.output_dir)[-1]
+    assert json.loads((final / "trainer_state.json").read_text())["global_step"] == stage.recipe["max_steps"]
+    assert json.loads(stage.marker.read_text())["sha256"] == stage.digest
+
+
+@pytest.mark.slow
+def test_tiny_chain_resumes_killed_stages_and_skips_done_ones(tmp_path, capsys):
+    root = tmp_path / "out"
+    sft, dpop = C.plan_chain("tiny", root).stages
+
+    # run 1: the SFT stage is killed after its first checkpoint
+    sft_killed_at = _run_until_checkpoint_then_kill(root, sft)
+    sft_log = (sft.output_dir / C.STAGE_LOG).read_text()
     capsys.readouterr()
 
-    # 2nd run: SFT skipped, DPOP resumes from the last checkpoint and finishes.
+    # run 2: SFT resumes and finishes; the DPOP stage starts from it and is killed after a checkpoint
+    dpop_killed_at = _run_until_checkpoint_then_kill(root, dpop)
+    assert f"stage 1/2 recipes/cpu/tiny_sft.yml: resuming from {sft.output_dir}/checkpoint-{sft_killed_at}" \
+        in capsys.readouterr().out
+    _resumed_correctly(sft, sft_log, sft_killed_at)
+    dpop_log = (dpop.output_dir / C.STAGE_LOG).read_text()
+
+    # run 3: SFT is skipped; DPOP resumes from its last checkpoint and finishes
     assert C.run_chain("tiny", root) == 0
     out = capsys.readouterr().out
     assert "stage 1/2 recipes/cpu/tiny_sft.yml: done, skipped" in out
-    resumed_from = C.complete_checkpoints(dpop.output_dir)  # the rerun may also set a half-written one aside
-    assert f"resuming from {dpop.output_dir}/checkpoint-{killed_at}" in out
-    second_log = (dpop.output_dir / C.STAGE_LOG).read_text()[len(first_log):]
-    match = re.search(r"resume from checkpoint at (\S+checkpoint-(\d+))", second_log)
-    assert match, "axolotl did not auto-resume"
-    start_step = int(match.group(2))
-    assert start_step == killed_at and str(dpop.output_dir) in match.group(1)
-    # only the remaining steps were trained
-    assert second_log.count("{'loss'") == max_steps - start_step
-    state = json.loads((resumed_from[-1] / "trainer_state.json").read_text())
-    assert state["global_step"] == max_steps
-    assert dpop.marker.is_file() and json.loads(dpop.marker.read_text())["sha256"] == dpop.digest
+    assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resuming from {dpop.output_dir}/checkpoint-{dpop_killed_at}" in out
+    _resumed_correctly(dpop, dpop_log, dpop_killed_at)
     assert (dpop.output_dir / "model.safetensors").is_file()
     provenance = json.loads((dpop.output_dir / "smaug_provenance.json").read_text())
-    assert provenance["training"]["dpop_lambda"] == 50 and provenance["parent"]["base_model"].endswith("base-model")
+    assert provenance["training"]["dpop_lambda"] == 50 and provenance["training"]["rl_beta"] == 0.3
+    assert provenance["parent"]["base_model"] == str(root / "tiny" / "base-model")
 
-    # 3rd run: nothing to do.
+    # run 4: nothing to do, nothing started
     logs_before = [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)]
     started = time.monotonic()
     assert C.run_chain("tiny", root) == 0

@@ -73,7 +73,8 @@ def test_offline_summary_values_and_run_record(offline_run, tiny_model_dir):
     assert math.isclose(summary["average"], sum(e["value"] for e in summary["tasks"].values()) / 6)
     assert summary["model"] == str(tiny_model_dir.resolve())
     assert summary["model_revision"].startswith("local-sha256:")
-    assert (summary["suite"], summary["dtype"], summary["batch_size"], summary["limit"]) == ("offline_mini", "bfloat16", 4, 8)
+    run = (summary["suite"], summary["dtype"], summary["batch_size"], summary["limit"])
+    assert run == ("offline_mini", "bfloat16", 4, 8)
     assert summary["versions"]["lm_eval"] == version("lm_eval")
     assert summary["versions"]["transformers"] == version("transformers")
     assert summary["versions"]["torch"] == version("torch")
@@ -304,7 +305,8 @@ def test_broken_suites_file_names_the_field(tmp_path):
 
 def test_cli_arguments():
     args = _parse(["eval", "run", "org/model", "--suite", "gsm8k", "--batch-size", "auto", "--limit", "0.5"])
-    assert (args.model, args.suite, args.batch_size, args.limit, args.dtype) == ("org/model", "gsm8k", "auto", 0.5, "bfloat16")
+    parsed = (args.model, args.suite, args.batch_size, args.limit, args.dtype)
+    assert parsed == ("org/model", "gsm8k", "auto", 0.5, "bfloat16")
     assert _parse(["eval", "run", "m", "--limit", "20"]).limit == 20
     with pytest.raises(SystemExit):
         _parse(["eval", "run", "m", "--batch-size", "0"])
@@ -323,12 +325,14 @@ def _summary(model: str, values: dict[str, float], limit=None) -> dict:
             raw["results"][spec.task] = {spec.result_key: values[spec.key]}
         else:
             raw["group_subtasks"][spec.task] = ["s1", "s2"]
-            raw["results"].update({"s1": {spec.result_key: values[spec.key]}, "s2": {spec.result_key: values[spec.key]}})
+            for subject in ("s1", "s2"):
+                raw["results"][subject] = {spec.result_key: values[spec.key]}
     return build_summary(raw, suite, {"model": model, "limit": limit})
 
 
 def test_compare_table_rows_models_columns_tasks():
-    a = _summary("abacusai/Smaug-34B-v0.1", dict(zip(LEADERBOARD_KEYS, [0.7474, 0.8676, 0.7702, 0.7022, 0.8350, 0.7210])))
+    smaug = [0.7474, 0.8676, 0.7702, 0.7022, 0.8350, 0.7210]
+    a = _summary("abacusai/Smaug-34B-v0.1", dict(zip(LEADERBOARD_KEYS, smaug)))
     b = _summary("jondurbin/bagel-34b-v0.2", dict(zip(LEADERBOARD_KEYS, [0.7, 0.8, 0.75, 0.6, 0.8, 0.5])), limit=10)
     lines = compare_table([a, b]).splitlines()
     assert lines[0] == "| Model | Average | ARC | HellaSwag | MMLU | TruthfulQA | Winogrande | GSM8K |"
@@ -363,3 +367,11 @@ def test_summary_markdown_flags_limited_runs():
 def test_task_configs_live_in_the_repo():
     assert TASKS_DIR == REPO_ROOT / "eval" / "tasks" and (TASKS_DIR / "offline_mini" / "mini_mmlu.yaml").is_file()
     assert Path(REPO_ROOT / "eval" / "README.md").is_file()
+
+
+def test_smaug_cli_reports_bad_input_without_traceback(no_harness, capsys):
+    from smaug.cli import main
+
+    assert main(["eval", "run", "./no-such-model", "--suite", "offline_mini"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder ./no-such-model does not exist") and "Traceback" not in err

@@ -12,8 +12,9 @@ import yaml
 from smaug import recipes as R
 from smaug.paths import RECIPES_DIR, REPO_ROOT
 
-ALL = R.list_recipes()
-GPU_RECIPES = [p for p in ALL if "cpu" not in p.relative_to(RECIPES_DIR).parts]
+# This file covers the Smaug recipes (recipes/*.yml) and their CPU twin (recipes/cpu/); other folders have their own tests.
+ALL = [p for p in R.list_recipes() if p.parent in (RECIPES_DIR, RECIPES_DIR / "cpu")]
+GPU_RECIPES = [p for p in ALL if p.parent == RECIPES_DIR]
 SMAUG_DPOP = ["smaug34b_dpop.yml", "smaug72b_dpop.yml", "smaug72b_dpop_qlora.yml", "smaug7b_dpop.yml"]
 IDS = [R.rel(p) for p in ALL]
 
@@ -54,6 +55,7 @@ def test_generator_merges_and_deletes(tmp_path, monkeypatch):
 def test_recipe_passes_axolotl_validation_with_the_plugin(path):
     gpu = path in GPU_RECIPES
     recipe = R.load_recipe(path)
+    assert R.needs_gpu(recipe) == gpu
     cfg = R.validate_offline(path, capabilities=R.H100_NODE_CAPABILITIES if gpu else R.CPU_CAPABILITIES)
     assert R.PLUGIN in recipe["plugins"], "every recipe lists the plugin (it writes smaug_provenance.json)"
     if R.is_dpop(recipe):
@@ -274,3 +276,21 @@ def test_sft_dataset_type_parses_the_real_schema(path, index, tokenizer, monkeyp
         assert question in text and answer in text
         assert answer in trained and question not in trained, "loss on the answer only"
         assert "<|im_start|>user" in text
+
+
+def test_cli_generate_check_and_validate(capsys):
+    from smaug.cli import main
+
+    assert main(["recipes", "generate", "--check"]) == 0
+    assert main(["recipes", "validate", "recipes/smaug34b_dpop.yml", "cpu/tiny_dpop.yml"]) == 0
+    out = capsys.readouterr().out
+    assert "ok  recipes/smaug34b_dpop.yml" in out and "ok  recipes/cpu/tiny_dpop.yml" in out
+
+
+def test_validation_errors_name_the_recipe(tmp_path):
+    bad = yaml.safe_load((RECIPES_DIR / "smaug34b_dpop.yml").read_text())
+    bad["dpop_lambda"] = -1
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(R.UserError, match="bad.yml: axolotl rejects this recipe: .*dpop_lambda"):
+        R.validate_offline(path)

@@ -75,7 +75,9 @@ def build_provenance(cfg) -> dict:
     ]
     return {
         "schema": SCHEMA_VERSION,
-        "recipe": str(cfg.get("axolotl_config_path")) if cfg.get("axolotl_config_path") else None,
+        # The stage chain runs a per-run copy of the recipe and names the original in SMAUG_RECIPE.
+        "recipe": os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
+                                                     if cfg.get("axolotl_config_path") else None),
         "base_model": base_model,
         "base_model_revision": cfg.get("revision_of_model"),
         "parent": read_provenance(base_model) if Path(base_model).is_dir() else None,

@@ -31,7 +31,7 @@ import yaml
 from smaug import memory
 from smaug.errors import UserError
 from smaug.paths import RECIPES_DIR, REPO_ROOT
-from smaug.recipes import is_dpo_type, load_recipe, rel, resolve_recipe_path, write_atomic
+from smaug.recipes import load_recipe, rel, resolve_recipe_path, write_atomic
 
 CHAINS_FILE = RECIPES_DIR / "chains.yaml"
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "outputs"

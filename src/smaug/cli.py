@@ -20,6 +20,9 @@ SUBCOMMAND_MODULES = [
     "evaluation.mtbench",
     "evaluation.cli",
     "data.cli",
+    "reproduce",
+    "demo_model",
+    "demo",
 ]
 
 

@@ -157,7 +157,9 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
         f"{shape.billions:.2f}B parameters ({shape.source})",
         f"ZeRO stage {zero.stage}, offload optimizer: {zero.offload_optimizer}, offload params: "
         f"{zero.offload_param} ({zero.source}); sharded over world size {world}",
-        "bf16 weights and gradients; AdamW keeps fp32 master weights + m + v = 12 bytes/param",
+        ("frozen base in 4-bit NF4 (~0.55 B/param with quantisation constants) or bf16; LoRA weights, grads and "
+         "optimizer states ~16 B per trainable param" if adapter else
+         "bf16 weights and gradients; AdamW keeps fp32 master weights + m + v = 12 bytes/param"),
         f"activations with flash-attention (no s^2 term); {act_note}",
     ]
     if preference and not adapter:

@@ -76,6 +76,13 @@ def list_recipes() -> list[Path]:
     return sorted(found)
 
 
+def needs_gpu(recipe: dict[str, Any]) -> bool:
+    """Written for a CUDA node (flash-attention, DeepSpeed or bitsandbytes), so validated against one."""
+    attn = str(recipe.get("attn_implementation") or "")
+    return bool(recipe.get("deepspeed") or recipe.get("flash_attention") or attn.startswith("flash")
+                or recipe.get("load_in_4bit") or recipe.get("load_in_8bit"))
+
+
 def is_dpo_type(recipe: dict[str, Any]) -> bool:
     """A preference stage (policy + frozen reference): DPO, DPOP, IPO, SLiC all run through TRL's DPOTrainer."""
     return str(recipe.get("rl") or "").lower() in {"dpo", "dpop", "ipo"}
@@ -242,12 +249,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     paths = [resolve_recipe_path(p) for p in args.recipes] or list_recipes()
     for path in paths:
         recipe = load_recipe(path)
-        gpu = "cpu/" not in rel(path)
-        validate_offline(
-            path,
-            capabilities=H100_NODE_CAPABILITIES if gpu else CPU_CAPABILITIES,
-            env_capabilities=CUDA_ENV_CAPABILITIES if gpu else {"torch_version": "2.7.1"},
-        )
+        validate_offline(path, capabilities=H100_NODE_CAPABILITIES if needs_gpu(recipe) else CPU_CAPABILITIES)
         print(f"ok  {rel(path)}  ({recipe.get('rl') or 'sft'}, {recipe.get('base_model')})")
     return 0
 

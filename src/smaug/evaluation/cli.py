@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     compare = sub.add_parser("compare", help="several models' summaries side by side (Markdown table)")
     compare.add_argument("items", nargs="+", metavar="MODEL_OR_SUMMARY",
                          help="a summary.json, its folder, or a model (then its results for --suite are used)")
-    compare.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite for models given by name (default {DEFAULT_SUITE})")
+    compare.add_argument("--suite", default=DEFAULT_SUITE,
+                         help=f"suite for models given by name (default {DEFAULT_SUITE})")
     compare.add_argument("--results-dir", type=Path, default=None)
     compare.add_argument("--out", type=Path, default=None, help="also write the table to this .md file")
     compare.set_defaults(func=_compare)

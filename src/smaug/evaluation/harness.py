@@ -175,7 +175,8 @@ def check_suite_tasks(suite: Suite, task_manager) -> dict[str, dict[str, Any]]:
                 raise UserError(f"{where}: {leaf!r} has no metric {spec.metric!r} (it has {', '.join(metrics)})")
             filters = [f["name"] for f in config.filter_list or []]
             if spec.filter and spec.filter not in filters:
-                raise UserError(f"{where}: {leaf!r} has no filter {spec.filter!r} (it has {', '.join(filters) or 'none'})")
+                have = ", ".join(filters) or "none"
+                raise UserError(f"{where}: {leaf!r} has no filter {spec.filter!r} (it has {have})")
             configs[leaf] = config
         checked[spec.key] = configs
     return checked

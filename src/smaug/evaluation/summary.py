@@ -72,7 +72,8 @@ def task_result(harness: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
         if row is None or spec.result_key not in row:
             have = sorted(k for k in (row or {}) if "," in k and "_stderr" not in k)
             raise UserError(f"the harness reported no {spec.result_key!r} for task {spec.task!r} "
-                            f"(it has: {', '.join(have) or 'nothing'}); fix metric/filter of {spec.key!r} in eval/suites.yaml")
+                            f"(it has: {', '.join(have) or 'nothing'}); "
+                            f"fix metric/filter of {spec.key!r} in eval/suites.yaml")
         entry.update(value=float(row[spec.result_key]), stderr=_number(row.get(spec.stderr_key)))
     entry.update(num_fewshot=spec.num_fewshot, filter=spec.filter, aggregation=spec.aggregation,
                  dataset=dict(spec.dataset), label=spec.label)
@@ -118,7 +119,8 @@ def compare_table(summaries: Iterable[dict[str, Any]]) -> str:
         raise UserError("nothing to compare: give at least one summary.json, eval folder or model")
     suites = sorted({s["suite"] for s in summaries})
     if len(suites) > 1:
-        raise UserError(f"these summaries come from different suites ({', '.join(suites)}); compare one suite at a time")
+        raise UserError(f"these summaries come from different suites ({', '.join(suites)}); "
+                        "compare one suite at a time")
     columns: dict[str, str] = {}
     for summary in summaries:
         for key, entry in summary["tasks"].items():

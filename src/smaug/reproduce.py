@@ -1,0 +1,394 @@
+"""`smaug reproduce`: the paper's failure mode of DPO and its fix by DPOP, on a CPU in minutes.
+
+What it does (each stage prints one line with the elapsed time; finished runs are reused):
+
+1. data: short MetaMath-like problems (two or three arithmetic steps, "The answer is: N"), turned into
+   preference pairs by our MetaMath builder (``smaug.data.build_metamath_pairs``: rejected = the chosen
+   solution with ONE intermediate result corrupted, final answer untouched). Held-out problems are kept apart.
+2. a tiny random Llama with a byte-level tokenizer (one token per digit), then ``axolotl train
+   recipes/reproduce/sft.yml`` on the chosen solutions: the reference model, shared by all seeds.
+3. per seed: ``axolotl train recipes/reproduce/dpo.yml`` and ``recipes/reproduce/dpop.yml`` with
+   dpop_lambda 5, 50 and 500, all from the same SFT checkpoint with the same seed.
+4. log-prob analysis of every run against the reference on held-out pairs (``smaug.evaluation.logprobs``),
+   greedy exact match of the final answers on held-out problems, a Markdown + JSON table and the plots
+   (paper Figures 4 and 5).
+
+Hyperparameters live in the three recipes only; this module overrides paths, the seed and λ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from smaug.errors import UserError
+from smaug.paths import PROVENANCE_FILE, RECIPES_DIR, RESULTS_DIR
+
+RECIPE_DIR = RECIPES_DIR / "reproduce"
+LAMBDAS = (5.0, 50.0, 500.0)
+DEFAULT_SEEDS = (0, 1, 2)
+# Problem counts: enough pairs that the DPO runs never repeat a pair within their steps.
+N_PROBLEMS = 3000
+N_HELDOUT = 64
+DATA_SEED = 0
+MODEL = {"hidden_size": 128, "num_layers": 2, "seed": 0}
+# --quick: one seed, DPO + DPOP(λ=50), fewer steps (what tests/test_reproduce.py runs).
+QUICK = {"seeds": (0,), "lambdas": (50.0,), "sft_steps": None, "pref_steps": None}
+
+NAMES = ["Mia", "Liam", "Aisha", "Kenji", "Sofia", "Noah", "Priya", "Theo", "Zara", "Owen", "Elena", "Diego"]
+ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "cards", "shells", "books"]
+ANSWER_RE = re.compile(r"The answer is:\s*(-?[\d,]*\.?\d+)")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def short_problem(index: int, seed: int = 0) -> dict[str, Any]:
+    """Row ``index``: a MetaMathQA-schema row (query, response, type, original_question, answer).
+
+    Two or three small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
+    the intermediate results, and the solution ends with ``The answer is: N`` as MetaMathQA's do."""
+    rng = random.Random((seed << 32) ^ (0x5EED << 16) ^ index)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        boxes, per = rng.randint(2, 9), rng.randint(2, 9)
+        total = boxes * per
+        lost = rng.randint(1, total - 1)
+        left = total - lost
+        query = f"{name} has {boxes} bags with {per} {item} each and gives away {lost}. How many {item} are left?"
+        response = (f"{name} has {boxes} * {per} = {total} {item}. After giving away {lost}, "
+                    f"{name} has {total} - {lost} = {left} {item} left.")
+        answer = left
+    elif kind == 1:
+        friends, each = rng.randint(2, 5), rng.randint(2, 9)
+        total = friends * each
+        a = rng.randint(1, total - 1)
+        b = total - a
+        query = (f"{name} finds {a} {item} and then {b} more, and shares them equally among {friends} friends. "
+                 f"How many {item} does each friend get?")
+        response = (f"{name} has {a} + {b} = {total} {item}. Shared among {friends} friends, each friend gets "
+                    f"{total} / {friends} = {each} {item}.")
+        answer = each
+    else:
+        price, qty = rng.randint(2, 12), rng.randint(2, 9)
+        cost = price * qty
+        bill = next(b for b in (20, 50, 100, 200) if b > cost)
+        change = bill - cost
+        query = (f"{name} buys {qty} {item} at ${price} each and pays with a ${bill} bill. "
+                 f"How much change does {name} get?")
+        response = (f"The {item} cost {qty} * ${price} = ${cost}. The change is ${bill} - ${cost} = ${change}.")
+        answer = change
+    return {"query": query, "response": f"{response}\nThe answer is: {answer}", "type": "GSM_synthetic",
+            "original_question": query, "answer": str(answer)}
+
+
+def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HELDOUT) -> dict[str, Any]:
+    """Write data/sft.jsonl, data/pairs_train.jsonl, data/pairs_heldout.jsonl, data/heldout_problems.jsonl."""
+    from smaug.data import build_metamath_pairs, write_pairs
+    from smaug.data.io import write_json_atomic, write_jsonl_atomic
+
+    rows = [short_problem(i, DATA_SEED) for i in range(n_problems)]
+    # One solution per distinct query; held-out queries never appear in training.
+    seen: set[str] = set()
+    unique = [r for r in rows if not (r["query"] in seen or seen.add(r["query"]))]
+    heldout_rows, train_rows = unique[:n_heldout], unique[n_heldout:]
+    data = out / "data"
+    train_pairs, train_skips = build_metamath_pairs(train_rows, seed=DATA_SEED)
+    heldout_pairs, heldout_skips = build_metamath_pairs(heldout_rows, seed=DATA_SEED)
+    write_pairs(data / "pairs_train.jsonl", train_pairs)
+    write_pairs(data / "pairs_heldout.jsonl", heldout_pairs)
+    write_jsonl_atomic(data / "sft.jsonl", (
+        {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}]}
+        for p in train_pairs))
+    write_jsonl_atomic(data / "heldout_problems.jsonl",
+                       ({"query": r["query"], "answer": r["answer"]} for r in heldout_rows))
+    info = {"problems": len(unique), "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),
+            "skips": {"train": train_skips, "heldout": heldout_skips}, "data_seed": DATA_SEED}
+    write_json_atomic(data / "data.json", info)
+    return info
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def run_is_done(run_dir: Path) -> bool:
+    """A finished run: a saved model and the provenance file the plugin writes last."""
+    return (run_dir / PROVENANCE_FILE).is_file() and any(
+        (run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def axolotl_env() -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, Any], log: Path) -> None:
+    """``axolotl train <recipe> --key=value ...`` in a subprocess (cwd = ``out``, so the recipe's relative
+    data paths resolve there); stdout/stderr go to ``log``. A failure raises with the log's tail."""
+    axolotl = Path(sys.executable).parent / "axolotl"
+    # --launcher python: one process instead of `accelerate launch` starting a second one (~10 s less per run
+    # on 2 cores); these are single-process CPU runs, so nothing is lost.
+    cmd = [str(axolotl if axolotl.exists() else "axolotl"), "train", str(recipe), "--launcher", "python"]
+    cmd += [f"--{key.replace('_', '-')}={value}" for key, value in overrides.items()]
+    if run_dir.exists():  # a half-finished run from an interrupted call: start it again cleanly
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as handle:
+        handle.write(" ".join(cmd) + "\n")
+        handle.flush()
+        proc = subprocess.run(cmd, cwd=out, env=axolotl_env(), stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not run_is_done(run_dir):
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {proc.returncode}); "
+                           f"full log: {log}\n{tail}")
+
+
+def lambda_recipe(out: Path, lam: float) -> Path:
+    """recipes/reproduce/dpop.yml with dpop_lambda set: axolotl's CLI has no flag for plugin fields (an unknown
+    ``--dpop-lambda`` is handed on to ``accelerate launch``, which rejects it), so λ goes into a copy."""
+    import yaml
+
+    cfg = yaml.safe_load((RECIPE_DIR / "dpop.yml").read_text(encoding="utf-8"))
+    cfg["dpop_lambda"] = lam
+    path = out / "recipes" / f"dpop_lambda{lam:g}.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# generated by `smaug reproduce` from {RECIPE_DIR / 'dpop.yml'}: only dpop_lambda differs\n"
+    path.write_text(header + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_label(method: str, lam: float | None) -> str:
+    return "dpo" if method == "dpo" else f"dpop-l{lam:g}"
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def chatml_prompt(query: str) -> str:
+    return f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def parse_answer(text: str) -> str | None:
+    match = ANSWER_RE.search(text)
+    return match.group(1).replace(",", "") if match else None
+
+
+def greedy_exact_match(model_dir: Path, problems: list[dict], max_new_tokens: int = 160) -> float:
+    """Fraction of problems whose greedy solution ends with ``The answer is: <the right number>``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batch = tokenizer([chatml_prompt(p["query"]) for p in problems], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+    with torch.inference_mode():
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(parse_answer(t) == p["answer"] for t, p in zip(texts, problems)) / len(problems)
+
+
+def row_from_stats(method: str, lam: float | None, seed: int | None, stats: dict, exact: float) -> dict:
+    b = stats["buckets"]["chosen"]
+    return {
+        "method": "SFT (reference)" if method == "sft" else ("DPO" if method == "dpo" else f"DPOP λ={lam:g}"),
+        "lambda": lam, "seed": seed,
+        "d_chosen": stats["chosen_total_delta_mean"], "d_rejected": stats["rejected_total_delta_mean"],
+        "d_chosen_before": b["before"]["mean_delta_per_token"], "d_chosen_at": b["at"]["mean_delta_per_token"],
+        "d_chosen_after": b["after"]["mean_delta_per_token"],
+        "d_rejected_after": stats["buckets"]["rejected"]["after"]["mean_delta_per_token"],
+        "reward_accuracy": stats["reward_accuracy"], "exact_match": exact,
+    }
+
+
+COLUMNS = [("method", "method"), ("seed", "seed"), ("Δ log p chosen", "d_chosen"),
+           ("Δ log p rejected", "d_rejected"), ("Δ/token chosen before k", "d_chosen_before"),
+           ("at k", "d_chosen_at"), ("after k", "d_chosen_after"), ("Δ/token rejected after k", "d_rejected_after"),
+           ("reward acc", "reward_accuracy"), ("exact match", "exact_match")]
+
+
+def _cell(value: Any, key: str) -> str:
+    if value is None:
+        return "–"
+    if key in ("reward_accuracy", "exact_match"):
+        return f"{value:.2f}"
+    if isinstance(value, float):
+        return f"{value:+.3f}" if key.startswith("d_chosen") is False or key == "d_chosen" else f"{value:+.4f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(k), k) for _, k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Mean over seeds per method (the lines a reader checks first)."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows if r["seed"] is not None):
+        group = [r for r in rows if r["method"] == method]
+        mean = {k: sum(r[k] for r in group) / len(group) for _, k in COLUMNS[2:] if all(r[k] is not None for r in group)}
+        out.append({"method": method, "seed": f"mean of {len(group)}", **mean})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
+
+
+def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[float, ...] = LAMBDAS,
+              overrides: dict[str, Any] | None = None) -> dict:
+    """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
+    from smaug.data.io import write_json_atomic
+
+    progress = Progress()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(overrides or {})
+    if quick:
+        lambdas = QUICK["lambdas"]
+
+    info = prepare_data(out)
+    progress(f"data: {info['train_pairs']} training pairs, {info['heldout_pairs']} held-out pairs -> {out / 'data'}")
+
+    base = out / "base-model"
+    if not (base / "config.json").is_file():
+        from smaug.tiny import build_tiny_llama
+
+        build_tiny_llama(base, **MODEL)
+    progress(f"base model: tiny random Llama {MODEL} -> {base}")
+
+    sft = out / "runs" / "sft"
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    sft_over = {k: v for k, v in overrides.items() if k.startswith("sft_")}
+    if run_is_done(sft):
+        progress(f"SFT: reusing {sft}")
+    else:
+        axolotl_train(RECIPE_DIR / "sft.yml", out, sft,
+                      {"base_model": base, "output_dir": sft, **{k[4:]: v for k, v in sft_over.items()}},
+                      logs / "sft.log")
+        progress(f"SFT: axolotl train {RECIPE_DIR.name}/sft.yml -> {sft}")
+
+    pref_over = {k[5:]: v for k, v in overrides.items() if k.startswith("pref_")}
+    if "max_steps" in pref_over:
+        pref_over.setdefault("save_steps", pref_over["max_steps"])
+    runs: list[tuple[str, float | None, int, Path]] = []
+    for seed in seeds:
+        for method, lam in [("dpo", None)] + [("dpop", x) for x in lambdas]:
+            run_dir = out / "runs" / f"{run_label(method, lam)}-s{seed}"
+            runs.append((method, lam, seed, run_dir))
+            if run_is_done(run_dir):
+                progress(f"{run_label(method, lam)} seed {seed}: reusing {run_dir}")
+                continue
+            recipe = RECIPE_DIR / "dpo.yml" if method == "dpo" else lambda_recipe(out, lam)
+            axolotl_train(recipe, out, run_dir,
+                          {"base_model": sft, "output_dir": run_dir, "seed": seed, **pref_over},
+                          logs / f"{run_dir.name}.log")
+            progress(f"{run_label(method, lam)} seed {seed}: axolotl train -> {run_dir}")
+
+    results = evaluate(out, sft, runs, progress)
+    results.update({"data": info, "model": MODEL, "seeds": list(seeds), "lambdas": list(lambdas), "quick": quick,
+                    "overrides": {k: str(v) for k, v in overrides.items()},
+                    "recipes": {n: str(RECIPE_DIR / f"{n}.yml") for n in ("sft", "dpo", "dpop")},
+                    "wall_seconds": round(time.monotonic() - progress.start, 1)})
+    write_json_atomic(out / "results.json", results)
+    md = render_markdown(results)
+    from smaug.data.io import atomic_write
+
+    atomic_write(out / "results.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    print(md)
+    progress(f"done: {out / 'results.md'}, results.json, positional.png, training.png")
+    return results
+
+
+def evaluate(out: Path, sft: Path, runs, progress) -> dict:
+    from smaug.evaluation.logprobs import analyse_pairs, load_pairs, plot_positional, plot_training
+
+    pairs = load_pairs(out / "data" / "pairs_heldout.jsonl")
+    problems = [json.loads(line) for line in (out / "data" / "heldout_problems.jsonl").read_text().splitlines()]
+    analysis = analyse_pairs([str(r[3]) for r in runs], str(sft), pairs, fmt="chatml", dtype="float32",
+                             device="cpu", batch_size=32)
+    progress(f"log-probs: {len(runs)} runs vs the SFT reference on {len(pairs)} held-out pairs")
+    ref_exact = greedy_exact_match(sft, problems)
+    rows = [{"method": "SFT (reference)", "lambda": None, "seed": None, "d_chosen": 0.0, "d_rejected": 0.0,
+             "d_chosen_before": 0.0, "d_chosen_at": 0.0, "d_chosen_after": 0.0, "d_rejected_after": 0.0,
+             "reward_accuracy": None, "exact_match": ref_exact}]
+    for method, lam, seed, run_dir in runs:
+        stats = analysis["models"][str(run_dir)]
+        rows.append(row_from_stats(method, lam, seed, stats, greedy_exact_match(run_dir, problems)))
+    progress(f"greedy exact match: {len(runs) + 1} models on {len(problems)} held-out problems")
+
+    # Figure 4: one seed, every method; Figure 5: DPO vs DPOP training curves of that seed.
+    first_seed = runs[0][2]
+    fig4 = {**analysis, "models": {run_label(m, lam): analysis["models"][str(d)]
+                                   for m, lam, s, d in runs if s == first_seed}}
+    fig4["reference"] = "SFT"
+    plot_positional(fig4, out / "positional.png")
+    plot_training({run_label(m, lam): d for m, lam, s, d in runs if s == first_seed}, out / "training.png")
+    progress(f"plots: {out / 'positional.png'}, {out / 'training.png'} (seed {first_seed})")
+    return {"rows": rows, "summary": summary_rows(rows), "reference_stats": analysis["reference_stats"],
+            "n_heldout_pairs": len(pairs), "n_heldout_problems": len(problems), "versions": analysis["versions"],
+            "logprobs": {str(d.relative_to(out)): analysis["models"][str(d)]["buckets"] for *_, d in runs}}
+
+
+def render_markdown(results: dict) -> str:
+    ref = results["reference_stats"]
+    return "\n".join([
+        "# DPO vs DPOP on low edit-distance pairs (`smaug reproduce`)", "",
+        f"Reference = SFT model; held-out pairs: {results['n_heldout_pairs']} (reference mean log p: chosen "
+        f"{ref['chosen_logp_total_mean']:.2f}, rejected {ref['rejected_logp_total_mean']:.2f}). Δ = model − "
+        "reference, sequence sums averaged over pairs; per-token columns are means over tokens before / at / "
+        "after the first differing token k. Exact match: greedy `The answer is: N` on "
+        f"{results['n_heldout_problems']} held-out problems.", "",
+        markdown_table(results["rows"]), "", "Mean over seeds:", "", markdown_table(results["summary"]), "",
+    ])
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reproduce")
+    parser.add_argument("--quick", action="store_true", help="one seed, DPO + DPOP λ=50 only")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if any(s < 0 for s in args.seeds):
+        raise UserError(f"--seeds {args.seeds}: seeds must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {args.seeds}: a seed is given twice")
+    for name in ("sft", "dpo", "dpop"):
+        if not (RECIPE_DIR / f"{name}.yml").is_file():
+            raise UserError(f"{RECIPE_DIR / (name + '.yml')}: recipe missing; restore it from the repository")
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    reproduce(args.out, seeds, quick=args.quick)
+    return 0
