@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from smaug.cli import main as cli_main
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
@@ -167,7 +169,7 @@ def test_unknown_lineage_is_refused_with_the_stanza_to_add(tiny_model_copy, caps
     assert "someorg/mystery-7b:" in message and "license:" in message and "licenses.yaml" in message
     assert "https://huggingface.co/someorg/mystery-7b" in message
     # Through the CLI: exit 2, message on stderr, and no card written.
-    assert cards.main([str(model), "--no-auto-eval"]) == 2
+    assert cli_main(["card", str(model), "--no-auto-eval"]) == 2
     assert "someorg/mystery-7b" in capsys.readouterr().err
     assert not (model / "README.md").exists()
 
@@ -363,7 +365,7 @@ def _collect(fn):
 # The real huggingface_hub client against tests/hub_server.py, in a subprocess (HF_ENDPOINT is read at import).
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, os, sys
-    from smaug import publish
+    from smaug.cli import main as cli_main
     from huggingface_hub import HfApi, hf_hub_download
     model, repo = sys.argv[1], sys.argv[2]
     def run(*argv, token=None):
@@ -371,7 +373,7 @@ DRIVER = textwrap.dedent("""
             os.environ["HF_TOKEN"] = token
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = publish.main(list(argv))
+            code = cli_main(["publish", *argv])
         sys.stdout.write(out.getvalue()); sys.stderr.write(err.getvalue())
         return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
     good = os.environ["HF_TOKEN"]

@@ -498,21 +498,3 @@ def _run(args: argparse.Namespace) -> int:
     n_results = len(card.data.eval_results or [])
     print(f"wrote {path} (license: {licence}; base_model: {data.get('base_model', 'none')}; {n_results} eval result(s))")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m smaug.cards ...`: this subcommand alone (no other subsystem imported), same exit codes."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="smaug")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["card", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -281,5 +282,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Offline by design (the stage subprocesses inherit this); `make demo` sets it before Python starts too.
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
     run_demo(args.repo)
     return 0

@@ -258,21 +258,3 @@ def _run(args: argparse.Namespace) -> int:
     publish(args.model_dir, args.repo, public=args.public, dry_run=args.dry_run, evals=args.evals,
             commit_message=args.message)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m smaug.publish ...`: this subcommand alone (no other subsystem imported), same exit codes."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="smaug")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["publish", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -30,13 +30,13 @@ filled by the correct option. They come from local JSONL files (``--data-dir``, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 from pathlib import Path
 from typing import Callable
 
 from smaug.errors import UserError
+from smaug.jsonl import read_jsonl
 from smaug.evaluation.logprobs import check_model_ref, load_causal_lm, token_logprobs, write_json_atomic
 from smaug.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
 
@@ -84,18 +84,6 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, str | None, str], Callable[[dict], s
 }
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    return rows
-
-
 def load_benchmark_texts(name: str, data_dir: str | Path | None = None, hub: bool = False) -> list[str]:
     """Gold-answer texts of one benchmark from local JSONL files (or the Hub with ``hub=True``)."""
     if name not in BENCHMARKS:
@@ -115,7 +103,7 @@ def load_benchmark_texts(name: str, data_dir: str | Path | None = None, hub: boo
             )
         rows, source = [], ", ".join(str(f) for f in files)
         for path in files:
-            rows.extend(_read_jsonl(path))
+            rows.extend(read_jsonl(path, f"{name} benchmark"))
     texts = []
     for i, row in enumerate(rows, 1):
         try:
@@ -130,7 +118,7 @@ def load_texts_file(path: str | Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: texts file not found; pass a JSONL file with a 'text' field per line")
     texts = []
-    for i, row in enumerate(_read_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path, "texts"), 1):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
             raise UserError(f"{path}: row {i}: field 'text' is missing or empty")
         texts.append(row["text"])

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from smaug.errors import UserError
+from smaug.jsonl import read_jsonl
 
 FORMATS = ("chatml", "chat_template", "plain")
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -56,15 +57,7 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
 
         rows = pq.read_table(path).to_pylist()
     elif path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); one JSON object per line") from None
+        rows = read_jsonl(path, "pair")
     else:
         raise UserError(f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
     if not rows:

