@@ -276,6 +276,12 @@ def test_tiny_chain_resumes_killed_stages_and_skips_done_ones(tmp_path, capsys):
     provenance = json.loads((dpop.output_dir / "smaug_provenance.json").read_text())
     assert provenance["training"]["dpop_lambda"] == 50 and provenance["training"]["rl_beta"] == 0.3
     assert provenance["parent"]["base_model"] == str(root / "tiny" / "base-model")
+    assert provenance["recipe"] == "recipes/cpu/tiny_dpop.yml"
+    # the lineage ends at the tiny model we created, so the final model gets a card with its licence
+    from smaug.cards import render_card
+
+    card = render_card(dpop.output_dir, auto_evals=False)
+    assert card.data.license == "apache-2.0"
 
     # run 4: nothing to do, nothing started
     logs_before = [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)]

@@ -41,8 +41,10 @@ N_PROBLEMS = 3000
 N_HELDOUT = 64
 DATA_SEED = 0
 MODEL = {"hidden_size": 128, "num_layers": 2, "seed": 0}
-# --quick: one seed, DPO + DPOP(λ=50), fewer steps (what tests/test_reproduce.py runs).
-QUICK = {"seeds": (0,), "lambdas": (50.0,), "sft_steps": None, "pref_steps": None}
+# --quick: one seed, DPO + DPOP(λ=50), half the steps (what tests/test_reproduce.py runs). Passed to axolotl
+# as CLI overrides (--max-steps, --save-steps) of the recipes' values; sft_/pref_ say which recipes.
+QUICK_LAMBDAS = (50.0,)
+QUICK_OVERRIDES = {"sft_max_steps": 200, "pref_max_steps": 30}
 
 NAMES = ["Mia", "Liam", "Aisha", "Kenji", "Sofia", "Noah", "Priya", "Theo", "Zara", "Owen", "Elena", "Diego"]
 ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "cards", "shells", "books"]
@@ -121,20 +123,44 @@ def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HEL
 # ------------------------------------------------------------------------------------------- training
 
 
-def run_is_done(run_dir: Path) -> bool:
-    """A finished run: a saved model and the provenance file the plugin writes last."""
-    return (run_dir / PROVENANCE_FILE).is_file() and any(
-        (run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json"))
+def run_is_done(run_dir: Path, expect: dict[str, Any] | None = None, parent: Path | None = None) -> bool:
+    """A finished run: a saved model and the provenance file the plugin writes last, trained with the
+    ``expect``-ed settings (e.g. max_steps, seed, dpop_lambda) from the current ``parent`` model, so that a
+    --quick run is never reused by a full one (nor a DPO run whose SFT model was retrained)."""
+    if not (run_dir / PROVENANCE_FILE).is_file() or not any(
+            (run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        return False
+    try:
+        provenance = json.loads((run_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    training = provenance.get("training") or {}
+    if any(training.get(key) is None or float(training[key]) != float(value) for key, value in (expect or {}).items()):
+        return False
+    if parent is not None:
+        parent_now = json.loads((parent / PROVENANCE_FILE).read_text(encoding="utf-8"))
+        if (provenance.get("parent") or {}).get("finished_at") != parent_now.get("finished_at"):
+            return False
+    return True
+
+
+def recipe_value(name: str, key: str) -> Any:
+    import yaml
+
+    return yaml.safe_load((RECIPE_DIR / f"{name}.yml").read_text(encoding="utf-8")).get(key)
 
 
 def axolotl_env() -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
     return {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
             "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+            # One thread: these models are tiny, and on a shared 2-core machine two threads ran 10x slower.
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
-def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, Any], log: Path) -> None:
+def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, Any], log: Path,
+                  original_recipe: Path | None = None) -> None:
     """``axolotl train <recipe> --key=value ...`` in a subprocess (cwd = ``out``, so the recipe's relative
     data paths resolve there); stdout/stderr go to ``log``. A failure raises with the log's tail."""
     axolotl = Path(sys.executable).parent / "axolotl"
@@ -148,8 +174,11 @@ def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, A
     with log.open("w", encoding="utf-8") as handle:
         handle.write(" ".join(cmd) + "\n")
         handle.flush()
-        proc = subprocess.run(cmd, cwd=out, env=axolotl_env(), stdout=handle, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not run_is_done(run_dir):
+        env = axolotl_env()
+        if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
+            env["SMAUG_RECIPE"] = str(original_recipe)
+        proc = subprocess.run(cmd, cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {proc.returncode}); "
                            f"full log: {log}\n{tail}")
@@ -264,12 +293,16 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
     """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
     from smaug.data.io import write_json_atomic
 
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # see axolotl_env()
     progress = Progress()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides or {})
     if quick:
-        lambdas = QUICK["lambdas"]
+        lambdas = QUICK_LAMBDAS
+        overrides = {**QUICK_OVERRIDES, **overrides}
 
     info = prepare_data(out)
     progress(f"data: {info['train_pairs']} training pairs, {info['heldout_pairs']} held-out pairs -> {out / 'data'}")
@@ -284,12 +317,12 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
     sft = out / "runs" / "sft"
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    sft_over = {k: v for k, v in overrides.items() if k.startswith("sft_")}
-    if run_is_done(sft):
+    sft_over = {k[4:]: v for k, v in overrides.items() if k.startswith("sft_")}
+    if run_is_done(sft, {"max_steps": sft_over.get("max_steps", recipe_value("sft", "max_steps"))}):
         progress(f"SFT: reusing {sft}")
     else:
         axolotl_train(RECIPE_DIR / "sft.yml", out, sft,
-                      {"base_model": base, "output_dir": sft, **{k[4:]: v for k, v in sft_over.items()}},
+                      {"base_model": base, "output_dir": sft, **sft_over},
                       logs / "sft.log")
         progress(f"SFT: axolotl train {RECIPE_DIR.name}/sft.yml -> {sft}")
 
@@ -301,13 +334,16 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
         for method, lam in [("dpo", None)] + [("dpop", x) for x in lambdas]:
             run_dir = out / "runs" / f"{run_label(method, lam)}-s{seed}"
             runs.append((method, lam, seed, run_dir))
-            if run_is_done(run_dir):
+            expect = {"seed": seed, "max_steps": pref_over.get("max_steps", recipe_value(method, "max_steps"))}
+            if lam is not None:
+                expect["dpop_lambda"] = lam
+            if run_is_done(run_dir, expect, parent=sft):
                 progress(f"{run_label(method, lam)} seed {seed}: reusing {run_dir}")
                 continue
             recipe = RECIPE_DIR / "dpo.yml" if method == "dpo" else lambda_recipe(out, lam)
             axolotl_train(recipe, out, run_dir,
                           {"base_model": sft, "output_dir": run_dir, "seed": seed, **pref_over},
-                          logs / f"{run_dir.name}.log")
+                          logs / f"{run_dir.name}.log", original_recipe=RECIPE_DIR / f"{method}.yml")
             progress(f"{run_label(method, lam)} seed {seed}: axolotl train -> {run_dir}")
 
     results = evaluate(out, sft, runs, progress)

@@ -76,7 +76,23 @@ def build_tiny_llama(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _write_provenance(out_dir, seed)
     return out_dir
+
+
+def _write_provenance(out_dir: Path, seed: int) -> None:
+    """Created from scratch here, so the lineage ends with our own licence (see model_cards/)."""
+    from datetime import datetime, timezone
+
+    from axolotl_dpop.provenance import PROVENANCE_FILE, SCHEMA_VERSION, package_versions, write_json_atomic
+
+    write_json_atomic(out_dir / PROVENANCE_FILE, {
+        "schema": SCHEMA_VERSION, "recipe": None, "base_model": None, "base_model_revision": None,
+        "parent": None, "license": "apache-2.0",
+        "training": None, "datasets": [], "created_by": f"smaug tiny-model (random init, seed {seed})",
+        "hardware": None, "versions": package_versions(),
+        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
 
 
 def register(subparsers) -> None:
