@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREFLIGHT
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
-.PHONY: setup test test-fast demo eval eval-compare mtbench contamination logprobs card publish \
+.PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
 
 setup: $(VENV)/.installed
@@ -30,6 +30,12 @@ test: setup
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -m "not slow" $(PYTEST_ARGS)
+
+# --- the embedded CPU default: SmolLM2-135M through data -> SFT -> DPOP -> eval -> analysis -> card -> publish dry-run
+demo: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug demo
+
+# --- the paper's failure mode and its fix, on a CPU in minutes
+reproduce: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug reproduce
 
 # --- training: the stage chains of recipes/chains.yaml (DRY_RUN=1 prints the plan and memory estimate) ---
 smaug-34b: setup ; smaug chain run smaug-34b

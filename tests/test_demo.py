@@ -135,11 +135,11 @@ def _summary(lay, d_chosen):
 def test_demo_summary_says_whether_dpop_kept_the_chosen_log_probs():
     lay = demo.Layout()
     kept = _summary(lay, 0.4)
-    assert "chosen: mean Δ log-prob +0.400" in kept and "AT OR ABOVE the reference" in kept
+    assert "chosen: mean Δ log-prob +0.400" in kept and "AT OR ABOVE the SFT reference" in kept
     assert "| **average** | **25.0** | **30.0** |" in kept
     assert "outputs/demo/dpop" in kept and str(REPO_ROOT) not in kept
     lost = _summary(lay, -1.5)
-    assert "chosen: mean Δ log-prob -1.500" in lost and "BELOW the reference" in lost
+    assert "chosen: mean Δ log-prob -1.500" in lost and "BELOW the SFT reference" in lost and "raise max_steps" in lost
 
 
 def test_demo_model_without_the_wheel_says_how_to_install_it(monkeypatch, tmp_path):

@@ -6,7 +6,13 @@ import json
 import pytest
 
 from smaug.cli import main
-from smaug.reproduce import ANSWER_RE, parse_answer, prepare_data, run_is_done, short_problem
+from smaug.reproduce import (
+    ANSWER_RE,
+    parse_answer,
+    prepare_data,
+    run_is_done,
+    short_problem,
+)
 
 # Margins: measured by hand over seeds 0, 1, 2 of the quick setting (SFT 200 steps, 30 DPO/DPOP steps; see
 # recipes/reproduce/README.md): DPO's Δ log p(chosen) was -6.2, -5.0, -10.0 nats (Δ rejected -7.2, -5.8, -10.6,

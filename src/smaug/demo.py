@@ -22,8 +22,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from smaug.errors import UserError
 from smaug.paths import REPO_ROOT, eval_dir
@@ -145,6 +146,9 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
         logprobs.write_json_atomic(result, result_path)
         logprobs.plot_positional(result, positional_png)
     logprobs.plot_training({"DPOP": lay.dpop}, training_png)
+    values = logprobs.read_training_log(lay.dpop).get("dpop/penalty", ([], []))[1]
+    if values:
+        result["training_penalty"] = f"{sum(v > 0 for v in values)} of {len(values)} logged steps"
     result["_paths"] = {"json": str(result_path), "positional": str(positional_png), "training": str(training_png)}
     return result
 
@@ -170,7 +174,9 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
     stats = analysis["models"][str(lay.dpop)]
     d_chosen, d_rejected = stats["chosen_total_delta_mean"], stats["rejected_total_delta_mean"]
     kept = d_chosen >= 0
-    rel = lambda p: str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else str(p)  # noqa: E731
+    steps_trained = load_recipe(DPOP_RECIPE)["max_steps"]
+    penalty = analysis.get("training_penalty") or "n/a (no dpop/penalty in the training log)"
+    rel = lambda p: str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else str(p)
     tasks = sorted(set(before["tasks"]) | set(after["tasks"]))
     rows = "\n".join(
         f"| {key} | {100 * before['tasks'][key]['value']:.1f} | {100 * after['tasks'][key]['value']:.1f} |"
@@ -201,8 +207,9 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
 - chosen: mean Δ log-prob {d_chosen:+.3f} (per token {stats['chosen_per_token_delta_mean']:+.4f})
 - rejected: mean Δ log-prob {d_rejected:+.3f} (per token {stats['rejected_per_token_delta_mean']:+.4f})
 - reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %
-- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the reference
-  ({'as DPOP intends' if kept else 'the penalty did not hold here; more steps or a larger lambda would be needed'})
+- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the SFT reference on held-out pairs
+  ({'as DPOP intends' if kept else f'{steps_trained} training steps do not carry over to unseen pairs; raise max_steps in recipes/{DPOP_RECIPE}'})
+- in training, the DPOP penalty (reference above policy on a chosen completion) was active in {penalty}
 
 ## Time per step (this run)
 

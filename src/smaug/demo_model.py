@@ -114,7 +114,7 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
                            "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
                                                   "eos/pad set to <|im_end|> as in the Hub tokenizer"},
             "versions": _versions(),
-            "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
         if out_dir.exists():  # an incomplete leftover

@@ -2,7 +2,7 @@
 
 What it does (each stage prints one line with the elapsed time; finished runs are reused):
 
-1. data: short MetaMath-like problems (two or three arithmetic steps, "The answer is: N"), turned into
+1. data: short MetaMath-like problems (two arithmetic steps, "The answer is: N"), turned into
    preference pairs by our MetaMath builder (``smaug.data.build_metamath_pairs``: rejected = the chosen
    solution with ONE intermediate result corrupted, final answer untouched). Held-out problems are kept apart.
 2. a tiny random Llama with a byte-level tokenizer (one token per digit), then ``axolotl train
@@ -57,7 +57,7 @@ ANSWER_RE = re.compile(r"The answer is:\s*(-?[\d,]*\.?\d+)")
 def short_problem(index: int, seed: int = 0) -> dict[str, Any]:
     """Row ``index``: a MetaMathQA-schema row (query, response, type, original_question, answer).
 
-    Two or three small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
+    Two small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
     the intermediate results, and the solution ends with ``The answer is: N`` as MetaMathQA's do."""
     rng = random.Random((seed << 32) ^ (0x5EED << 16) ^ index)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
@@ -177,7 +177,7 @@ def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, A
         env = axolotl_env()
         if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
             env["SMAUG_RECIPE"] = str(original_recipe)
-        proc = subprocess.run(cmd, cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {proc.returncode}); "
@@ -250,13 +250,16 @@ COLUMNS = [("method", "method"), ("seed", "seed"), ("Δ log p chosen", "d_chosen
            ("reward acc", "reward_accuracy"), ("exact match", "exact_match")]
 
 
+PER_TOKEN_KEYS = {"d_chosen_before", "d_chosen_at", "d_chosen_after", "d_rejected_after"}
+
+
 def _cell(value: Any, key: str) -> str:
     if value is None:
         return "–"
     if key in ("reward_accuracy", "exact_match"):
         return f"{value:.2f}"
     if isinstance(value, float):
-        return f"{value:+.3f}" if key.startswith("d_chosen") is False or key == "d_chosen" else f"{value:+.4f}"
+        return f"{value:+.4f}" if key in PER_TOKEN_KEYS else f"{value:+.3f}"
     return str(value)
 
 
@@ -291,9 +294,9 @@ class Progress:
 def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[float, ...] = LAMBDAS,
               overrides: dict[str, Any] | None = None) -> dict:
     """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
-    from smaug.data.io import write_json_atomic
-
     import torch
+
+    from smaug.data.io import write_json_atomic
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # see axolotl_env()
     progress = Progress()
@@ -362,7 +365,12 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
 
 
 def evaluate(out: Path, sft: Path, runs, progress) -> dict:
-    from smaug.evaluation.logprobs import analyse_pairs, load_pairs, plot_positional, plot_training
+    from smaug.evaluation.logprobs import (
+        analyse_pairs,
+        load_pairs,
+        plot_positional,
+        plot_training,
+    )
 
     pairs = load_pairs(out / "data" / "pairs_heldout.jsonl")
     problems = [json.loads(line) for line in (out / "data" / "heldout_problems.jsonl").read_text().splitlines()]
@@ -393,13 +401,15 @@ def evaluate(out: Path, sft: Path, runs, progress) -> dict:
 
 def render_markdown(results: dict) -> str:
     ref = results["reference_stats"]
-    return "\n".join([
-        "# DPO vs DPOP on low edit-distance pairs (`smaug reproduce`)", "",
+    intro = (
         f"Reference = SFT model; held-out pairs: {results['n_heldout_pairs']} (reference mean log p: chosen "
         f"{ref['chosen_logp_total_mean']:.2f}, rejected {ref['rejected_logp_total_mean']:.2f}). Δ = model − "
         "reference, sequence sums averaged over pairs; per-token columns are means over tokens before / at / "
         "after the first differing token k. Exact match: greedy `The answer is: N` on "
-        f"{results['n_heldout_problems']} held-out problems.", "",
+        f"{results['n_heldout_problems']} held-out problems."
+    )
+    return "\n".join([
+        "# DPO vs DPOP on low edit-distance pairs (`smaug reproduce`)", "", intro, "",
         markdown_table(results["rows"]), "", "Mean over seeds:", "", markdown_table(results["summary"]), "",
     ])
 
@@ -422,6 +432,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds {args.seeds}: seeds must be >= 0")
     if len(set(args.seeds)) != len(args.seeds):
         raise UserError(f"--seeds {args.seeds}: a seed is given twice")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; pass a folder (it is created if missing)")
     for name in ("sft", "dpo", "dpop"):
         if not (RECIPE_DIR / f"{name}.yml").is_file():
             raise UserError(f"{RECIPE_DIR / (name + '.yml')}: recipe missing; restore it from the repository")
