@@ -95,6 +95,7 @@ def _layout(tmp_path):
     lay = demo.Layout()
     for name in ("sft_data", "heldout_rows", "metamath_pairs", "heldout_pairs", "arc_pairs", "hellaswag_pairs"):
         setattr(lay, name, tmp_path / getattr(lay, name).name)
+    lay.dpop_sets = {kind: tmp_path / path.name for kind, path in lay.dpop_sets.items()}
     lay.data = tmp_path
     return lay
 
@@ -112,6 +113,12 @@ def test_demo_data_is_built_by_our_builders_with_a_disjoint_held_out_split(tmp_p
     assert reports["arc_dpo.jsonl"]["builder"] == "arc" and reports["hellaswag_dpo.jsonl"]["pairs"] > 0
     for path in (lay.metamath_pairs, lay.arc_pairs, lay.hellaswag_pairs):
         assert set(json.loads(path.read_text().splitlines()[0])) == {"prompt", "chosen", "rejected"}
+    # DPOP trains on the first pairs of each set, one pass: the recipe's steps x batch cover exactly these
+    dpop_recipe = R.load_recipe(demo.DPOP_RECIPE)
+    subsets = {kind: path.read_text().splitlines() for kind, path in lay.dpop_sets.items()}
+    assert {kind: len(lines) for kind, lines in subsets.items()} == demo.DPOP_PAIRS
+    assert subsets["metamath"] == lay.metamath_pairs.read_text().splitlines()[:demo.DPOP_PAIRS["metamath"]]
+    assert dpop_recipe["max_steps"] * dpop_recipe["micro_batch_size"] == sum(demo.DPOP_PAIRS.values())
 
     # a second run reuses what is there
     before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
@@ -121,25 +128,32 @@ def test_demo_data_is_built_by_our_builders_with_a_disjoint_held_out_split(tmp_p
     assert {p: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
 
 
-def _summary(lay, d_chosen):
+def _summary(lay, d_trained, d_heldout):
     scores = {"average": 0.25, "tasks": {"arc": {"value": 0.25}}, "_path": str(REPO_ROOT / "results/x.json")}
-    analysis = {"models": {str(lay.dpop): {
-        "n_pairs": 60, "chosen_total_delta_mean": d_chosen, "rejected_total_delta_mean": -3.0,
-        "chosen_per_token_delta_mean": d_chosen / 100, "rejected_per_token_delta_mean": -0.03,
-        "reward_accuracy": 0.9}},
-        "_paths": {k: str(REPO_ROOT / f"outputs/demo/analysis/{k}") for k in ("json", "positional", "training")}}
+
+    def result(name, d_chosen, n):
+        return {"models": {str(lay.dpop): {
+            "n_pairs": n, "chosen_total_delta_mean": d_chosen, "rejected_total_delta_mean": -3.0,
+            "chosen_per_token_delta_mean": d_chosen / 100, "rejected_per_token_delta_mean": -0.03,
+            "reward_accuracy": 0.9}},
+            "_paths": {k: str(REPO_ROOT / f"outputs/demo/analysis/{name}-{k}") for k in ("json", "positional")}}
+
+    analysis = {"trained": result("trained", d_trained, 24), "heldout": result("heldout", d_heldout, 20),
+                "training_penalty": "3 of 24 logged steps",
+                "training_png": str(REPO_ROOT / "outputs/demo/analysis/training_dpop.png")}
     reports = {"metamath_dpo.jsonl": {"pairs": 238}}
     return demo.render_summary(lay, scores, {**scores, "average": 0.3}, analysis, reports, {"total": 600.0})
 
 
 def test_demo_summary_says_whether_dpop_kept_the_chosen_log_probs():
     lay = demo.Layout()
-    kept = _summary(lay, 0.4)
-    assert "chosen: mean Δ log-prob +0.400" in kept and "AT OR ABOVE the SFT reference" in kept
-    assert "| **average** | **25.0** | **30.0** |" in kept
+    kept = _summary(lay, 0.4, -0.2)
+    assert "chosen: mean Δ log-prob +0.400" in kept and "AT OR ABOVE the SFT reference on the pairs it trained on" in kept
+    assert "On 20 held-out" in kept and "held out, the chosen log-prob ended below the reference" in kept
+    assert "| **average** | **25.0** | **30.0** |" in kept and "active in 3 of 24 logged steps" in kept
     assert "outputs/demo/dpop" in kept and str(REPO_ROOT) not in kept
-    lost = _summary(lay, -1.5)
-    assert "chosen: mean Δ log-prob -1.500" in lost and "BELOW the SFT reference" in lost and "raise max_steps" in lost
+    lost = _summary(lay, -1.5, 0.1)
+    assert "chosen: mean Δ log-prob -1.500" in lost and "BELOW the SFT reference" in lost
 
 
 def test_demo_model_without_the_wheel_says_how_to_install_it(monkeypatch, tmp_path):

@@ -38,7 +38,11 @@ METAMATH_SOURCE = REPO_ROOT / "data/mini/metamath.jsonl"
 ARC_SOURCE = REPO_ROOT / "data/mini/arc_challenge.jsonl"
 HELLASWAG_SOURCE = REPO_ROOT / "data/mini/hellaswag.jsonl"
 HELD_OUT_ROWS = 60  # the last rows of the MetaMath source: never trained on, used for the log-prob analysis
-ANALYSIS_PAIRS = 30  # of the held-out pairs: two models x 30 pairs is ~3 minutes on 2 cores
+ANALYSIS_PAIRS = 24  # held-out pairs analysed (the trained MetaMath pairs are all analysed)
+# The DPOP stage trains on the first N pairs of each built set, each exactly once (the recipe's
+# max_steps x batch must equal their sum, checked below), so the analysis knows which pairs DPOP saw:
+# DPOP's penalty acts on those; held-out pairs show how far that carries over.
+DPOP_PAIRS = {"metamath": 24, "arc": 12, "hellaswag": 12}
 PUBLISH_REPO = "demo-user/smaug-demo"
 
 
@@ -59,15 +63,20 @@ class Layout:
             raise UserError(f"recipes/{DPOP_RECIPE}: base_model must be the SFT stage's output_dir "
                             f"({sft['output_dir']}) so that DPOP starts from, and is compared with, the SFT model")
         self.sft_data = _abs(sft["datasets"][0]["path"])
-        pairs = {Path(d["path"]).name: _abs(d["path"]) for d in dpop["datasets"]}
+        self.data = self.sft_data.parent
+        self.metamath_pairs = self.data / "metamath_dpo.jsonl"
+        self.arc_pairs = self.data / "arc_dpo.jsonl"
+        self.hellaswag_pairs = self.data / "hellaswag_dpo.jsonl"
+        trained = {Path(d["path"]).name: _abs(d["path"]) for d in dpop["datasets"]}
         try:
-            self.metamath_pairs = pairs["metamath_dpo.jsonl"]
-            self.arc_pairs = pairs["arc_dpo.jsonl"]
-            self.hellaswag_pairs = pairs["hellaswag_dpo.jsonl"]
+            self.dpop_sets = {kind: trained[f"dpop_{kind}.jsonl"] for kind in DPOP_PAIRS}
         except KeyError as err:
             raise UserError(f"recipes/{DPOP_RECIPE}: expected a dataset file named {err.args[0]}") from None
+        per_step = dpop["micro_batch_size"] * dpop.get("gradient_accumulation_steps", 1)
+        if dpop["max_steps"] * per_step != sum(DPOP_PAIRS.values()):
+            raise UserError(f"recipes/{DPOP_RECIPE}: max_steps x micro_batch_size x gradient_accumulation_steps "
+                            f"must be {sum(DPOP_PAIRS.values())} (one pass over the demo's DPOP pairs)")
         self.root = self.base.parent  # ./outputs/demo
-        self.data = self.sft_data.parent
         self.heldout_rows = self.data / "metamath_heldout.jsonl"
         self.heldout_pairs = self.data / "metamath_heldout_dpo.jsonl"
         self.analysis = self.root / "analysis"
@@ -107,6 +116,11 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
         report = build_dataset(builder, out, source=str(source), seed=0)
         reports[out.name] = report
         print(f"  {builder}: {report['rows_read']} source rows -> {report['pairs']} pairs in {out}")
+    for kind, count in DPOP_PAIRS.items():
+        full = {"metamath": lay.metamath_pairs, "arc": lay.arc_pairs, "hellaswag": lay.hellaswag_pairs}[kind]
+        subset = "".join(full.read_text().splitlines(keepends=True)[:count])
+        if not lay.dpop_sets[kind].is_file() or lay.dpop_sets[kind].read_text() != subset:
+            write_atomic(lay.dpop_sets[kind], subset)
     return reports
 
 
@@ -128,29 +142,34 @@ def evaluate(model: Path, after: Path | None = None) -> dict[str, Any]:
 
 
 def analyse_logprobs(lay: Layout) -> dict[str, Any]:
-    """Δ log-probs of the DPOP model vs the SFT reference on held-out MetaMath pairs, plots of both analyses."""
+    """Δ log-probs of the DPOP model vs the SFT reference on the MetaMath pairs DPOP trained on and on
+    held-out ones; Figure 4 (positional) for both, Figure 5 (training curves) of the DPOP run."""
     from smaug.evaluation import logprobs
 
-    result_path = lay.analysis / "logprobs_dpop_vs_sft.json"
-    positional_png = lay.analysis / "logprobs_positional.png"
-    training_png = lay.analysis / "training_dpop.png"
     marker = lay.dpop / ".smaug_stage_done"
-    if _newer(result_path, marker) and positional_png.is_file():
-        print(f"  {result_path}: exists, skipped")
-        result = json.loads(result_path.read_text())
-    else:
-        pairs = logprobs.load_pairs(lay.heldout_pairs, limit=ANALYSIS_PAIRS)
-        max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
-        result = logprobs.analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=8,
-                                        dtype="bfloat16", max_length=max_length)
-        logprobs.write_json_atomic(result, result_path)
-        logprobs.plot_positional(result, positional_png)
+    max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
+    results: dict[str, Any] = {}
+    for name, pairs_file, limit in (("trained", lay.dpop_sets["metamath"], None),
+                                    ("heldout", lay.heldout_pairs, ANALYSIS_PAIRS)):
+        result_path = lay.analysis / f"logprobs_{name}.json"
+        positional_png = lay.analysis / f"logprobs_positional_{name}.png"
+        if _newer(result_path, marker) and positional_png.is_file():
+            print(f"  {result_path}: exists, skipped")
+            result = json.loads(result_path.read_text())
+        else:
+            pairs = logprobs.load_pairs(pairs_file, limit=limit)
+            result = logprobs.analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=8,
+                                            dtype="bfloat16", max_length=max_length)
+            logprobs.write_json_atomic(result, result_path)
+            logprobs.plot_positional(result, positional_png)
+        result["_paths"] = {"json": str(result_path), "positional": str(positional_png)}
+        results[name] = result
+    training_png = lay.analysis / "training_dpop.png"
     logprobs.plot_training({"DPOP": lay.dpop}, training_png)
     values = logprobs.read_training_log(lay.dpop).get("dpop/penalty", ([], []))[1]
-    if values:
-        result["training_penalty"] = f"{sum(v > 0 for v in values)} of {len(values)} logged steps"
-    result["_paths"] = {"json": str(result_path), "positional": str(positional_png), "training": str(training_png)}
-    return result
+    results["training_penalty"] = f"{sum(v > 0 for v in values)} of {len(values)} logged steps" if values else None
+    results["training_png"] = str(training_png)
+    return results
 
 
 def run_cli(argv: list[str]) -> None:
@@ -170,11 +189,19 @@ def _score(summary: dict[str, Any]) -> str:
     return f"{100 * summary['average']:.1f}" if summary.get("average") is not None else "n/a"
 
 
+def _logprob_lines(stats: dict) -> str:
+    return (f"- chosen: mean Δ log-prob {stats['chosen_total_delta_mean']:+.3f} "
+            f"(per token {stats['chosen_per_token_delta_mean']:+.4f})\n"
+            f"- rejected: mean Δ log-prob {stats['rejected_total_delta_mean']:+.3f} "
+            f"(per token {stats['rejected_per_token_delta_mean']:+.4f})\n"
+            f"- reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %")
+
+
 def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, reports: dict, times: dict) -> str:
-    stats = analysis["models"][str(lay.dpop)]
-    d_chosen, d_rejected = stats["chosen_total_delta_mean"], stats["rejected_total_delta_mean"]
-    kept = d_chosen >= 0
-    steps_trained = load_recipe(DPOP_RECIPE)["max_steps"]
+    trained = analysis["trained"]["models"][str(lay.dpop)]
+    heldout = analysis["heldout"]["models"][str(lay.dpop)]
+    kept = trained["chosen_total_delta_mean"] >= 0
+    kept_heldout = heldout["chosen_total_delta_mean"] >= 0
     penalty = analysis.get("training_penalty") or "n/a (no dpop/penalty in the training log)"
     rel = lambda p: str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else str(p)
     tasks = sorted(set(before["tasks"]) | set(after["tasks"]))
@@ -191,8 +218,8 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
 | SFT model (the DPOP reference) | {rel(lay.sft)} |
 | DPOP model | {rel(lay.dpop)} |
 | eval before / after ({SUITE}) | {rel(before['_path'])} / {rel(after['_path'])} |
-| log-prob analysis (held-out pairs) | {rel(analysis['_paths']['json'])} |
-| plots | {rel(analysis['_paths']['positional'])}, {rel(analysis['_paths']['training'])} |
+| log-prob analysis (trained / held-out pairs) | {rel(analysis['trained']['_paths']['json'])}, {rel(analysis['heldout']['_paths']['json'])} |
+| plots | {rel(analysis['trained']['_paths']['positional'])}, {rel(analysis['heldout']['_paths']['positional'])}, {rel(analysis['training_png'])} |
 | model card | {rel(lay.dpop / 'README.md')} |
 
 ## {SUITE} (x100; a smoke suite of a few rows per task: it says nothing about model quality)
@@ -202,13 +229,17 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
 {rows}
 | **average** | **{_score(before)}** | **{_score(after)}** |
 
-## Log-probs under DPOP vs the SFT reference ({stats['n_pairs']} held-out MetaMath pairs)
+## Log-probs under DPOP vs the SFT reference
 
-- chosen: mean Δ log-prob {d_chosen:+.3f} (per token {stats['chosen_per_token_delta_mean']:+.4f})
-- rejected: mean Δ log-prob {d_rejected:+.3f} (per token {stats['rejected_per_token_delta_mean']:+.4f})
-- reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %
-- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the SFT reference on held-out pairs
-  ({'as DPOP intends' if kept else f'{steps_trained} training steps do not carry over to unseen pairs; raise max_steps in recipes/{DPOP_RECIPE}'})
+On the {trained['n_pairs']} MetaMath pairs DPOP trained on (each seen once; the penalty acts on these):
+
+{_logprob_lines(trained)}
+- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the SFT reference on the pairs it trained on
+
+On {heldout['n_pairs']} held-out MetaMath pairs (never trained on):
+
+{_logprob_lines(heldout)}
+- held out, the chosen log-prob ended {'at or above' if kept_heldout else 'below'} the reference
 - in training, the DPOP penalty (reference above policy on a chosen completion) was active in {penalty}
 
 ## Time per step (this run)
