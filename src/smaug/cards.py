@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import yaml
 
 from smaug import paths
+from smaug.atomic import atomic_write
 from smaug.errors import UserError
 from smaug.provenance import Stage, display_name, local_stages, looks_like_hub_id
 
@@ -464,17 +463,13 @@ def write_card(model_dir: str | Path, card) -> Path:
     from huggingface_hub import ModelCard
 
     target = Path(model_dir) / "README.md"
-    fd, tmp = tempfile.mkstemp(prefix=".README.", suffix=".tmp", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(str(card))
-        loaded = ModelCard.load(tmp)
-        if loaded.data.to_dict() != card.data.to_dict():
+
+    def write_and_check(tmp: Path) -> None:
+        tmp.write_text(str(card), encoding="utf-8")
+        if ModelCard.load(tmp).data.to_dict() != card.data.to_dict():
             raise RuntimeError(f"{target}: card metadata does not round-trip through ModelCard")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(target, write_and_check)
     return target
 
 

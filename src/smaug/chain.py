@@ -29,9 +29,10 @@ from typing import Any
 import yaml
 
 from smaug import memory
+from smaug.atomic import write_text_atomic
 from smaug.errors import UserError
 from smaug.paths import RECIPES_DIR, REPO_ROOT
-from smaug.recipes import load_recipe, rel, resolve_recipe_path, write_atomic
+from smaug.recipes import load_recipe, rel, resolve_recipe_path
 
 CHAINS_FILE = RECIPES_DIR / "chains.yaml"
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "outputs"
@@ -471,9 +472,9 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
         checkpoints = complete_checkpoints(stage.output_dir)
         print(f"{label}: " + (f"resuming from {checkpoints[-1]}" if checkpoints else "starting"), flush=True)
         if stage.rebased:
-            write_atomic(stage.run_config, f"# {stage.name} with its paths under {chain.output_root} "
-                                           "(written by smaug chain; edit the recipe, not this file)\n"
-                         + yaml.safe_dump(stage.recipe, sort_keys=False))
+            write_text_atomic(stage.run_config, f"# {stage.name} with its paths under {chain.output_root} "
+                                                "(written by smaug chain; edit the recipe, not this file)\n"
+                              + yaml.safe_dump(stage.recipe, sort_keys=False))
         env_vars = stage_env(stage)
         log_path = stage.output_dir / STAGE_LOG
         code = _run_logged(train_command(stage, launch, accelerator), env_vars, log_path)
@@ -484,7 +485,7 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
                   "from the last checkpoint.", file=sys.stderr)
             return code
         if launch.node_rank == 0:
-            write_atomic(stage.marker, json.dumps({
+            write_text_atomic(stage.marker, json.dumps({
                 "recipe": stage.name, "sha256": stage.digest, "output_dir": str(stage.output_dir),
                 "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }, indent=2) + "\n")

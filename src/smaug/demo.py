@@ -26,9 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from smaug.atomic import write_text_atomic
 from smaug.errors import UserError
 from smaug.paths import REPO_ROOT, eval_dir
-from smaug.recipes import load_recipe, write_atomic
+from smaug.recipes import load_recipe
 
 CHAIN = "demo"
 SFT_RECIPE = "demo/smollm2_sft.yml"
@@ -102,7 +103,7 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
     lay.data.mkdir(parents=True, exist_ok=True)
     for path, text in ((lay.sft_data, train_text), (lay.heldout_rows, heldout_text)):
         if not path.is_file() or path.read_text() != text:
-            write_atomic(path, text)
+            write_text_atomic(path, text)
 
     jobs = [("metamath", lay.sft_data, lay.metamath_pairs), ("metamath", lay.heldout_rows, lay.heldout_pairs),
             ("arc", ARC_SOURCE, lay.arc_pairs), ("hellaswag", HELLASWAG_SOURCE, lay.hellaswag_pairs)]
@@ -120,7 +121,7 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
         full = {"metamath": lay.metamath_pairs, "arc": lay.arc_pairs, "hellaswag": lay.hellaswag_pairs}[kind]
         subset = "".join(full.read_text().splitlines(keepends=True)[:count])
         if not lay.dpop_sets[kind].is_file() or lay.dpop_sets[kind].read_text() != subset:
-            write_atomic(lay.dpop_sets[kind], subset)
+            write_text_atomic(lay.dpop_sets[kind], subset)
     return reports
 
 
@@ -309,7 +310,7 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
     times["total"] = time.time() - started
 
     text = render_summary(lay, results["before"], results["after"], results["analysis"], results["reports"], times)
-    write_atomic(lay.summary, text)
+    write_text_atomic(lay.summary, text)
     print("\n" + text)
     print(f"(this summary: {lay.summary})")
     return lay.summary

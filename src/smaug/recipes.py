@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from smaug.atomic import write_text_atomic
 from smaug.errors import UserError
 from smaug.paths import RECIPES_DIR, REPO_ROOT
 
@@ -195,14 +194,6 @@ def generated_recipes(spec_path: Path = GENERATE_SPEC) -> dict[str, str]:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def stale_generated(spec_path: Path = GENERATE_SPEC) -> list[str]:
     """Names of generated recipes whose committed file differs from the generator's output (or is missing)."""
     stale = []
@@ -240,7 +231,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"stale: recipes/{name} (run `smaug recipes generate`)")
         return 1 if stale else 0
     for name, text in generated_recipes().items():
-        write_atomic(RECIPES_DIR / name, text)
+        write_text_atomic(RECIPES_DIR / name, text)
         print(f"wrote recipes/{name}")
     return 0
 

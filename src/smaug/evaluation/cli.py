@@ -101,13 +101,14 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from smaug.evaluation.summary import compare_table, load_summary, write_atomic
+    from smaug.atomic import write_text_atomic
+    from smaug.evaluation.summary import compare_table, load_summary
 
     summaries = [load_summary(find_summary(item, args.suite, args.results_dir)) for item in args.items]
     table = compare_table(summaries)
     print(table, end="")
     if args.out:
-        write_atomic(args.out, table)
+        write_text_atomic(args.out, table)
         print(f"wrote {args.out}")
     return 0
 

@@ -29,9 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from smaug.atomic import write_jsonl_atomic
 from smaug.errors import UserError
-from smaug.jsonl import read_jsonl
 from smaug.evaluation.logprobs import check_model_ref, load_causal_lm, write_json_atomic
+from smaug.jsonl import read_jsonl
 from smaug.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
 
 DEFAULT_CONFIG = EVAL_CONFIG_DIR / "mtbench.yaml"
@@ -367,8 +368,8 @@ def run_mtbench(model_path: str, judge_url: str, judge_model: str, config: dict,
         "versions": _versions(),
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    _write_jsonl_atomic(answers, out_dir / "answers.jsonl")
-    _write_jsonl_atomic(judgments, out_dir / "judgments.jsonl")
+    write_jsonl_atomic(out_dir / "answers.jsonl", answers)
+    write_jsonl_atomic(out_dir / "judgments.jsonl", judgments)
     write_json_atomic(summary, out_dir / "mtbench.json")
     return summary
 
@@ -383,21 +384,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _write_jsonl_atomic(rows: list[dict], path: Path) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def register(subparsers) -> None:

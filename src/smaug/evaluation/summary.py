@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from smaug.atomic import write_text_atomic
 from smaug.errors import UserError
 from smaug.evaluation.suites import Suite, TaskSpec
 
@@ -157,24 +156,11 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any]) -> None:
     """harness.json, summary.md, then summary.json last: its presence means the set is complete."""
-    write_atomic(out_dir / "harness.json", json.dumps(to_jsonable(harness), indent=2) + "\n")
-    write_atomic(out_dir / "summary.md", render_summary_md(summary))
-    write_atomic(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
+    write_text_atomic(out_dir / "harness.json", json.dumps(to_jsonable(harness), indent=2) + "\n")
+    write_text_atomic(out_dir / "summary.md", render_summary_md(summary))
+    write_text_atomic(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
 
 
 def load_summary(path: Path) -> dict[str, Any]:
