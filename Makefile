@@ -13,8 +13,10 @@ FEW_SHOT ?= 0
 SEED ?= 0
 PYTEST_ARGS ?=
 
-# The stage chains read these from the environment (multi-GPU / multi-node through accelerate).
-export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREFLIGHT
+# The stage chains read these from the environment (multi-GPU / multi-node through accelerate); DRY_RUN=1 and
+# SMAUG_SKIP_PREFLIGHT=1 become flags, as DRY_RUN does for `make publish`.
+export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKIP_PREFLIGHT)),--skip-preflight)
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
@@ -32,18 +34,18 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -m "not slow" $(PYTEST_ARGS)
 
 # --- the embedded CPU default: SmolLM2-135M through data -> SFT -> DPOP -> eval -> analysis -> card -> publish dry-run
-demo: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug demo
+demo: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug showcase demo
 
 # --- the paper's failure mode and its fix, on a CPU in minutes
-reproduce: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug reproduce
+reproduce: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug showcase reproduce
 
 # --- training: the stage chains of recipes/chains.yaml (DRY_RUN=1 prints the plan and memory estimate) ---
-smaug-34b: setup ; smaug chain run smaug-34b
-smaug-72b: setup ; smaug chain run smaug-72b
-smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora
-smaug-7b: setup ; smaug chain run smaug-7b
-mistral-7b-losses: setup ; smaug chain run mistral-7b-losses
-smaug-tiny: setup ; smaug chain run tiny
+smaug-34b: setup ; smaug chain run smaug-34b $(CHAIN_FLAGS)
+smaug-72b: setup ; smaug chain run smaug-72b $(CHAIN_FLAGS)
+smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora $(CHAIN_FLAGS)
+smaug-7b: setup ; smaug chain run smaug-7b $(CHAIN_FLAGS)
+mistral-7b-losses: setup ; smaug chain run mistral-7b-losses $(CHAIN_FLAGS)
+smaug-tiny: setup ; smaug chain run tiny $(CHAIN_FLAGS)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
 
@@ -62,20 +64,20 @@ eval-compare: setup
 	smaug eval compare $(MODELS) --suite $(SUITE) $(if $(OUT),--out $(OUT))
 
 mtbench: setup
-	smaug mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config eval/mtbench.yaml
+	smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config eval/mtbench.yaml
 
 contamination: setup
-	smaug contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
+	smaug eval contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
 
 logprobs: setup
-	smaug logprobs --models $(MODELS) --reference $(REF) --pairs $(PAIRS) --out $(OUT)
+	smaug eval logprobs --models $(MODELS) --reference $(REF) --pairs $(PAIRS) --out $(OUT)
 
 # --- model card and publishing ---
 card: setup
-	smaug card $(MODEL) $(if $(EVAL),--eval $(EVAL))
+	smaug release card $(MODEL) $(if $(EVAL),--eval $(EVAL))
 
 publish: setup
-	smaug publish $(MODEL) --repo $(REPO) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(PUBLIC)),--public)
+	smaug release publish $(MODEL) --repo $(REPO) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(PUBLIC)),--public)
 
 # --- benchmarks (print measured ratios/times; not tests) ---
 bench-loss: setup

@@ -127,7 +127,7 @@ def main() -> None:
     from datasets import Dataset
 
     from smaug.data import build_metamath_pairs, generate_synthetic_metamath
-    from smaug.tiny import build_tiny_llama
+    from smaug.training.tiny_model import build_tiny_llama
 
     workdir = tempfile.mkdtemp(prefix="bench-dpop-")
     model_dir = str(build_tiny_llama(f"{workdir}/model", hidden_size=args.hidden, num_layers=args.layers,

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (~115k parameters) with a byte-level ChatML tokenizer. Treat as read-only;
     copy it (``tiny_model_copy``) if a test writes into the folder."""
-    from smaug.tiny import build_tiny_llama
+    from smaug.training.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
 

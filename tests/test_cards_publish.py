@@ -20,8 +20,11 @@ from smaug.cli import main as cli_main
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from smaug import cards, paths, publish
-from smaug.errors import UserError
+from smaug.common import paths
+from axolotl_dpop.provenance import PROVENANCE_FILE
+
+from smaug.release import cards, licenses, publish
+from smaug.common.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_" + "SmaugTestTokenNotReal0123456789abcdXYZ"
@@ -44,7 +47,7 @@ def provenance(base_model, *, parent=None, license=None, recipe="recipes/smaug34
 
 
 def write_provenance(model_dir: Path, prov: dict) -> Path:
-    (model_dir / paths.PROVENANCE_FILE).write_text(json.dumps(prov, indent=2))
+    (model_dir / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2))
     return model_dir
 
 
@@ -129,7 +132,7 @@ def test_smaug34b_chain_as_the_plugin_writes_it(tiny_model_dir, tmp_path):
     import shutil
 
     import yaml
-    from axolotl_dpop.provenance import write_provenance as plugin_write
+    from axolotl_dpop.provenance import training_record, write_provenance
 
     def stage(recipe: str, out: Path, base: str | None = None) -> Path:
         shutil.copytree(tiny_model_dir, out)
@@ -137,7 +140,7 @@ def test_smaug34b_chain_as_the_plugin_writes_it(tiny_model_dir, tmp_path):
         cfg.update(axolotl_config_path=str(REPO_ROOT / recipe), output_dir=str(out))
         if base:
             cfg["base_model"] = base
-        plugin_write(cfg)
+        write_provenance(out, training_record(cfg))
         return out
 
     sft = stage("recipes/smaug34b_sft.yml", tmp_path / "smaug34b-sft")
@@ -150,15 +153,15 @@ def test_smaug34b_chain_as_the_plugin_writes_it(tiny_model_dir, tmp_path):
     assert f"| beta (rl_beta) | {recipe['rl_beta']} |" in card.text
     assert f"| lambda (dpop_lambda) | {recipe['dpop_lambda']} |" in card.text
     assert str(tmp_path) not in card.text and str(REPO_ROOT) not in card.text
-    assert [m["name"] for m in cards.resolve_license(dpop).describe_chain()] == [
+    assert [m["name"] for m in cards._lineage_view(licenses.resolve_license(dpop))] == [
         "01-ai/Yi-34B-200K", "jondurbin/bagel-34b-v0.2", "smaug34b-sft", "smaug34b-dpop"]
 
 
 def test_lineage_shows_every_hub_ancestor(tiny_model_copy):
     model = write_provenance(tiny_model_copy, provenance("moreh/MoMo-72B-lora-1.8.7-DPO"))
-    lineage = cards.resolve_license(model)
+    lineage = licenses.resolve_license(model)
     assert [e.model for e in lineage.hub_chain] == ["moreh/MoMo-72B-lora-1.8.7-DPO", "Qwen/Qwen-72B"]
-    assert [m["name"] for m in lineage.describe_chain()][:2] == ["Qwen/Qwen-72B", "moreh/MoMo-72B-lora-1.8.7-DPO"]
+    assert [m["name"] for m in cards._lineage_view(lineage)][:2] == ["Qwen/Qwen-72B", "moreh/MoMo-72B-lora-1.8.7-DPO"]
 
 
 def test_unknown_lineage_is_refused_with_the_stanza_to_add(tiny_model_copy, capsys):
@@ -169,7 +172,7 @@ def test_unknown_lineage_is_refused_with_the_stanza_to_add(tiny_model_copy, caps
     assert "someorg/mystery-7b:" in message and "license:" in message and "licenses.yaml" in message
     assert "https://huggingface.co/someorg/mystery-7b" in message
     # Through the CLI: exit 2, message on stderr, and no card written.
-    assert cli_main(["card", str(model), "--no-auto-eval"]) == 2
+    assert cli_main(["release", "card", str(model), "--no-auto-eval"]) == 2
     assert "someorg/mystery-7b" in capsys.readouterr().err
     assert not (model / "README.md").exists()
 
@@ -179,7 +182,7 @@ def test_local_base_without_provenance_is_refused(tiny_model_copy, tmp_path):
     bare.mkdir()
     model = write_provenance(tiny_model_copy, provenance(str(bare)))
     with pytest.raises(UserError, match="smaug_provenance.json"):
-        cards.resolve_license(model)
+        licenses.resolve_license(model)
 
 
 def test_model_created_from_scratch_ends_the_lineage(tiny_model_copy):
@@ -205,25 +208,25 @@ def test_conflicting_lineage_rule(tiny_model_copy, tmp_path):
     child = {"parent": "acme/base-7b", "license": "apache-2.0"}
     table = _table(tmp_path, {"acme/base-7b": parent, "acme/derived-7b": child})
     with pytest.raises(UserError, match="licence conflict.*acme/derived-7b.*acme/base-7b"):
-        cards.resolve_license(model, table_path=table)
+        licenses.resolve_license(model, table_path=table)
     # The most-derived entry wins only when the table says why it may differ from its parent.
     child["supersedes_parent"] = "relicensed by the parent's authors, see https://example.org/notice"
     table = _table(tmp_path, {"acme/base-7b": parent, "acme/derived-7b": child})
-    lineage = cards.resolve_license(model, table_path=table)
+    lineage = licenses.resolve_license(model, table_path=table)
     assert lineage.license.license == "apache-2.0" and lineage.decided_by == "acme/derived-7b"
     # Same terms all the way up: no conflict, the derived entry decides.
     table = _table(tmp_path, {"acme/base-7b": parent, "acme/derived-7b": {"parent": "acme/base-7b", "license": "llama2"}})
-    assert cards.resolve_license(model, table_path=table).license.license == "llama2"
+    assert licenses.resolve_license(model, table_path=table).license.license == "llama2"
 
 
 def test_licence_table_rejects_bad_entries(tmp_path):
     with pytest.raises(UserError, match="not a Hub licence id"):
-        cards.load_license_table(_table(tmp_path, {"a/b": {"license": "apache2"}}))
+        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "apache2"}}))
     with pytest.raises(UserError, match="license_name"):
-        cards.load_license_table(_table(tmp_path, {"a/b": {"license": "other", "license_link": "https://x"}}))
+        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "other", "license_link": "https://x"}}))
     with pytest.raises(UserError, match="parent"):
-        cards.load_license_table(_table(tmp_path, {"a/b": {"license": "mit", "parent": "c/d"}}))
-    table = cards.load_license_table()  # the shipped table is valid and covers every base the recipes use
+        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "mit", "parent": "c/d"}}))
+    table = licenses.load_license_table()  # the shipped table is valid and covers every base the recipes use
     assert {"meta-llama/Llama-2-7b-chat-hf", "jondurbin/bagel-34b-v0.2", "01-ai/Yi-34B-200K",
             "moreh/MoMo-72B-lora-1.8.7-DPO", "Qwen/Qwen-72B", "mistralai/Mistral-7B-v0.1",
             "HuggingFaceTB/SmolLM2-135M-Instruct"} <= set(table)
@@ -233,7 +236,7 @@ def test_licence_table_rejects_bad_entries(tmp_path):
 def test_every_recipe_base_model_is_in_the_licence_table():
     import yaml
 
-    table = cards.load_license_table()
+    table = licenses.load_license_table()
     recipes = sorted((REPO_ROOT / "recipes").rglob("*.yml"))
     hub_bases = {}
     for recipe in recipes:
@@ -373,7 +376,7 @@ DRIVER = textwrap.dedent("""
             os.environ["HF_TOKEN"] = token
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(["publish", *argv])
+            code = cli_main(["release", "publish", *argv])
         sys.stdout.write(out.getvalue()); sys.stderr.write(err.getvalue())
         return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
     good = os.environ["HF_TOKEN"]

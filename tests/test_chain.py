@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smaug import chain as C
-from smaug import memory
 from smaug.cli import main as smaug_main
-from smaug.errors import UserError
-from smaug.paths import RECIPES_DIR, REPO_ROOT
+from smaug.common.errors import UserError
+from smaug.common.paths import RECIPES_DIR, REPO_ROOT, repo_path
+from smaug.training import chains as C
+from smaug.training import memory
+from smaug.training import preflight as P
 
 NO_GPU = ([], "no CUDA device (test)")
 
@@ -36,7 +38,7 @@ def test_every_chain_plans_and_each_stage_feeds_the_next():
         assert plan.stages and plan.hardware.get("accelerator") in {"cuda", "cpu"}
     for name in ("smaug-34b", "tiny"):
         sft, dpop = C.plan_chain(name).stages
-        assert C._absolute(dpop.recipe["base_model"]) == sft.output_dir
+        assert repo_path(dpop.recipe["base_model"]) == sft.output_dir
         assert dpop.recipe["rl"] == "dpop" and "rl" not in sft.recipe
     assert [s.name for s in C.plan_chain("smaug-72b").stages] == ["recipes/smaug72b_dpop.yml"]
 
@@ -116,7 +118,7 @@ def test_preflight_without_gpus_stops_with_what_to_run_instead():
 
 
 def test_cli_stops_in_seconds_on_a_machine_without_gpus(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(C, "detect_gpus", lambda: NO_GPU)
+    monkeypatch.setattr(P, "detect_gpus", lambda: NO_GPU)
     for name in ("DRY_RUN", "SMAUG_SKIP_PREFLIGHT", "NUM_GPUS", "NNODES"):
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()
@@ -128,9 +130,12 @@ def test_cli_stops_in_seconds_on_a_machine_without_gpus(monkeypatch, capsys, tmp
 
 
 def test_make_dry_run_variable_selects_the_dry_run(monkeypatch, capsys):
-    monkeypatch.setenv("DRY_RUN", "1")
-    monkeypatch.setattr(C, "detect_gpus", lambda: pytest.fail("a dry run must not look for GPUs"))
-    assert smaug_main(["chain", "run", "smaug-34b"]) == 0
+    # Make turns DRY_RUN=1 into the flag (as for `make publish`), and the flag makes a plan without GPUs.
+    made = subprocess.run(["make", "-n", "smaug-34b", "DRY_RUN=1", "SMAUG_SKIP_PREFLIGHT=1"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    assert "smaug chain run smaug-34b --dry-run --skip-preflight" in made
+    monkeypatch.setattr(P, "detect_gpus", lambda: pytest.fail("a dry run must not look for GPUs"))
+    assert smaug_main(["chain", "run", "smaug-34b", "--dry-run"]) == 0
     assert "stage 2/2: recipes/smaug34b_dpop.yml" in capsys.readouterr().out
 
 
@@ -153,7 +158,7 @@ def test_done_stages_are_skipped_without_starting_anything(tmp_path, capsys):
 def test_a_stage_done_with_another_recipe_version_stops(tmp_path):
     stage = C.plan_chain("tiny", tmp_path).stages[0]
     _mark_done(stage, digest="0" * 64)
-    assert C.stage_status(stage) == "stale"
+    assert stage.status() == "stale"
     with pytest.raises(UserError, match="different version of recipes/cpu/tiny_sft.yml"):
         C.run_chain("tiny", tmp_path)
 
@@ -278,7 +283,7 @@ def test_tiny_chain_resumes_killed_stages_and_skips_done_ones(tmp_path, capsys):
     assert provenance["parent"]["base_model"] == str(root / "tiny" / "base-model")
     assert provenance["recipe"] == "recipes/cpu/tiny_dpop.yml"
     # the lineage ends at the tiny model we created, so the final model gets a card with its licence
-    from smaug.cards import render_card
+    from smaug.release.cards import render_card
 
     card = render_card(dpop.output_dir, auto_evals=False)
     assert card.data.license == "apache-2.0"

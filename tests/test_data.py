@@ -23,9 +23,9 @@ from smaug.data import (
     report_path,
     stats_for_path,
 )
-from smaug.data import io as data_io
+from smaug.common import files
 from smaug.data.metamath import intermediate_results, perturb_number, split_final_answer
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "tests" / "fixtures" / "sources"
@@ -46,7 +46,8 @@ def cli(argv: list[str]) -> int:
 @pytest.fixture(autouse=True)
 def only_data_cli(monkeypatch):
     # The CLI is exercised through smaug.cli.main, without importing the other (heavy) subcommands.
-    monkeypatch.setattr(smaug.cli, "SUBCOMMAND_MODULES", ["data.cli"])
+    monkeypatch.setattr(smaug.cli, "FLOWS", ["data"])
+    monkeypatch.setattr(smaug.cli, "ALIASES", {})
 
 
 # --- MetaMath -----------------------------------------------------------------------------------------
@@ -285,18 +286,18 @@ def test_failure_mid_write_leaves_no_output(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         return real_dumps(obj, **kwargs)
 
-    monkeypatch.setattr(data_io.json, "dumps", failing_dumps)
+    monkeypatch.setattr(files.json, "dumps", failing_dumps)
     with pytest.raises(OSError, match="simulated"):
         build_dataset("arc", out, source=FIXTURES["arc"], progress=False)
     assert calls["n"] == 4  # it failed part way through the rows
     assert list(tmp_path.iterdir()) == []  # no output, no report, no temp file
 
     # An existing output survives a failed rewrite untouched.
-    monkeypatch.setattr(data_io.json, "dumps", real_dumps)
+    monkeypatch.setattr(files.json, "dumps", real_dumps)
     build_dataset("arc", out, source=FIXTURES["arc"], progress=False)
     before = out.read_bytes()
     calls["n"] = 0
-    monkeypatch.setattr(data_io.json, "dumps", failing_dumps)
+    monkeypatch.setattr(files.json, "dumps", failing_dumps)
     with pytest.raises(OSError):
         build_dataset("arc", out, source=FIXTURES["arc"], seed=3, few_shot=1, progress=False)
     assert out.read_bytes() == before
@@ -310,7 +311,7 @@ def test_failure_mid_write_leaves_no_output(tmp_path, monkeypatch):
         (["data", "build", "arc", "--source", "{tmp}/nope.jsonl", "--out", "{tmp}/x.jsonl"], "nope.jsonl does not exist"),
         (["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.csv"], "use .jsonl"),
         (["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.jsonl", "--push-to-hub", "noslash"],
-         "not a Hub dataset id"),
+         "is not a Hub repo id"),
         (["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.jsonl", "--few-shot", "-1"], "--few-shot"),
         (["data", "synth-metamath", "--n", "0", "--out", "{tmp}/s.jsonl"], "--n must be > 0"),
     ],

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from smaug import demo, demo_model
-from smaug import recipes as R
-from smaug.chain import plan_chain
-from smaug.errors import UserError
-from smaug.paths import REPO_ROOT
+from smaug.showcase import demo, demo_model
+from smaug.training import recipes as R
+from smaug.training.chains import plan_chain
+from smaug.common.errors import UserError
+from smaug.common.paths import REPO_ROOT
 
 DEMO_RECIPES = [demo.SFT_RECIPE, demo.DPOP_RECIPE]
 
@@ -21,7 +21,7 @@ DEMO_RECIPES = [demo.SFT_RECIPE, demo.DPOP_RECIPE]
 @pytest.mark.parametrize("name", DEMO_RECIPES)
 def test_demo_recipe_passes_axolotl_validation_on_a_cpu(name):
     cfg = R.validate_offline(name, capabilities=R.CPU_CAPABILITIES)
-    assert cfg.plugins == [R.PLUGIN]
+    assert cfg.plugins == ["axolotl_dpop.DPOPPlugin"]
     assert cfg.chat_template == "chatml"
     assert not R.needs_gpu(R.load_recipe(name))
 
@@ -65,7 +65,7 @@ def test_demo_layout_rejects_a_dpop_stage_that_does_not_start_from_the_sft_model
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from smaug.tiny import build_tokenizer
+    from smaug.training.tiny_model import build_tokenizer
 
     return build_tokenizer()
 
@@ -190,6 +190,6 @@ def test_converted_smollm2_keeps_chatml_and_answers_sensibly(tmp_path):
     assert tokenizer.eos_token == "<|im_end|>"
     assert "paris" in demo_model.greedy_reply(out, "What is the capital of France?").lower()
 
-    from smaug.cards import resolve_license
+    from smaug.release.cards import resolve_license
 
     assert resolve_license(out).license.license == "apache-2.0"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smaug.paths import REPO_ROOT
+from smaug.common.paths import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 CONSTRAINTS = REPO_ROOT / "requirements/constraints.txt"

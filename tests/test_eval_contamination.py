@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smaug.cli import main
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 from smaug.evaluation import contamination as c
 
 SEEN = [
@@ -98,7 +98,7 @@ def test_cli_with_texts_file(memorised_model, tiny_model_dir, tmp_path, capsys):
     texts = tmp_path / "t.jsonl"
     texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in SEEN))
     out = tmp_path / "out"
-    rc = main(["contamination", "--model", str(memorised_model), "--ref", str(tiny_model_dir), "--texts", str(texts),
+    rc = main(["eval", "contamination", "--model", str(memorised_model), "--ref", str(tiny_model_dir), "--texts", str(texts),
                "--name", "mine", "--neighbours", "4", "--dtype", "float32", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "contamination.json").read_text())
@@ -107,7 +107,7 @@ def test_cli_with_texts_file(memorised_model, tiny_model_dir, tmp_path, capsys):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"txt": "x"}) + "\n")
-    assert main(["contamination", "--model", str(memorised_model), "--ref", str(tiny_model_dir), "--texts", str(bad)]) == 2
+    assert main(["eval", "contamination", "--model", str(memorised_model), "--ref", str(tiny_model_dir), "--texts", str(bad)]) == 2
     assert "row 1: field 'text'" in capsys.readouterr().err
-    rc = main(["contamination", "--model", str(tmp_path / "nope"), "--ref", str(tiny_model_dir), "--texts", str(texts)])
+    rc = main(["eval", "contamination", "--model", str(tmp_path / "nope"), "--ref", str(tiny_model_dir), "--texts", str(texts)])
     assert rc == 2 and "no such folder" in capsys.readouterr().err

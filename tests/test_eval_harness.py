@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 from smaug.evaluation import harness as harness_mod
 from smaug.evaluation.cli import find_summary, register
 from smaug.evaluation.harness import check_suite_tasks, evaluate, resolve_model, task_manager_for
@@ -22,7 +22,7 @@ from smaug.evaluation.summary import (
     render_summary_md,
     unweighted_subtask_mean,
 )
-from smaug.paths import REPO_ROOT, eval_dir
+from smaug.common.paths import REPO_ROOT, eval_dir
 
 LEADERBOARD_KEYS = ["arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"]
 

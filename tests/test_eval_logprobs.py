@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from smaug.cli import main
-from smaug.errors import UserError
+from smaug.common.errors import UserError
+from smaug.data.io import load_pairs
 from smaug.evaluation import logprobs as lp
+from smaug.evaluation import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +27,7 @@ EXPECTED_FIRST_DIFF = [14, 3, 0]
 
 @pytest.fixture(scope="module")
 def second_model_dir(tmp_path_factory):
-    from smaug.tiny import build_tiny_llama
+    from smaug.training.tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-seed1") / "model", seed=1)
 
@@ -121,7 +123,7 @@ def test_cli_writes_json_and_png(tiny_model_dir, second_model_dir, tmp_path):
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
     out = tmp_path / "out"
-    rc = main(["logprobs", "--models", str(second_model_dir), "--reference", str(tiny_model_dir),
+    rc = main(["eval", "logprobs", "--models", str(second_model_dir), "--reference", str(tiny_model_dir),
                "--pairs", str(pairs_file), "--out", str(out), "--dtype", "float32", "--limit", "2"])
     assert rc == 0
     data = json.loads((out / "logprobs.json").read_text())
@@ -134,11 +136,11 @@ def test_cli_writes_json_and_png(tiny_model_dir, second_model_dir, tmp_path):
 def test_bad_pairs_are_named_before_loading(tmp_path, tiny_model_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
-    with pytest.raises(UserError, match=r"bad.jsonl: row 2: column 'rejected'"):
-        lp.load_pairs(bad)
-    rc = main(["logprobs", "--models", str(tmp_path / "missing"), "--reference", str(tiny_model_dir),
+    with pytest.raises(UserError, match=r"bad.jsonl: line 2: `rejected` is missing"):
+        load_pairs(bad)
+    rc = main(["eval", "logprobs", "--models", str(tmp_path / "missing"), "--reference", str(tiny_model_dir),
                "--pairs", str(bad), "--out", str(tmp_path / "o")])
-    assert rc == 2 and "row 2" in capsys.readouterr().err
+    assert rc == 2 and "line 2" in capsys.readouterr().err
     with pytest.raises(UserError, match="no such folder"):
         lp.analyse_pairs([str(tmp_path / "missing")], str(tiny_model_dir), PAIRS)
 
@@ -160,17 +162,20 @@ def _trainer_state(path, penalty: bool):
 def test_training_plot_from_trainer_state(tmp_path):
     dpo = _trainer_state(tmp_path / "dpo" / "checkpoint-5", penalty=False).parent
     dpop = _trainer_state(tmp_path / "dpop", penalty=True)
-    series = lp.read_training_log(dpo)  # found in the latest checkpoint
+    series = plots.read_training_log(dpo)  # found in the latest checkpoint
     assert series["logps/chosen"] == ([1, 2, 3, 4, 5], [-51.0, -52.0, -53.0, -54.0, -55.0])
-    assert "dpop/penalty" in lp.read_training_log(dpop)
+    assert "dpop/penalty" in plots.read_training_log(dpop)
     out = tmp_path / "fig.png"
-    assert main(["logprobs", "plot-training", f"DPO={dpo}", f"DPOP={dpop}", "--out", str(out)]) == 0
+    assert main(["eval", "plot-training", f"DPO={dpo}", f"DPOP={dpop}", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
+    old_spelling = tmp_path / "fig-old.png"  # `smaug logprobs plot-training`, as earlier versions spelled it
+    assert main(["logprobs", "plot-training", f"DPO={dpo}", "--out", str(old_spelling)]) == 0
+    assert old_spelling.read_bytes()[:8] == PNG_MAGIC
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no trainer_state.json"):
-        lp.plot_training({"x": tmp_path / "empty"}, tmp_path / "x.png")
+        plots.plot_training({"x": tmp_path / "empty"}, tmp_path / "x.png")
     no_logps = tmp_path / "sft"
     no_logps.mkdir()
     (no_logps / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 1.0}]}))
     with pytest.raises(UserError, match="no logps/chosen"):
-        lp.read_training_log(no_logps)
+        plots.read_training_log(no_logps)

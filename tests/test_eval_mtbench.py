@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from smaug.cli import main
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 from smaug.evaluation import mtbench as mt
 
 SECRET = "sk-test-not-printed"
@@ -115,7 +115,7 @@ def test_mtbench_end_to_end_against_stub_judge(tiny_model_dir, judge_server, tmp
     url, judge = judge_server
     monkeypatch.setenv("JUDGE_API_KEY", SECRET)
     out = tmp_path / "out"
-    rc = main(["mtbench", "--model", str(tiny_model_dir), "--judge-url", url, "--judge-model", "stub-judge",
+    rc = main(["eval", "mtbench", "--model", str(tiny_model_dir), "--judge-url", url, "--judge-model", "stub-judge",
                "--config", str(_config(tmp_path, system_prompt="You are Smaug.")), "--limit", "2",
                "--dtype", "float32", "--out", str(out)])
     assert rc == 0
@@ -143,10 +143,10 @@ def test_unreachable_judge_and_bad_input_fail_before_loading(tiny_model_dir, tmp
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     config = str(_config(tmp_path))
-    rc = main(["mtbench", "--model", str(tiny_model_dir), "--judge-url", url, "--judge-model", "j",
+    rc = main(["eval", "mtbench", "--model", str(tiny_model_dir), "--judge-url", url, "--judge-model", "j",
                "--config", config, "--limit", "1"])
     assert rc == 2 and f"judge endpoint {url} is unreachable" in capsys.readouterr().err
-    rc = main(["mtbench", "--model", str(tmp_path / "no-model"), "--judge-url", url, "--judge-model", "j",
+    rc = main(["eval", "mtbench", "--model", str(tmp_path / "no-model"), "--judge-url", url, "--judge-model", "j",
                "--config", config])
     assert rc == 2 and "no such folder" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"

@@ -9,14 +9,17 @@ import re
 import pytest
 import yaml
 
-from smaug import recipes as R
-from smaug.paths import RECIPES_DIR, REPO_ROOT
+from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
+from smaug.training import generate as G
+from smaug.training import recipes as R
+
+PLUGIN = "axolotl_dpop.DPOPPlugin"
 
 # This file covers the Smaug recipes (recipes/*.yml) and their CPU twin (recipes/cpu/); other folders have their own tests.
 ALL = [p for p in R.list_recipes() if p.parent in (RECIPES_DIR, RECIPES_DIR / "cpu")]
 GPU_RECIPES = [p for p in ALL if p.parent == RECIPES_DIR]
 SMAUG_DPOP = ["smaug34b_dpop.yml", "smaug72b_dpop.yml", "smaug72b_dpop_qlora.yml", "smaug7b_dpop.yml"]
-IDS = [R.rel(p) for p in ALL]
+IDS = [rel(p) for p in ALL]
 
 
 def _load(name):
@@ -24,7 +27,7 @@ def _load(name):
 
 
 def test_the_required_recipes_exist():
-    names = {R.rel(p) for p in ALL}
+    names = {rel(p) for p in ALL}
     required = {"smaug34b_sft.yml", "smaug34b_dpop.yml", "smaug72b_dpop.yml", "smaug72b_dpop_qlora.yml",
                 "smaug7b_dpo.yml", "smaug7b_dpop.yml", "cpu/tiny_sft.yml", "cpu/tiny_dpop.yml"}
     required |= {f"mistral7b_{d}_{loss}.yml" for d in ("metamath", "arc") for loss in ("dpo", "ipo", "slic", "dpop")}
@@ -34,7 +37,7 @@ def test_the_required_recipes_exist():
 
 
 def test_committed_generated_recipes_equal_the_generator_output():
-    assert R.stale_generated() == [], "run `smaug recipes generate` and commit the result"
+    assert G.stale_generated() == [], "run `smaug recipes generate` and commit the result"
 
 
 def test_generator_merges_and_deletes(tmp_path, monkeypatch):
@@ -45,8 +48,8 @@ def test_generator_merges_and_deletes(tmp_path, monkeypatch):
     spec.write_text(yaml.safe_dump({"recipes": {"out.yml": {
         "base": "_base/b.yml", "title": "T", "notes": "N",
         "overrides": {"nested": {"y": 5}, "lst": [9], "gone": None, "new": "v"}}}}))
-    monkeypatch.setattr(R, "RECIPES_DIR", tmp_path)
-    text = R.generated_recipes(spec)["out.yml"]
+    monkeypatch.setattr(G, "RECIPES_DIR", tmp_path)
+    text = G.generated_recipes(spec)["out.yml"]
     assert text.startswith("# T for out.yml\n# notes: N\n")
     assert yaml.safe_load(text) == {"a": 1, "nested": {"x": 1, "y": 5}, "lst": [9], "new": "v"}
 
@@ -57,8 +60,8 @@ def test_recipe_passes_axolotl_validation_with_the_plugin(path):
     recipe = R.load_recipe(path)
     assert R.needs_gpu(recipe) == gpu
     cfg = R.validate_offline(path, capabilities=R.H100_NODE_CAPABILITIES if gpu else R.CPU_CAPABILITIES)
-    assert R.PLUGIN in recipe["plugins"], "every recipe lists the plugin (it writes smaug_provenance.json)"
-    if R.is_dpop(recipe):
+    assert PLUGIN in recipe["plugins"], "every recipe lists the plugin (it writes smaug_provenance.json)"
+    if recipe.get("rl") == "dpop":
         # the plugin mapped rl: dpop onto axolotl's DPO trainer path and kept lambda
         assert cfg["rl"] == "dpo" and cfg["dpop"] is True and cfg["dpop_lambda"] == float(recipe["dpop_lambda"])
     assert cfg["save_steps"] and cfg["auto_resume_from_checkpoints"] is True
@@ -111,7 +114,7 @@ def test_sweeps_change_exactly_one_setting(name, key, value):
     assert _without(point, key, "output_dir") == _without(centre, key, "output_dir")
 
 
-@pytest.mark.parametrize("path", GPU_RECIPES, ids=[R.rel(p) for p in GPU_RECIPES])
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=[rel(p) for p in GPU_RECIPES])
 def test_gpu_recipe_header_hardware_template_and_revision(path):
     text = path.read_text()
     recipe = yaml.safe_load(text)
@@ -197,19 +200,19 @@ def _dataset_entries(kind):
     seen, out = set(), []
     for path in ALL:
         recipe = R.load_recipe(path)
-        if R.is_dpo_type(recipe) != (kind == "dpo"):
+        if R.is_preference(recipe) != (kind == "dpo"):
             continue
         for index, entry in enumerate(recipe["datasets"]):
             key = (entry["path"], json.dumps(entry, sort_keys=True), recipe.get("chat_template"))
             if key not in seen:
                 seen.add(key)
-                out.append(pytest.param(path, index, id=f"{R.rel(path)}:{entry['path'].split('/')[-1]}"))
+                out.append(pytest.param(path, index, id=f"{rel(path)}:{entry['path'].split('/')[-1]}"))
     return out
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from smaug.tiny import build_tokenizer
+    from smaug.training.tiny_model import build_tokenizer
 
     return build_tokenizer()
 

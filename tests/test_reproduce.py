@@ -6,13 +6,13 @@ import json
 import pytest
 
 from smaug.cli import main
-from smaug.reproduce import (
+from smaug.showcase.reproduce import (
     ANSWER_RE,
     parse_answer,
     prepare_data,
     run_is_done,
-    short_problem,
 )
+from smaug.data.synthetic import two_step_metamath_row
 
 # Margins: measured by hand over seeds 0, 1, 2 of the quick setting (SFT 200 steps, 30 DPO/DPOP steps; see
 # recipes/reproduce/README.md): DPO's Δ log p(chosen) was -6.2, -5.0, -10.0 nats (Δ rejected -7.2, -5.8, -10.6,
@@ -37,7 +37,7 @@ def test_problems_become_metamath_pairs_with_one_corrupted_intermediate_result(t
         assert parse_answer(pair["chosen"]) == parse_answer(pair["rejected"]) is not None
         assert len(pair["chosen"].split()) == len(pair["rejected"].split())
         assert sum(a != b for a, b in zip(pair["chosen"].split(), pair["rejected"].split())) == 1
-    row = short_problem(3)
+    row = two_step_metamath_row(3)
     assert ANSWER_RE.search(row["response"]).group(1) == row["answer"]
 
 
@@ -50,7 +50,7 @@ def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
 @pytest.mark.slow
 def test_quick_reproduce_dpo_lowers_chosen_dpop_does_not(tmp_path, capsys):
     out = tmp_path / "reproduce"
-    assert main(["reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
+    assert main(["showcase", "reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     dpo, dpop = rows["DPO"], rows["DPOP λ=50"]
@@ -71,7 +71,7 @@ def test_quick_reproduce_dpo_lowers_chosen_dpop_does_not(tmp_path, capsys):
 
     # A second call reuses every finished run (no axolotl process) and gives the same table.
     stamp = (out / "runs" / "dpo-s0" / "model.safetensors").stat().st_mtime_ns
-    assert main(["reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
+    assert main(["showcase", "reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
     assert "reusing" in capsys.readouterr().out
     assert (out / "runs" / "dpo-s0" / "model.safetensors").stat().st_mtime_ns == stamp
     again = json.loads((out / "results.json").read_text())

@@ -78,9 +78,9 @@ class DPOPPlugin(BasePlugin):
     def post_train(self, cfg, model):
         # Called by axolotl both after trainer.train() and after the final save; writing twice is harmless.
         if int(os.environ.get("RANK", "0")) == 0 and cfg.get("output_dir"):
-            from axolotl_dpop.provenance import write_provenance
+            from axolotl_dpop.provenance import training_record, write_provenance
 
-            write_provenance(cfg)
+            write_provenance(cfg.get("output_dir"), training_record(cfg))
 
 
 def _place_multiprocess_cpu_models_on_cpu(cfg) -> None:

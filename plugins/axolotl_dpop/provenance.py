@@ -1,7 +1,9 @@
-"""`smaug_provenance.json`: what a trained folder came from, for model cards and the stage chain.
+"""`smaug_provenance.json`: what a model folder came from, for model cards and the stage chain.
 
-Written by DPOPPlugin when `axolotl train` finishes. `parent` nests the base model's own provenance
-when the base is a local folder we trained, so the whole lineage travels with the weights."""
+The one writer and reader of the file. DPOPPlugin writes it when `axolotl train` finishes; `smaug showcase tiny-model`
+and the demo's model converter write it for the models they create, through `provenance_record`. `parent`
+nests the base model's own provenance when the base is a local folder with one, so the whole lineage travels
+with the weights. (This module stays importable without axolotl and without the `smaug` package.)"""
 
 from __future__ import annotations
 
@@ -11,56 +13,68 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 PROVENANCE_FILE = "smaug_provenance.json"
 SCHEMA_VERSION = 1
+TRAINING_PACKAGES = ("smaug-dpop", "axolotl", "trl", "transformers", "peft", "torch", "accelerate", "datasets")
 _TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "max_steps", "num_epochs",
                   "optimizer", "lr_scheduler", "micro_batch_size", "gradient_accumulation_steps",
                   "sequence_len", "seed", "load_in_4bit", "load_in_8bit", "deepspeed")
-_PACKAGES = ("smaug-dpop", "axolotl", "trl", "transformers", "peft", "torch", "accelerate", "datasets")
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:
+    """The folder's provenance, or None when it has none. Invalid JSON raises json.JSONDecodeError."""
     path = Path(folder) / PROVENANCE_FILE
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def provenance_record(*, base_model: str | None, license: str | None = None, recipe: str | None = None,
+                      training: dict | None = None, datasets: list | None = None, hardware: dict | None = None,
+                      packages: tuple[str, ...] = TRAINING_PACKAGES, **extra: Any) -> dict:
+    """A complete record (schema, versions, time, the base's own provenance as `parent`) in the one schema.
+
+    ``license`` is set only for a model created from scratch (it ends the lineage); ``extra`` adds fields
+    such as `created_by` or `conversion`."""
+    parent = read_provenance(base_model) if base_model and Path(base_model).is_dir() else None
+    record = {
+        "schema": SCHEMA_VERSION,
+        "recipe": recipe,
+        "base_model": base_model,
+        "base_model_revision": extra.pop("base_model_revision", None),
+        "parent": parent,
+        "license": license,
+        "training": training,
+        "datasets": datasets or [],
+        "hardware": hardware,
+        **extra,
+        "versions": _package_versions(packages),
+        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return record
+
+
+def write_provenance(folder: str | os.PathLike, record: dict) -> Path:
+    """Write ``record`` to `<folder>/smaug_provenance.json` atomically (temp file + os.replace)."""
+    path = Path(folder) / PROVENANCE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
+            json.dump(record, handle, indent=2, default=str)
             handle.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
-def _hardware(num_processes: int) -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"accelerator": "cuda", "device_name": torch.cuda.get_device_name(0),
-                "num_processes": num_processes}
-    return {"accelerator": "cpu", "device_name": None, "num_processes": num_processes}
-
-
-def build_provenance(cfg) -> dict:
-    base_model = str(cfg.get("base_model"))
+def training_record(cfg) -> dict:
+    """The record of an `axolotl train` run, from its validated config."""
     training = {key: cfg.get(key) for key in _TRAINING_KEYS}
     if cfg.get("dpop"):
         training["rl"] = "dpop"
@@ -73,24 +87,30 @@ def build_provenance(cfg) -> dict:
          "split": d.get("split"), "name": d.get("name")}
         for d in (cfg.get("datasets") or [])
     ]
-    return {
-        "schema": SCHEMA_VERSION,
-        # The stage chain runs a per-run copy of the recipe and names the original in SMAUG_RECIPE.
-        "recipe": os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
-                                                     if cfg.get("axolotl_config_path") else None),
-        "base_model": base_model,
-        "base_model_revision": cfg.get("revision_of_model"),
-        "parent": read_provenance(base_model) if Path(base_model).is_dir() else None,
-        "license": None,
-        "training": training,
-        "datasets": datasets,
-        "hardware": _hardware(int(os.environ.get("WORLD_SIZE", "1"))),
-        "versions": package_versions(),
-        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    # The stage chain runs a per-run copy of the recipe and names the original in SMAUG_RECIPE.
+    recipe = os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
+                                                 if cfg.get("axolotl_config_path") else None)
+    return provenance_record(base_model=str(cfg.get("base_model")), recipe=recipe, training=training,
+                             datasets=datasets, hardware=_hardware(int(os.environ.get("WORLD_SIZE", "1"))),
+                             base_model_revision=cfg.get("revision_of_model"))
 
 
-def write_provenance(cfg) -> Path:
-    path = Path(cfg.get("output_dir")) / PROVENANCE_FILE
-    write_json_atomic(path, build_provenance(cfg))
-    return path
+def _package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    # The same as smaug.common.records.package_versions (tests/test_provenance.py checks they agree); a copy
+    # because the plugin must not need the smaug package.
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _hardware(num_processes: int) -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"accelerator": "cuda", "device_name": torch.cuda.get_device_name(0),
+                "num_processes": num_processes}
+    return {"accelerator": "cpu", "device_name": None, "num_processes": num_processes}

@@ -9,7 +9,7 @@ Public API (all importable from `smaug.data`):
 """
 
 from smaug.data.builders import BUILDERS, build_dataset, get_builder, report_path
-from smaug.data.io import load_pairs_table, load_source_rows, write_pairs
+from smaug.data.io import load_pairs, load_source_rows, write_pairs
 from smaug.data.metamath import build_metamath_pairs, corrupt_response
 from smaug.data.multiple_choice import build_arc_pairs, build_hellaswag_pairs
 from smaug.data.stats import compute_stats, edit_distances, stats_for_pairs, stats_for_path
@@ -26,7 +26,7 @@ __all__ = [
     "edit_distances",
     "generate_synthetic_metamath",
     "get_builder",
-    "load_pairs_table",
+    "load_pairs",
     "load_source_rows",
     "report_path",
     "stats_for_pairs",

@@ -10,17 +10,19 @@
 from __future__ import annotations
 
 import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smaug.data.io import load_source_rows, output_format, write_json_atomic, write_pairs
+from smaug.common.errors import UserError
+from smaug.common.files import write_json_atomic
+from smaug.common.hub import check_repo_id
+from smaug.common.records import package_versions, utc_timestamp
+from smaug.data.io import load_source_rows, output_format, write_pairs
 from smaug.data.metamath import build_metamath_pairs
 from smaug.data.multiple_choice import build_arc_pairs, build_hellaswag_pairs
-from smaug.errors import UserError
 
 BuildFn = Callable[..., tuple[list[dict[str, str]], dict[str, int]]]
 
@@ -49,9 +51,6 @@ BUILDERS: dict[str, Builder] = {
     ),
 }
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def get_builder(name: str) -> Builder:
     """The builder called ``name``; a UserError listing the known ones otherwise."""
     try:
@@ -64,20 +63,6 @@ def report_path(out: str | Path) -> Path:
     """`<out>.build.json`: the build report that sits next to an output file."""
     out = Path(out)
     return out.with_name(out.name + ".build.json")
-
-
-def _versions() -> dict[str, str]:
-    import datasets
-    import pyarrow
-
-    from smaug import __version__
-
-    return {
-        "smaug-dpop": __version__,
-        "datasets": datasets.__version__,
-        "pyarrow": pyarrow.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def build_dataset(
@@ -106,8 +91,8 @@ def build_dataset(
         raise UserError(f"--few-shot must be >= 0, got {few_shot}")
     if limit is not None and limit <= 0:
         raise UserError(f"--limit must be > 0, got {limit}")
-    if push_to_hub is not None and not _REPO_ID.match(push_to_hub):
-        raise UserError(f"--push-to-hub {push_to_hub!r} is not a Hub dataset id; use org/name")
+    if push_to_hub is not None:
+        check_repo_id(push_to_hub, "--push-to-hub", example="my-org/metamath-dpo")
     src = str(source) if source is not None else spec.hub_id
     cfg = config if config is not None else spec.config
 
@@ -141,14 +126,14 @@ def build_dataset(
         "axolotl_type": "chatml.prompt_pairs",
         "pushed_to": None,
         "seconds": round(time.perf_counter() - started, 3),
-        "versions": _versions(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {**package_versions("smaug-dpop", "datasets", "pyarrow"), "python": platform.python_version()},
+        "created_at": utc_timestamp(),
     }
-    write_json_atomic(report_path(out), report)
+    write_json_atomic(report_path(out), report, sort_keys=True)
     if push_to_hub:  # after the local files are complete, so a failed upload loses nothing
         push_pairs(out, push_to_hub, private=private)
         report["pushed_to"] = push_to_hub
-        write_json_atomic(report_path(out), report)
+        write_json_atomic(report_path(out), report, sort_keys=True)
     return report
 
 

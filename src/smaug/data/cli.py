@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -82,12 +82,12 @@ def stats_json_path(path: str | Path) -> Path:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from smaug.data.io import write_json_atomic
+    from smaug.common.files import write_json_atomic
     from smaug.data.stats import format_stats, stats_for_path
 
     stats = stats_for_path(args.path)
     out = Path(args.json_out) if args.json_out else stats_json_path(args.path)
-    write_json_atomic(out, stats)
+    write_json_atomic(out, stats, sort_keys=True)
     print(format_stats(stats))
     print(f"stats: {out}")
     return 0

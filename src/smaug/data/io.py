@@ -8,13 +8,12 @@ and moved into place with `os.replace`, so a failure never leaves a half-written
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smaug.atomic import atomic_write, write_jsonl_atomic  # noqa: F401  (re-exported: builders, reproduce)
-from smaug.errors import UserError
+from smaug.common.errors import UserError
+from smaug.common.files import atomic_write, read_jsonl_lines, write_jsonl_atomic
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -80,12 +79,6 @@ def load_source_rows(
     return ds.to_list()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Pretty JSON (sorted keys, trailing newline), written atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
     """Write prompt/chosen/rejected pairs as JSONL or Parquet (by extension), atomically.
 
@@ -101,30 +94,57 @@ def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def load_pairs_table(path: str | Path):
-    """A pair file or folder (JSONL/Parquet, ours or e.g. a downloaded `abacusai/*_DPO_FewShot`) as an Arrow
-    table with the three pair columns; a UserError naming what is missing."""
-    import datasets
+def load_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
+    """The pairs of a JSONL or Parquet file, or of a folder of them (ours, or e.g. a downloaded
+    `abacusai/*_DPO_FewShot`): dicts with prompt, chosen, rejected (and `system` when the file has it).
 
+    Every row is checked: the three fields must be non-empty text. A number, list or null is refused with the
+    row (line) number rather than turned into text."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a .jsonl/.parquet pair file or a folder of them")
-    try:
-        if path.is_file():
-            builder = _LOCAL_FORMATS.get(path.suffix.lower())
-            if builder is None:
-                raise UserError(f"{path}: unknown file type {path.suffix!r}; use .jsonl or .parquet")
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            ds = datasets.load_dataset(str(path), split="train")
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"could not read pairs from {path}: {type(err).__name__}: {err}") from err
-    missing = [c for c in PAIR_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise UserError(
-            f"{path} has no column(s) {', '.join(missing)} (has {', '.join(ds.column_names)}); "
-            "a pair dataset needs prompt, chosen and rejected"
-        )
-    return ds.with_format("arrow")[:].select(list(PAIR_COLUMNS))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _LOCAL_FORMATS and not p.name.startswith("."))
+        if not files:
+            raise UserError(f"{path}: no .jsonl/.parquet files in this folder")
+        rows = [row for file in files for row in _pair_rows(file)]
+    else:
+        rows = _pair_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no pairs in the file")
+    return rows[:limit] if limit else rows
+
+
+def _pair_rows(path: Path) -> list[dict[str, str]]:
+    suffix = path.suffix.lower()
+    if path.name.endswith((".build.json", ".stats.json")):
+        raise UserError(f"{path}: a report written by `smaug data`, not pairs; pass the pair file next to it")
+    if suffix in (".jsonl", ".json"):
+        numbered = [(f"line {lineno}", row) for lineno, row in read_jsonl_lines(path, "pair")]
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise UserError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+        numbered = [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), 1)]
+    else:
+        raise UserError(f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
+    pairs = []
+    for where, row in numbered:
+        if "messages" in row or isinstance(row.get("chosen"), list):
+            raise UserError(f"{path}: {where} is a conversation (message list), not a prompt/chosen/rejected pair "
+                            "of texts; these tools read the pair files `smaug data build` writes")
+        for column in PAIR_COLUMNS:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                got = "missing" if column not in row else ("empty" if isinstance(value, str) else
+                                                            f"a {type(value).__name__} ({value!r:.40})")
+                raise UserError(f"{path}: {where}: `{column}` is {got}; every pair needs non-empty text in "
+                                "prompt, chosen and rejected")
+        pair = {column: row[column] for column in PAIR_COLUMNS}
+        if isinstance(row.get("system"), str) and row["system"]:
+            pair["system"] = row["system"]
+        pairs.append(pair)
+    return pairs

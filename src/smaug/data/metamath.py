@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from smaug.data.common import (
+from smaug.data.rows import (
     SALT_CORRUPT,
     few_shot_prompt,
     pick_few_shot,

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from smaug.data.common import few_shot_prompt, pick_few_shot, qa_example, qa_query, sorted_counts, text_field
+from smaug.data.rows import few_shot_prompt, pick_few_shot, qa_example, qa_query, sorted_counts, text_field
 
 _LETTERS = "ABCDEFGHIJ"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from smaug.errors import UserError
+from smaug.common.errors import UserError
 
 DEFINITION = "Levenshtein(chosen, rejected) / max(len(chosen), len(rejected)), characters, all edits cost 1"
 
@@ -77,18 +77,9 @@ def stats_for_pairs(pairs: Sequence[dict[str, str]]) -> dict[str, Any]:
 
 def stats_for_path(path: str | Path) -> dict[str, Any]:
     """`compute_stats` on a pair file or folder (JSONL/Parquet with prompt/chosen/rejected columns)."""
-    from smaug.data.io import load_pairs_table
+    from smaug.data.io import load_pairs
 
-    table = load_pairs_table(path)
-    columns = []
-    for name in ("prompt", "chosen", "rejected"):
-        values = table.column(name).to_pylist()
-        if any(v is None for v in values):
-            row = next(i for i, v in enumerate(values) if v is None)
-            raise UserError(f"{path}: row {row} has no {name}; every pair needs prompt, chosen and rejected strings")
-        columns.append(values)
-    stats = compute_stats(*columns)
-    return {"path": str(path), **stats}
+    return {"path": str(path), **stats_for_pairs(load_pairs(path))}
 
 
 def format_stats(stats: dict[str, Any]) -> str:

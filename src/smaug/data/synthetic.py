@@ -6,7 +6,8 @@ facts, works through `... = N` steps and ends with `The answer is: N` (the GSM_A
 result is the answer, so they have no intermediate result to corrupt (as some real rows do). Row ``i``
 depends only on (seed, i): the first rows are the same whatever ``n`` is.
 
-Used by the data-build benchmark, `make reproduce` (a small MetaMath-like training task) and the demo.
+Used by the data-build benchmark. `two_step_metamath_row` makes the shorter problems `make reproduce` trains a
+tiny model on (two calculations, one intermediate result to corrupt).
 """
 
 from __future__ import annotations
@@ -229,6 +230,50 @@ def synthetic_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
     return {"query": query, "response": response, "type": kind, "original_question": query}
 
 
+_SHORT_NAMES = ["Mia", "Liam", "Aisha", "Kenji", "Sofia", "Noah", "Priya", "Theo", "Zara", "Owen", "Elena", "Diego"]
+_SHORT_ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "cards", "shells", "books"]
+
+
+def two_step_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
+    """Row ``index``: a MetaMathQA-schema row (query, response, type, original_question, answer).
+
+    Two small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
+    the intermediate results, and the solution ends with ``The answer is: N`` as MetaMathQA's do."""
+    rng = random.Random((seed << 32) ^ (0x5EED << 16) ^ index)
+    name, item = rng.choice(_SHORT_NAMES), rng.choice(_SHORT_ITEMS)
+    kind = rng.randrange(3)
+    if kind == 0:
+        boxes, per = rng.randint(2, 9), rng.randint(2, 9)
+        total = boxes * per
+        lost = rng.randint(1, total - 1)
+        left = total - lost
+        query = f"{name} has {boxes} bags with {per} {item} each and gives away {lost}. How many {item} are left?"
+        response = (f"{name} has {boxes} * {per} = {total} {item}. After giving away {lost}, "
+                    f"{name} has {total} - {lost} = {left} {item} left.")
+        answer = left
+    elif kind == 1:
+        friends, each = rng.randint(2, 5), rng.randint(2, 9)
+        total = friends * each
+        a = rng.randint(1, total - 1)
+        b = total - a
+        query = (f"{name} finds {a} {item} and then {b} more, and shares them equally among {friends} friends. "
+                 f"How many {item} does each friend get?")
+        response = (f"{name} has {a} + {b} = {total} {item}. Shared among {friends} friends, each friend gets "
+                    f"{total} / {friends} = {each} {item}.")
+        answer = each
+    else:
+        price, qty = rng.randint(2, 12), rng.randint(2, 9)
+        cost = price * qty
+        bill = next(b for b in (20, 50, 100, 200) if b > cost)
+        change = bill - cost
+        query = (f"{name} buys {qty} {item} at ${price} each and pays with a ${bill} bill. "
+                 f"How much change does {name} get?")
+        response = (f"The {item} cost {qty} * ${price} = ${cost}. The change is ${bill} - ${cost} = ${change}.")
+        answer = change
+    return {"query": query, "response": f"{response}\nThe answer is: {answer}", "type": "GSM_synthetic",
+            "original_question": query, "answer": str(answer)}
+
+
 def iter_synthetic_metamath(n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
     """Rows 0..n-1 of the synthetic dataset for ``seed``."""
     for i in range(n):
@@ -244,7 +289,7 @@ def write_synthetic_metamath(path: str | Path, n: int, seed: int = 0, progress: 
     """Write ``n`` synthetic rows to ``path`` as JSON Lines, atomically (same seed, same bytes)."""
     from tqdm.auto import tqdm
 
-    from smaug.data.io import write_jsonl_atomic
+    from smaug.common.files import write_jsonl_atomic
 
     rows = tqdm(iter_synthetic_metamath(n, seed), total=n, desc="synthetic rows", unit="row",
                 disable=not progress, mininterval=1.0)

@@ -29,16 +29,16 @@ filled by the correct option. They come from local JSONL files (``--data-dir``, 
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 from pathlib import Path
 from typing import Callable
 
-from smaug.errors import UserError
-from smaug.jsonl import read_jsonl
-from smaug.evaluation.logprobs import check_model_ref, load_causal_lm, token_logprobs, write_json_atomic
-from smaug.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
+from smaug.common.errors import UserError
+from smaug.common.files import read_jsonl
+from smaug.common.hub import check_model_ref
+from smaug.common.paths import EVAL_CONFIG_DIR
+from smaug.evaluation.models import load_causal_lm, token_logprobs
 
 DEFAULT_DATA_DIR = EVAL_CONFIG_DIR / "data" / "offline_mini"
 FLAG_BELOW = 0.1  # an example is flagged when fewer than 10 % of its neighbours are easier for the target
@@ -242,51 +242,3 @@ def score_texts(
         result["benchmarks"][name] = entry
     del target
     return result
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "contamination",
-        help="per-benchmark contamination score of a model against a reference model (paper Table 3)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--ref", required=True, help="reference model (e.g. a base model trained before the benchmark)")
-    parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), help="default: all six")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="local benchmark JSONL files")
-    parser.add_argument("--hub", action="store_true", help="load benchmark texts from the Hub instead")
-    parser.add_argument("--texts", type=Path, help="JSONL with a 'text' field: score these texts instead")
-    parser.add_argument("--name", default="texts", help="benchmark name for --texts")
-    parser.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction (default 0.2)")
-    parser.add_argument("--neighbours", type=int, default=100, help="reference-written neighbours per text; 0 = Min-K%% only")
-    parser.add_argument("--max-examples", type=int, default=100, help="texts sampled per benchmark (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="output folder (default results/contamination/<model>)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if not 0 < args.k <= 1:
-        raise UserError(f"--k {args.k}: must be a fraction in (0, 1]")
-    if args.texts:
-        texts = {args.name: load_texts_file(args.texts)}
-    else:
-        texts = {name: load_benchmark_texts(name, args.data_dir, args.hub) for name in (args.benchmarks or BENCHMARKS)}
-    result = score_texts(
-        args.model, args.ref, texts, k=args.k, neighbours=args.neighbours, max_examples=args.max_examples or None,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed,
-    )
-    out = args.out or RESULTS_DIR / "contamination" / model_slug(args.model)
-    path = write_json_atomic(result, Path(out) / "contamination.json")
-    print(f"{'benchmark':<12} {'score':>6} {'minK>ref':>9} {'minK model':>11} {'minK ref':>9}")
-    for name, entry in result["benchmarks"].items():
-        score = "n/a" if entry["score"] is None else f"{entry['score']:.2f}"
-        flag = "  <- suggests contamination" if entry["suggests_contamination"] else ""
-        print(f"{name:<12} {score:>6} {entry['mink_above_ref']:>9.2f} {entry['mink_model_mean']:>11.3f} "
-              f"{entry['mink_reference_mean']:>9.3f}{flag}")
-    print(f"wrote {path}")
-    return 0

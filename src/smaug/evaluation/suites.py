@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from smaug.errors import UserError
-from smaug.paths import EVAL_CONFIG_DIR
+from smaug.common.errors import UserError
+from smaug.common.paths import EVAL_CONFIG_DIR
 
 SUITES_FILE = EVAL_CONFIG_DIR / "suites.yaml"
 # Our lm-eval task configs (the offline mini tasks); handed to lm-eval's TaskManager as include_path.

@@ -1,7 +1,7 @@
 """From lm-eval's raw results to summary.json / summary.md, and side-by-side comparison tables.
 
-summary.json is the contract with the model-card code (schema in HELPERS.md); values are fractions in [0, 1]
-as lm-eval reports them, the Markdown tables show them x100 as the leaderboard did.
+summary.json is the contract with the model-card code (`load_summary` checks every field the cards rely on);
+values are fractions in [0, 1] as lm-eval reports them, the Markdown tables show them x100 as the leaderboard did.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from smaug.atomic import write_text_atomic
-from smaug.errors import UserError
+from smaug.common.errors import UserError
+from smaug.common.files import write_text_atomic
+from smaug.common.paths import eval_dir
 from smaug.evaluation.suites import Suite, TaskSpec
 
 SUMMARY_SCHEMA = 1
@@ -163,12 +164,35 @@ def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any
     write_text_atomic(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
 
 
-def load_summary(path: Path) -> dict[str, Any]:
+def find_summaries(model: str | Path, results_root: Path | None = None) -> list[Path]:
+    """The summary.json of every suite `smaug eval run` wrote for ``model``."""
+    model_root = eval_dir(str(model), "_", root=results_root).parent
+    return sorted(model_root.glob("*/summary.json"))
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """A summary.json written by `smaug eval run`, checked field by field (``_path`` added: where it was read)."""
+    path = Path(path)
     try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable summary.json ({err}); re-run `smaug eval run`") from err
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable summary.json ({err}); pass one written by `smaug eval run`") from err
+    if not isinstance(summary, dict):
+        raise UserError(f"{path}: not a JSON object; pass a summary.json written by `smaug eval run`")
     missing = [k for k in ("model", "suite", "tasks", "average") if k not in summary]
     if missing:
         raise UserError(f"{path}: missing {', '.join(missing)}: not a `smaug eval` summary.json")
+    if not isinstance(summary["tasks"], dict) or not summary["tasks"]:
+        raise UserError(f"{path}: field `tasks` is empty or not a mapping; pass a summary.json written by `smaug eval`.")
+    for key, task in summary["tasks"].items():
+        for field_name in ("metric", "value", "dataset"):
+            if not isinstance(task, dict) or task.get(field_name) is None:
+                raise UserError(f"{path}: tasks.{key}.{field_name} is missing.")
+        value = task["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UserError(f"{path}: tasks.{key}.value is {value!r}; expected a fraction in [0, 1] as lm-eval reports.")
+        for ds_field in ("name", "type"):
+            if not isinstance(task["dataset"], dict) or not task["dataset"].get(ds_field):
+                raise UserError(f"{path}: tasks.{key}.dataset.{ds_field} is missing.")
+    summary["_path"] = str(path)
     return summary

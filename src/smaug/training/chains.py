@@ -1,26 +1,19 @@
 """Stage chains: run a list of axolotl recipes in order (`make smaug-34b` = `smaug chain run smaug-34b`).
 
 recipes/chains.yaml names the stages of each chain and the hardware it needs. For every stage the chain
-  - skips it if it finished before (a done-marker `<output_dir>/.smaug_stage_done` holding the recipe's hash,
-    written only after `axolotl train` exited 0);
-  - otherwise runs `axolotl train RECIPE --launcher accelerate -- ...` from the venv, and a stage killed
-    midway resumes from its last complete checkpoint (the recipes set `save_steps` and
+  - skips it if it finished before (a done-marker holding the recipe's hash, `training.state`);
+  - otherwise runs `axolotl train RECIPE --launcher accelerate -- ...` through `training.runner`, and a stage
+    killed midway resumes from its last complete checkpoint (the recipes set `save_steps` and
     `auto_resume_from_checkpoints: true`; half-written checkpoints are set aside first);
   - merges a LoRA stage (`axolotl merge-lora`) before a later stage starts from it.
-Before any GPU time, preflight compares the chain's `hardware:` with the GPUs torch finds and stops with
-what to run instead; `--dry-run` prints the plan, the exact commands and a per-GPU memory estimate, and
-needs no GPU and no network.
+Before any GPU time, `training.preflight` compares the chain's `hardware:` with the GPUs torch finds and stops
+with what to run instead; `--dry-run` prints the plan, the exact commands and a per-GPU memory estimate
+(`training.memory`), and needs no GPU and no network.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import hashlib
-import json
 import os
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +21,27 @@ from typing import Any
 
 import yaml
 
-from smaug import memory
-from smaug.atomic import write_text_atomic
-from smaug.errors import UserError
-from smaug.paths import RECIPES_DIR, REPO_ROOT
-from smaug.recipes import load_recipe, rel, resolve_recipe_path
+from smaug.common.errors import UserError
+from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel, repo_path
+from smaug.training import memory, runner
+from smaug.training.preflight import preflight
+from smaug.training.recipes import load_recipe, resolve_recipe_path, write_derived_recipe
+from smaug.training.state import (
+    DONE_MARKER,
+    complete_checkpoints,
+    recipe_hash,
+    set_aside_incomplete_checkpoints,
+    stage_status,
+    write_done_marker,
+)
 
 CHAINS_FILE = RECIPES_DIR / "chains.yaml"
 DEFAULT_OUTPUT_ROOT = REPO_ROOT / "outputs"
-DONE_MARKER = ".smaug_stage_done"
 STAGE_LOG = "smaug_stage.log"
 RESOLVED_CONFIG = "smaug_stage_config.yml"
 # Recipe keys that hold paths under the output root (rebased by --output-root).
 _PATH_KEYS = ("output_dir", "base_model", "dataset_prepared_path", "lora_model_dir", "tokenizer_config")
 _OUTPUT_PREFIXES = ("./outputs/", "outputs/")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class Launch:
 
 
 @dataclass
-class Stage:
+class ChainStage:
     index: int
     recipe_path: Path  # the recipe as committed
     recipe: dict[str, Any]  # with paths rebased onto the output root
@@ -115,20 +114,18 @@ class Stage:
     def digest(self) -> str:
         return recipe_hash(self.recipe)
 
+    def status(self) -> str:
+        return stage_status(self.output_dir, self.digest)
+
 
 @dataclass
 class Chain:
     name: str
     description: str
     hardware: dict[str, Any]
-    stages: list[Stage]
+    stages: list[ChainStage]
     output_root: Path
     prepare: list[dict[str, Any]] = field(default_factory=list)
-
-
-def recipe_hash(recipe: dict[str, Any]) -> str:
-    """Hash of the settings (not the comments): a done stage whose recipe changed is not silently reused."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_chains(path: Path = CHAINS_FILE) -> dict[str, dict[str, Any]]:
@@ -152,11 +149,6 @@ def _rebase(value: Any, output_root: Path) -> Any:
     return value
 
 
-def _absolute(value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
 def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = CHAINS_FILE) -> Chain:
     chains = load_chains(chains_file)
     if name not in chains:
@@ -165,7 +157,7 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
     rebase = output_root is not None and Path(output_root).resolve() != DEFAULT_OUTPUT_ROOT.resolve()
     root = Path(output_root).resolve() if output_root is not None else DEFAULT_OUTPUT_ROOT
 
-    stages: list[Stage] = []
+    stages: list[ChainStage] = []
     for index, entry in enumerate(spec["stages"]):
         path = resolve_recipe_path(entry)
         recipe = load_recipe(path)
@@ -178,13 +170,13 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
                             "`auto_resume_from_checkpoints: true`")
         if rebase:
             recipe = {k: (_rebase(v, root) if k in _PATH_KEYS else v) for k, v in recipe.items()}
-        output_dir = _absolute(recipe["output_dir"])
+        output_dir = repo_path(recipe["output_dir"])
         run_config = output_dir / RESOLVED_CONFIG if rebase else path
-        stages.append(Stage(index, path, recipe, output_dir, run_config, rebase))
+        stages.append(ChainStage(index, path, recipe, output_dir, run_config, rebase))
 
     # A stage that starts from an earlier LoRA stage must start from its merged weights.
     for later in stages:
-        base = _absolute(str(later.recipe["base_model"])) if _looks_local(later.recipe["base_model"]) else None
+        base = repo_path(str(later.recipe["base_model"])) if _looks_local(later.recipe["base_model"]) else None
         for earlier in stages[: later.index]:
             if base is None or not earlier.recipe.get("adapter"):
                 continue
@@ -198,7 +190,7 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
     for step in spec.get("prepare") or []:
         if "tiny_model" in step:
             target = _rebase(step["tiny_model"], root) if rebase else step["tiny_model"]
-            prepare.append({"tiny_model": _absolute(target)})
+            prepare.append({"tiny_model": repo_path(target)})
         else:
             raise UserError(f"{rel(chains_file)}: chain {name!r}: unknown prepare step {step!r} (known: tiny_model)")
     return Chain(name, spec.get("description", ""), spec.get("hardware") or {}, stages, root, prepare)
@@ -213,120 +205,25 @@ def _looks_local(value: Any) -> bool:
 # commands
 
 
-def venv_bin() -> Path:
-    return Path(sys.executable).parent
-
-
-def stage_env(stage: Stage) -> dict[str, str]:
-    env = dict(os.environ)
-    # accelerate (and axolotl's other launchers) are found on PATH: the venv's own first.
-    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
-    env["AXOLOTL_DO_NOT_TRACK"] = "1"
-    env["SMAUG_RECIPE"] = stage.name  # the committed recipe, for provenance when axolotl gets a rebased copy
-    return env
-
-
-def train_command(stage: Stage, launch: Launch, accelerator: str) -> list[str]:
+def train_command(stage: ChainStage, launch: Launch, accelerator: str) -> list[str]:
     config = rel(stage.run_config)
     if accelerator == "cpu":
-        # One CPU process: nothing for accelerate to launch, and it would cost a second interpreter start.
-        return [str(venv_bin() / "axolotl"), "train", config, "--launcher", "python"]
-    args = [str(venv_bin() / "axolotl"), "train", config, "--launcher", "accelerate", "--",
-            "--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
+        return runner.train_command(config)
+    args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
             "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
             "--main_process_port", str(launch.master_port)]
     if launch.world_size > 1:
         args.append("--multi_gpu")
-    return args
+    return runner.train_command(config, launcher_args=args)
 
 
-def merge_command(stage: Stage) -> list[str]:
-    return [str(venv_bin() / "axolotl"), "merge-lora", rel(stage.run_config)]
+def merge_command(stage: ChainStage) -> list[str]:
+    return runner.merge_command(rel(stage.run_config))
 
 
-def _display(cmd: list[str]) -> str:
-    shown = [Path(cmd[0]).name if cmd[0].startswith(str(venv_bin())) else cmd[0], *cmd[1:]]
-    return "AXOLOTL_DO_NOT_TRACK=1 " + shlex.join(shown)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# state of a stage
-
-
-def stage_status(stage: Stage) -> str:
-    """'done', 'stale' (done with another recipe version), 'resume:<checkpoint>' or 'new'."""
-    if stage.marker.is_file():
-        try:
-            recorded = json.loads(stage.marker.read_text()).get("sha256")
-        except (OSError, json.JSONDecodeError):
-            recorded = None
-        return "done" if recorded == stage.digest else "stale"
-    checkpoints = complete_checkpoints(stage.output_dir)
-    return f"resume:{checkpoints[-1].name}" if checkpoints else "new"
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """checkpoint-N folders the trainer finished writing (trainer_state.json is written last), by step."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """A run killed while saving leaves a checkpoint without trainer_state.json; axolotl would resume from it
-    (it takes the highest number) and fail. Rename such folders so the last complete one is used."""
-    moved = []
-    for path in output_dir.glob("checkpoint-*"):
-        if path.is_dir() and path.name.split("-")[-1].isdigit() and not (path / "trainer_state.json").is_file():
-            target = path.with_name(f"incomplete-{path.name}")
-            os.replace(path, target)
-            moved.append(target)
-    return moved
-
-
-# --------------------------------------------------------------------------------------------------------------
-# preflight
-
-
-def detect_gpus() -> tuple[list[float], str]:
-    """(memory in GiB of each CUDA device, how they were found)."""
-    try:
-        import torch
-    except ImportError:
-        return [], "torch is not installed"
-    if not torch.cuda.is_available():
-        return [], f"no CUDA device (torch {torch.__version__}: torch.cuda.device_count() == 0)"
-    sizes = [torch.cuda.get_device_properties(i).total_memory / memory.GIB for i in range(torch.cuda.device_count())]
-    names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
-    return sizes, f"{len(sizes)} CUDA device(s): {', '.join(sorted(names))}"
-
-
-def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None = None) -> None:
-    hardware = chain.hardware
-    if hardware.get("accelerator") != "cuda":
-        return
-    need_total = int(hardware.get("gpus") or 1)
-    need_gib = float(hardware.get("min_gpu_memory_gib") or 0)
-    sizes, found = gpus if gpus is not None else detect_gpus()
-    problems = []
-    if launch.world_size < need_total:
-        problems.append(f"it is sized for {need_total} GPUs in total but NUM_GPUS x NNODES = "
-                        f"{launch.num_gpus} x {launch.nnodes} = {launch.world_size}")
-    if len(sizes) < launch.num_gpus:
-        problems.append(f"this node should have NUM_GPUS={launch.num_gpus} GPUs and has {found}")
-    small = [f"{gib:.0f} GiB" for gib in sizes[: launch.num_gpus] if gib < need_gib]
-    if small:
-        problems.append(f"each GPU needs >= {need_gib:.0f} GiB; found {', '.join(small)} ({found})")
-    if problems:
-        raise UserError(
-            f"chain {chain.name} needs {hardware.get('label') or ''} ({need_total} GPUs, >= {need_gib:.0f} GiB "
-            f"each) and stops before using any GPU time: " + "; ".join(problems) + ".\n"
-            f"  See the plan, exact commands and a GPU memory estimate (no GPU needed): "
-            f"DRY_RUN=1 make {chain.name}   (smaug chain run {chain.name} --dry-run)\n"
-            f"  Run the same chain on this CPU in minutes: make smaug-tiny (or make demo)\n"
-            f"  Several nodes: set NUM_GPUS (per node), NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each.\n"
-            f"  Know better (e.g. a different card): SMAUG_SKIP_PREFLIGHT=1 skips this check."
-        )
+def stage_env(stage: ChainStage) -> dict[str, str]:
+    # The committed recipe, for provenance when axolotl gets a rebased copy.
+    return runner.axolotl_env(SMAUG_RECIPE=stage.name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,7 +240,7 @@ def describe(chain: Chain, launch: Launch) -> str:
              f"MASTER_ADDR={launch.master_addr} MASTER_PORT={launch.master_port} (world size {launch.world_size})",
              f"output root: {chain.output_root}"]
     for step in chain.prepare:
-        lines.append(f"prepare: smaug tiny-model {step['tiny_model']}"
+        lines.append(f"prepare: smaug showcase tiny-model {step['tiny_model']}"
                      + ("  [exists, skipped]" if (step["tiny_model"] / "config.json").is_file() else ""))
     shapes: dict[Path, memory.ModelShape | None] = {}
     for stage in chain.stages:
@@ -353,7 +250,7 @@ def describe(chain: Chain, launch: Launch) -> str:
             kind += f" ({', '.join(recipe['dpo_loss_type'])})"
         if recipe.get("adapter"):
             kind += f", {recipe['adapter']}"
-        status = stage_status(stage)
+        status = stage.status()
         status_text = {"done": "done: skipped", "stale": "done with a DIFFERENT recipe version: stops",
                        "new": "to run"}.get(status) or f"to run, resuming from {status.split(':', 1)[-1]}"
         lines += ["", f"stage {stage.index + 1}/{len(chain.stages)}: {stage.name}  [{kind}]  ({status_text})",
@@ -365,11 +262,11 @@ def describe(chain: Chain, launch: Launch) -> str:
         lines.append(f"  settings: {', '.join(hyper)}")
         if stage.rebased:
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
-        lines.append(f"  command: {_display(train_command(stage, launch, chain.hardware.get('accelerator', 'cuda')))}")
+        lines.append(f"  command: {runner.display(train_command(stage, launch, chain.hardware.get('accelerator', 'cuda')))}")
         if stage.merge_lora:
-            lines.append(f"  then:    {_display(merge_command(stage))}")
+            lines.append(f"  then:    {runner.display(merge_command(stage))}")
         base = str(recipe["base_model"])
-        inherited = shapes.get(_absolute(base)) if _looks_local(base) else None
+        inherited = shapes.get(repo_path(base)) if _looks_local(base) else None
         shape = memory.model_shape(base, inherited)
         shapes[stage.output_dir] = shape
         shapes[stage.output_dir / "merged"] = shape
@@ -394,26 +291,6 @@ def describe(chain: Chain, launch: Launch) -> str:
 # run
 
 
-def _run_logged(cmd: list[str], env: dict[str, str], log_path: Path) -> int:
-    """Run from the repo root, echoing output and appending it to the stage log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n=== {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            return proc.wait()
-        except BaseException:
-            proc.terminate()
-            proc.wait()
-            raise
-
-
 def _build_tiny_model(target: Path) -> None:
     if (target / "config.json").is_file():
         print(f"prepare: {target} exists, skipped")
@@ -421,7 +298,7 @@ def _build_tiny_model(target: Path) -> None:
     import shutil
     import tempfile
 
-    from smaug.tiny import build_tiny_llama
+    from smaug.training.tiny_model import build_tiny_llama
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -440,7 +317,7 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
         print(describe(chain, launch))
         return 0
 
-    statuses = [stage_status(stage) for stage in chain.stages]
+    statuses = [stage.status() for stage in chain.stages]
     for stage, status in zip(chain.stages, statuses):
         if status == "stale":
             raise UserError(f"{stage.output_dir} was trained from a different version of {stage.name} "
@@ -463,7 +340,7 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
             print(f"{label}: done, skipped ({stage.marker})")
             continue
         base = str(stage.recipe["base_model"])
-        if _looks_local(base) and not _absolute(base).exists():
+        if _looks_local(base) and not repo_path(base).exists():
             raise UserError(f"{stage.name}: base_model {base} does not exist; it is written by an earlier stage "
                             f"of a chain (run the whole chain: smaug chain run {name})")
         stage.output_dir.mkdir(parents=True, exist_ok=True)
@@ -472,53 +349,20 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
         checkpoints = complete_checkpoints(stage.output_dir)
         print(f"{label}: " + (f"resuming from {checkpoints[-1]}" if checkpoints else "starting"), flush=True)
         if stage.rebased:
-            write_text_atomic(stage.run_config, f"# {stage.name} with its paths under {chain.output_root} "
-                                                "(written by smaug chain; edit the recipe, not this file)\n"
-                              + yaml.safe_dump(stage.recipe, sort_keys=False))
+            write_derived_recipe(stage.run_config, stage.recipe, stage.recipe_path,
+                                 f"its paths under {chain.output_root}")
         env_vars = stage_env(stage)
         log_path = stage.output_dir / STAGE_LOG
-        code = _run_logged(train_command(stage, launch, accelerator), env_vars, log_path)
+        code = runner.run_logged(train_command(stage, launch, accelerator), env_vars, log_path)
         if code == 0 and stage.merge_lora:
-            code = _run_logged(merge_command(stage), env_vars, log_path)
+            code = runner.run_logged(merge_command(stage), env_vars, log_path)
         if code != 0:
             print(f"{label}: failed with exit code {code}; log: {log_path}. Run the same command again to resume "
                   "from the last checkpoint.", file=sys.stderr)
             return code
         if launch.node_rank == 0:
-            write_text_atomic(stage.marker, json.dumps({
-                "recipe": stage.name, "sha256": stage.digest, "output_dir": str(stage.output_dir),
-                "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }, indent=2) + "\n")
+            write_done_marker(stage.output_dir, stage.name, stage.digest)
         print(f"{label}: done ({stage.marker})", flush=True)
     return 0
 
 
-# --------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("chain", help="run a chain of training stages (what `make smaug-34b` calls)")
-    sub = parser.add_subparsers(dest="chain_command", required=True)
-    run = sub.add_parser("run", help="run a chain from recipes/chains.yaml (skips done stages, resumes killed ones)")
-    run.add_argument("name", help="chain name, e.g. smaug-34b, smaug-72b, smaug-7b, tiny")
-    run.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "").lower() in _TRUE,
-                     help="print the plan, commands and a GPU memory estimate; run nothing (env DRY_RUN=1)")
-    run.add_argument("--output-root", type=Path, default=None,
-                     help=f"write every stage under this folder instead of {DEFAULT_OUTPUT_ROOT}")
-    run.add_argument("--skip-preflight", action="store_true",
-                     default=os.environ.get("SMAUG_SKIP_PREFLIGHT", "").lower() in _TRUE,
-                     help="do not check the GPUs first (env SMAUG_SKIP_PREFLIGHT=1)")
-    run.set_defaults(func=_cmd_run)
-    lst = sub.add_parser("list", help="the chains and their stages")
-    lst.set_defaults(func=_cmd_list)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    return run_chain(args.name, args.output_root, dry_run=args.dry_run, skip_preflight=args.skip_preflight)
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    for name, spec in load_chains().items():
-        print(f"{name}: {' -> '.join(spec['stages'])}  [{(spec.get('hardware') or {}).get('label', '')}]")
-    return 0

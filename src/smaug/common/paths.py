@@ -1,4 +1,5 @@
-"""Where things live: one function per kind of artefact, so Make, the CLI and tests agree."""
+"""Where things live: the repository's folders and one function per kind of output, so Make, the CLI and
+tests agree."""
 
 from __future__ import annotations
 
@@ -7,14 +8,27 @@ import os
 import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RECIPES_DIR = REPO_ROOT / "recipes"
 EVAL_CONFIG_DIR = REPO_ROOT / "eval"
 MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
 # Everything the tools write goes under here unless told otherwise (SMAUG_RESULTS overrides).
 RESULTS_DIR = Path(os.environ.get("SMAUG_RESULTS", REPO_ROOT / "results"))
 
-from axolotl_dpop.provenance import PROVENANCE_FILE  # noqa: E402,F401  (one home: the plugin writes it)
+
+def rel(path: str | Path) -> str:
+    """`recipes/x.yml` for a path inside the repo (how users quote files), else the path as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def repo_path(path: str | Path) -> Path:
+    """A path as written in a recipe or chains.yaml: absolute as is, else relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
 def model_slug(model: str) -> str:

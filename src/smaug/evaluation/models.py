@@ -1,0 +1,61 @@
+"""Loading a causal LM for analysis and scoring token log-probs with it: the one model-loading module of the
+evaluation tools (log-prob analysis, MT-Bench, contamination)."""
+
+from __future__ import annotations
+
+from smaug.common.errors import UserError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    return model.to(resolve_device(device)).eval()
+
+
+def token_logprobs(
+    model, sequences: list[tuple[list[int], int]], batch_size: int = 8, pad_id: int = 0, desc: str = "log-probs"
+) -> list[list[float]]:
+    """For each (input_ids, start): log p(input_ids[t] | input_ids[:t]) for t >= start (start >= 1).
+
+    Sequences are sorted by length and right-padded in batches (causal attention: padding on the right does
+    not change real positions); log-softmax runs in float32 on the scored rows only, to bound memory."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]), reverse=True)
+    results: list[list[float]] = [[] for _ in sequences]
+    with torch.inference_mode():
+        for offset in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            batch = order[offset : offset + batch_size]
+            width = max(len(sequences[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                seq = sequences[i][0]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, i in enumerate(batch):
+                seq, start = sequences[i]
+                if start < 1:
+                    raise ValueError("the first token has no prediction; start must be >= 1")
+                scores = logits[row, start - 1 : len(seq) - 1].float().log_softmax(-1)
+                targets = torch.tensor(seq[start:], device=scores.device)
+                results[i] = scores.gather(-1, targets[:, None])[:, 0].cpu().tolist()
+    return results

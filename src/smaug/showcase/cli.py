@@ -1,0 +1,109 @@
+"""`smaug showcase demo|reproduce|tiny-model|demo-model`: what runs on a laptop, offline."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from smaug.common.commands import add_group
+from smaug.common.errors import UserError
+from smaug.common.paths import RESULTS_DIR
+
+
+def add_demo(sub, name: str = "demo", **kwargs):
+    from smaug.showcase.demo import PUBLISH_REPO
+
+    parser = sub.add_parser(
+        name, help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)",
+        **kwargs)
+    parser.add_argument("--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})")
+    parser.set_defaults(func=_demo)
+    return parser
+
+
+def add_reproduce(sub, name: str = "reproduce", **kwargs):
+    from smaug.showcase import reproduce
+
+    parser = sub.add_parser(
+        name, help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
+        description=reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(reproduce.DEFAULT_SEEDS))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reproduce")
+    parser.add_argument("--quick", action="store_true", help="one seed, DPO + DPOP λ=50 only")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="preference runs at once (default: one per CPU core, one thread each)")
+    parser.set_defaults(func=_reproduce)
+    return parser
+
+
+def add_tiny_model(sub, name: str = "tiny-model", **kwargs):
+    parser = sub.add_parser(name, help="write a tiny random Llama + byte tokenizer (for CPU runs)", **kwargs)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_tiny_model)
+    return parser
+
+
+def add_demo_model(sub, name: str = "demo-model", **kwargs):
+    from smaug.showcase.demo_model import HUB_ID, WHEEL
+
+    parser = sub.add_parser(
+        name, help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline", **kwargs)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
+    parser.set_defaults(func=_demo_model)
+    return parser
+
+
+COMMANDS = {"demo": add_demo, "reproduce": add_reproduce, "tiny-model": add_tiny_model, "demo-model": add_demo_model}
+
+
+def register(subparsers) -> None:
+    add_group(subparsers, "showcase", "the CPU demo, the paper's failure mode on a laptop, tiny models", COMMANDS)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from smaug.showcase.demo import run_demo
+
+    # Offline by design (the stage subprocesses inherit this); `make demo` sets it before Python starts too.
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
+    run_demo(args.repo)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from smaug.showcase.reproduce import RECIPE_DIR, reproduce
+
+    if any(s < 0 for s in args.seeds):
+        raise UserError(f"--seeds {args.seeds}: seeds must be >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {args.seeds}: a seed is given twice")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; pass a folder (it is created if missing)")
+    for name in ("sft", "dpo", "dpop"):
+        if not (RECIPE_DIR / f"{name}.yml").is_file():
+            raise UserError(f"{RECIPE_DIR / (name + '.yml')}: recipe missing; restore it from the repository")
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    reproduce(args.out, seeds, quick=args.quick, jobs=args.jobs)
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from smaug.training.tiny_model import build_tiny_llama
+
+    path = build_tiny_llama(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
+    print(f"wrote tiny Llama to {path}")
+    return 0
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from smaug.showcase.demo_model import convert
+
+    convert(args.out_dir, dtype=args.dtype, force=args.force)
+    return 0
