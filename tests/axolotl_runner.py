@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from smaug.training.runner import axolotl_env
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -70,9 +71,7 @@ def run_axolotl_train(cfg: dict, workdir: Path, launcher_args: list[str] | None 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.yml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = axolotl_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [str(VENV_BIN / "axolotl"), "train", str(cfg_path)]
     if launcher_args:
         cmd += launcher_args
