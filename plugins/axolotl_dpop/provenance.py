@@ -14,7 +14,7 @@ from pathlib import Path
 
 PROVENANCE_FILE = "smaug_provenance.json"
 SCHEMA_VERSION = 1
-_TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "max_steps", "num_epochs",
+_TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "slic_lambda", "max_steps", "num_epochs",
                   "optimizer", "lr_scheduler", "micro_batch_size", "gradient_accumulation_steps",
                   "sequence_len", "seed", "load_in_4bit", "load_in_8bit", "deepspeed")
 _PACKAGES = ("smaug-dpop", "axolotl", "trl", "transformers", "peft", "torch", "accelerate", "datasets")
@@ -62,8 +62,9 @@ def _hardware(num_processes: int) -> dict:
 def build_provenance(cfg) -> dict:
     base_model = str(cfg.get("base_model"))
     training = {key: cfg.get(key) for key in _TRAINING_KEYS}
-    if cfg.get("dpop"):
-        training["rl"] = "dpop"
+    plugin_rl = next((rl for rl in ("dpop", "slic") if cfg.get(rl)), None)
+    if plugin_rl:
+        training["rl"] = plugin_rl
     elif training["rl"] is not None:
         training["rl"] = str(getattr(training["rl"], "value", training["rl"]))
     if cfg.get("dpo_loss_type"):
