@@ -312,7 +312,8 @@ def test_every_distance_measure_on_hand_checked_pairs():
     #    Hamming 3/4 (cat/big, sat/cat, padding/sat).
     chosen = ["so 2 + 45 = 47 and 47 * 2 = 94", "the cat sat"]
     rejected = ["so 2 + 45 = 152 and 47 * 2 = 94", "the big cat sat"]
-    stats = compute_stats(["p", "q"], chosen, rejected)
+    assert set(compute_stats(["p", "q"], chosen, rejected)["distances"]) == {"char_levenshtein", "char_hamming"}
+    stats = compute_stats(["p", "q"], chosen, rejected, words=True)
     expected = {"char_levenshtein": ((3 / 31 + 4 / 15) / 2, 3.5), "char_hamming": ((19 / 31 + 8 / 15) / 2, 13.5),
                 "word_levenshtein": ((1 / 12 + 1 / 4) / 2, 1.0), "word_hamming": ((1 / 12 + 3 / 4) / 2, 2.0)}
     assert set(stats["distances"]) == set(expected)
@@ -328,7 +329,8 @@ def test_stats_measures_on_the_fixture_pairs_hamming_is_the_papers_order_of_magn
     means = {}
     for builder in ("metamath", "arc"):
         pairs, _ = BUILDERS[builder].build(read_jsonl(FIXTURES[builder]))
-        means[builder] = {k: v["normalised"]["mean"] for k, v in stats_for_pairs(pairs)["distances"].items()}
+        distances = stats_for_pairs(pairs, words=True)["distances"]
+        means[builder] = {name: measure["normalised"]["mean"] for name, measure in distances.items()}
     # Paper: ~6.5 % (MetaMath) and ~90 % (ARC) "edit (Hamming) distance"; character Levenshtein is far lower.
     # (The fixture's short one-step MetaMath rows push its Hamming mean up; data/mini: 4.7 %, README.)
     assert means["metamath"]["char_levenshtein"] < 0.02 and means["metamath"]["char_hamming"] > 0.05
@@ -336,9 +338,10 @@ def test_stats_measures_on_the_fixture_pairs_hamming_is_the_papers_order_of_magn
     assert means["arc"]["char_levenshtein"] < 0.70 < 0.80 < means["arc"]["char_hamming"] < 0.95
     path = tmp_path / "arc.jsonl"
     build_dataset("arc", path, source=FIXTURES["arc"], progress=False)
-    assert cli(["data", "stats", str(path)]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("char_hamming"))
-    assert f"{means['arc']['char_hamming']:.2%}" in line and "the paper's" in line
+    assert cli(["data", "stats", str(path), "--words"]) == 0
+    lines = {x.split()[0]: x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")}
+    assert f"{means['arc']['char_hamming']:.2%}" in lines["char_hamming"] and "the paper's" in lines["char_hamming"]
+    assert f"{means['arc']['word_hamming']:.2%}" in lines["word_hamming"] and "paper" not in lines["word_hamming"]
 
 
 def test_stats_errors_name_the_problem(tmp_path):

@@ -75,16 +75,29 @@ def edit_distances(chosen: Sequence[Sequence], rejected: Sequence[Sequence],
     return dist, normalised
 
 
-def distance_stats(chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Every measure of `MEASURES`: its definition and the mean/median/min/max of the normalised and raw
-    distances over pairs, with `matches_paper` on the one that reproduces the paper's figures."""
-    words = None
+def _word_distances(chosen: Sequence[str], rejected: Sequence[str], metric: str,
+                    chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """`edit_distances` over `str.split()` words, a chunk of pairs at a time: the word lists of 400k pairs at
+    once are tens of millions of small objects (gigabytes, and the garbage collector's time)."""
+    parts = [edit_distances([t.split() for t in chosen[i:i + chunk]], [t.split() for t in rejected[i:i + chunk]],
+                            metric) for i in range(0, len(chosen), chunk)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate([d for d, _ in parts]), np.concatenate([n for _, n in parts])
+
+
+def distance_stats(chosen: Sequence[str], rejected: Sequence[str], words: bool = False) -> dict[str, dict[str, Any]]:
+    """The character measures of `MEASURES` (and the word ones with ``words``; they cost ~10x the character
+    ones): definition and mean/median/min/max of the normalised and raw distances over pairs, with
+    `matches_paper` on the one that reproduces the paper's figures."""
     out = {}
     for name, (unit, metric, definition) in MEASURES.items():
-        if unit == "words" and words is None:
-            words = ([text.split() for text in chosen], [text.split() for text in rejected])
-        a, b = (chosen, rejected) if unit == "chars" else words
-        dist, normalised = edit_distances(a, b, metric)
+        if unit == "words" and not words:
+            continue
+        if unit == "chars":
+            dist, normalised = edit_distances(chosen, rejected, metric)
+        else:
+            dist, normalised = _word_distances(chosen, rejected, metric)
         out[name] = {
             "definition": definition,
             "unit": unit,
@@ -95,8 +108,10 @@ def distance_stats(chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, 
     return out
 
 
-def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]) -> dict[str, Any]:
-    """Pair count, character lengths (mean/median/min/max) of each column and the edit distances."""
+def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
+                  words: bool = False) -> dict[str, Any]:
+    """Pair count, character lengths (mean/median/min/max) of each column and the edit distances (the
+    word-level ones too with ``words``)."""
     n = len(prompts)
     if n == 0:
         raise UserError("the dataset has no pairs; nothing to measure")
@@ -106,7 +121,7 @@ def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
         name: _summary(np.fromiter(map(len, column), dtype=np.int64, count=n))
         for name, column in (("prompt", prompts), ("chosen", chosen), ("rejected", rejected))
     }
-    distances = distance_stats(chosen, rejected)
+    distances = distance_stats(chosen, rejected, words)
     levenshtein = distances["char_levenshtein"]
     return {
         "pairs": n,
@@ -123,12 +138,13 @@ def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
     }
 
 
-def stats_for_pairs(pairs: Sequence[dict[str, str]]) -> dict[str, Any]:
+def stats_for_pairs(pairs: Sequence[dict[str, str]], words: bool = False) -> dict[str, Any]:
     """`compute_stats` on a list of {prompt, chosen, rejected} dicts (what the builders return)."""
-    return compute_stats([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
+    return compute_stats([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs],
+                         words)
 
 
-def stats_for_path(path: str | Path) -> dict[str, Any]:
+def stats_for_path(path: str | Path, words: bool = False) -> dict[str, Any]:
     """`compute_stats` on a pair file or folder (JSONL/Parquet with prompt/chosen/rejected columns)."""
     from smaug.data.io import load_pairs_table
 
@@ -140,7 +156,7 @@ def stats_for_path(path: str | Path) -> dict[str, Any]:
             row = next(i for i, v in enumerate(values) if v is None)
             raise UserError(f"{path}: row {row} has no {name}; every pair needs prompt, chosen and rejected strings")
         columns.append(values)
-    stats = compute_stats(*columns)
+    stats = compute_stats(*columns, words=words)
     return {"path": str(path), **stats}
 
 
