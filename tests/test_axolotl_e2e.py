@@ -103,7 +103,7 @@ def test_slic_loss_is_the_papers_formula_on_the_logged_log_probs_without_a_refer
     # log-probs. beta 5 nats keeps the hinge active on the tiny random model's near-equal pairs.
     beta, lam = 5.0, 0.5
     out, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "slic", rl="slic", dpop_lambda=None, slic_lambda=lam,
-                             rl_beta=beta, micro_batch_size=1, max_steps=2, save_steps=2)
+                             rl_beta=beta, micro_batch_size=1, max_steps=1, save_steps=1)
     first = logs[0]
     chosen, rejected = first["logps/chosen"], first["logps/rejected"]
     hinge = max(0.0, beta - chosen + rejected)
