@@ -96,3 +96,28 @@ def test_two_process_cpu_launch(tmp_path, tiny_model_dir, pairs, monkeypatch):
     # both ranks' batches count: 2 steps x 2 processes x micro_batch 4 pairs = 16 of 24 pairs = 2/3 epoch
     assert logs[-1]["epoch"] == pytest.approx(16 / 24, rel=1e-3)
     assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+
+
+def test_slic_loss_is_the_papers_formula_on_the_logged_log_probs_without_a_reference(tmp_path, tiny_model_dir, pairs):
+    # One pair per step, so each logged value is that pair's own: the hinge can be recomputed from the logged
+    # log-probs. beta 5 nats keeps the hinge active on the tiny random model's near-equal pairs.
+    beta, lam = 5.0, 0.5
+    out, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "slic", rl="slic", dpop_lambda=None, slic_lambda=lam,
+                             rl_beta=beta, micro_batch_size=1, max_steps=1, save_steps=1)
+    first = logs[0]
+    chosen, rejected = first["logps/chosen"], first["logps/rejected"]
+    hinge = max(0.0, beta - chosen + rejected)
+    assert hinge > 0
+    assert first["loss"] == pytest.approx(hinge - lam * chosen, rel=1e-5)
+    assert first["slic/hinge"] == pytest.approx(hinge, rel=1e-5)
+    assert first["slic/regulariser"] == pytest.approx(-chosen, rel=1e-6)
+    assert first["rewards/margins"] == pytest.approx(chosen - rejected, rel=1e-5)  # policy log-prob margin
+    assert not DPOP_KEYS & first.keys()
+    # No reference model: one set of weights loaded (an rl: dpop run loads two: policy and reference; TRL's own
+    # fallback copy would be a second load too), the trainer holds none, and SLiCTrainer.compute_ref_log_probs
+    # (which raises) was never called, or the run would have failed.
+    log = proc.stdout + proc.stderr
+    assert log.count("Loading weights: 100%") == 1
+    assert f"SLIC: beta={beta} lambda={lam}; reference model: None" in log
+    provenance = json.loads((out / "smaug_provenance.json").read_text())
+    assert provenance["training"]["rl"] == "slic" and provenance["training"]["slic_lambda"] == lam

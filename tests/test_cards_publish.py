@@ -449,3 +449,11 @@ def test_real_upload_to_local_hub_server(tiny_model_copy, tmp_path):
     for path in list(model.rglob("*")) + list(hf_home.rglob("*")):
         if path.is_file():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_card_of_a_slic_run_names_the_loss_and_its_lambda_only(tiny_model_copy):
+    training = {k: v for k, v in TRAINING.items() if k != "dpop_lambda"} | {"rl": "slic", "slic_lambda": 0.1}
+    model = write_provenance(tiny_model_copy, provenance("jondurbin/bagel-34b-v0.2", training=training, recipe=None))
+    body = cards.render_card(model, [], auto_evals=False, model_name="org/slic-test").text
+    assert "SLiC (the Smaug paper's form)" in body and "| lambda (slic_lambda) | 0.1 |" in body
+    assert "dpop_lambda" not in body

@@ -84,6 +84,10 @@ def test_memory_estimate_follows_zero_stage_and_adapter():
     assert rows["frozen reference model, bf16"] == pytest.approx(2 * shape.params / 8 / memory.GIB)
     on_four = dict(memory.estimate(recipe, shape, 4, 4, REPO_ROOT).rows)
     assert on_four["gradients, bf16 (2 B/param)"] == pytest.approx(2 * rows["gradients, bf16 (2 B/param)"])
+    # the plugin's rl: slic has no reference model, but still puts chosen and rejected through the model
+    slic = dict(memory.estimate({**recipe, "rl": "slic"}, shape, 8, 8, REPO_ROOT).rows)
+    assert "frozen reference model, bf16" not in slic
+    assert {k: v for k, v in rows.items() if k != "frozen reference model, bf16"} == slic
 
     qlora = yaml.safe_load((RECIPES_DIR / "smaug72b_dpop_qlora.yml").read_text())
     big = memory.KNOWN_MODELS["moreh/MoMo-72B-lora-1.8.7-DPO"]

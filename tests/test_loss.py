@@ -1,4 +1,5 @@
-"""dpop_loss against hand-worked values of Eq. 3, and its gradient where the penalty switches."""
+"""dpop_loss against hand-worked values of Eq. 3, and its gradient where the penalty switches; slic_loss (the
+paper's SLiC) against hand-worked values and its gradient where the hinge switches."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axolotl_dpop.loss import dpop_loss, dpop_penalty
+from axolotl_dpop.loss import dpop_loss, dpop_penalty, slic_loss
 
 BETA, LAM = 0.3, 50.0
 
@@ -86,3 +87,48 @@ def test_negative_lambda_is_refused():
     x = torch.zeros(1)
     with pytest.raises(ValueError, match="lambda must be >= 0"):
         dpop_loss(x, x, x, x, BETA, -1.0)
+
+
+# --- SLiC: max(0, beta - log p(y_w) + log p(y_l)) - lam * log p(y_ref), y_ref = y_w, no reference model ---
+
+
+def test_slic_hand_worked_values():
+    # beta 0.3, lam 0.1
+    # row 0: margin -10 - (-12) = 2 >= 0.3 -> hinge 0;            nll 10 -> loss 0   + 0.1*10 = 1.0
+    # row 1: margin -7 - (-6.9) = -0.1  -> hinge 0.3 + 0.1 = 0.4; nll 7  -> loss 0.4 + 0.1*7  = 1.1
+    # row 2: margin -5 - (-5.2) = 0.2   -> hinge 0.3 - 0.2 = 0.1; nll 5  -> loss 0.1 + 0.1*5  = 0.6
+    pc, pr = t(-10.0, -7.0, -5.0), t(-12.0, -6.9, -5.2)
+    losses, hinge, nll = slic_loss(pc, pr, 0.3, 0.1)
+    assert losses.tolist() == pytest.approx([1.0, 1.1, 0.6], abs=1e-12)
+    assert hinge.tolist() == pytest.approx([0.0, 0.4, 0.1], abs=1e-12)
+    assert nll.tolist() == pytest.approx([10.0, 7.0, 5.0])
+    assert not hinge.requires_grad and not nll.requires_grad
+    losses.sum().backward()
+    # d/d log p(y_w): -1 from an active hinge, -lam from the regulariser; d/d log p(y_l): +1 while active
+    assert pc.grad.tolist() == pytest.approx([-0.1, -1.1, -1.1])
+    assert pr.grad.tolist() == pytest.approx([0.0, 1.0, 1.0])
+
+
+def test_slic_is_not_reference_normalised_unlike_trls_hinge():
+    # TRL's hinge: max(0, 1 - beta*[(pc - rc) - (pr - rr)]). The policy prefers y_w by 2 nats, the reference by 6:
+    # the paper's SLiC sees the policy's own margin (2 >= beta: hinge off); TRL's sees 2 - 6 = -4: 1 + 0.3*4 = 2.2.
+    pc, pr, rc, rr = t(-10.0), t(-12.0), t(-6.0), t(-12.0)
+    _, hinge, _ = slic_loss(pc, pr, 0.3, 0.0)
+    trl_hinge = torch.relu(1 - 0.3 * ((pc - rc) - (pr - rr)))
+    assert hinge.item() == 0.0 and trl_hinge.item() == pytest.approx(2.2)
+
+
+def test_slic_hinge_switches_off_at_the_margin_with_zero_gradient():
+    pc, pr = t(-5.0, -5.0), t(-5.25, -5.125)  # margin exactly beta (0.25, exact in binary), then inside it
+    losses, hinge, _ = slic_loss(pc, pr, 0.25, 0.0)
+    losses.sum().backward()
+    assert hinge[0].item() == 0.0 and pc.grad[0].item() == 0.0 and pr.grad[0].item() == 0.0
+    assert hinge[1].item() == 0.125 and pc.grad[1].item() == -1.0 and pr.grad[1].item() == 1.0
+
+
+@pytest.mark.parametrize("beta, lam, message", [(0.3, -0.1, "lambda must be >= 0"), (0.0, 0.1, "must be > 0"),
+                                                (-1.0, 0.1, "must be > 0")])
+def test_slic_bad_parameters_are_refused(beta, lam, message):
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match=message):
+        slic_loss(x, x, beta, lam)

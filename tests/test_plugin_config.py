@@ -55,6 +55,44 @@ def test_rl_dpo_is_left_alone(tmp_path):
     assert cfg.rl == "dpo" and not cfg.dpop and not cfg.trainer_cls
 
 
+SLIC = {"rl": "slic", "dpop_lambda": None}
+
+
+def test_rl_slic_becomes_dpo_with_the_slic_trainer_and_default_lambda(tmp_path):
+    from axolotl_dpop.args import DEFAULT_SLIC_LAMBDA
+
+    cfg = validated(tmp_path, **SLIC)
+    assert cfg.rl == "dpo" and cfg.slic is True and not cfg.dpop
+    assert cfg.trainer_cls == "axolotl_dpop.trainer.SLiCTrainer"
+    assert cfg.slic_lambda == DEFAULT_SLIC_LAMBDA == 0.1 and cfg.rl_beta == 0.3
+    assert validated(tmp_path, **SLIC, slic_lambda=2).slic_lambda == 2.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"slic_lambda": -0.1}, r"slic_lambda must be a number >= 0"),
+    ({"slic_lambda": float("inf")}, r"slic_lambda must be a number >= 0"),
+    ({"slic_lambda": "0.1"}, r"slic_lambda must be a number >= 0"),
+    ({"rl_beta": None}, r"rl: slic needs rl_beta, the hinge margin"),
+    ({"rl_beta": 0}, r"rl_beta must be a number > 0"),
+    ({"rl_beta": -0.3}, r"rl_beta must be a number > 0"),
+    ({"dpop_lambda": 50}, r"dpop_lambda is not an option of rl: slic"),
+    ({"dpo_loss_type": ["hinge"]}, r"defines its own loss; remove dpo_loss_type .*TRL's hinge: rl: dpo \+ dpo_loss_type: \[hinge\]"),
+    ({"precompute_ref_log_probs": True}, r"cannot be combined with \['precompute_ref_log_probs'\] \(it has no reference"),
+    ({"dpo_label_smoothing": 0.1}, r"cannot be combined with \['dpo_label_smoothing'\]"),
+    ({"trainer_cls": "my.Trainer"}, r"sets trainer_cls itself"),
+])
+def test_bad_slic_configs_are_refused_naming_the_file(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=r"my_recipe\.yml: (rl: slic )?" + message):
+        validated(tmp_path, **{**SLIC, **overrides})
+
+
+def test_each_lambda_belongs_to_its_rl(tmp_path):
+    with pytest.raises(ValueError, match="slic_lambda is not an option of rl: dpop"):
+        validated(tmp_path, slic_lambda=0.1)
+    with pytest.raises(ValueError, match="slic_lambda is set but rl is not slic"):
+        validated(tmp_path, rl="dpo", dpop_lambda=None, slic_lambda=0.1)
+
+
 def test_rl_dpop_without_the_plugin_message_is_in_the_readme(tmp_path):
     """axolotl rejects the enum before any plugin code runs, so the README must show the message and fix."""
     cfg = DictDefault(tiny_config(tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "o", plugins=None))

@@ -190,10 +190,27 @@ SFT_ROWS = {
         {"from": "human", "value": "Hello, who are you?"}, {"from": "gpt", "value": "I am a language model."}]},
 }
 CHAT_MARKER = {"chatml": "<|im_start|>user", "jinja": "[INST]", "mistral_v1": "[INST]"}
+# Rows in the real schema of Hub datasets, one JSON Lines file per dataset: tests/fixtures/hub_rows/<org>__<name>.jsonl
+HUB_ROWS = REPO_ROOT / "tests" / "fixtures" / "hub_rows"
+# The datasets the paper cites where the recipes use another (recipes/DATASETS.md): each recipe entry of the
+# key's dataset is also tested with the cited one in its place, with the `type:` it would take there.
+CITED_INSTEAD = {
+    # Same schema as HuggingFaceH4's copy plus a `source` column: the same types parse it.
+    "HuggingFaceH4/ultrafeedback_binarized": lambda entry: {**entry,
+                                                            "path": "allenai/ultrafeedback_binarized_cleaned"},
+    # instruction + conversation[{input, output}]: no axolotl 0.19 type reads it; the plugin's orca_chat does.
+    "Open-Orca/SlimOrca": lambda entry: {"path": "shahules786/orca-chat", "split": "train",
+                                         "type": "axolotl_dpop.orca_chat", "chat_template": entry["chat_template"],
+                                         "roles_to_train": ["assistant"]},
+}
 
 
 def _local_rows(path):
     return [json.loads(line) for line in (REPO_ROOT / path).read_text().splitlines()[:2]]
+
+
+def _hub_fixture(path):
+    return HUB_ROWS / f"{path.replace('/', '__')}.jsonl"
 
 
 def _dataset_entries(kind):
@@ -203,11 +220,26 @@ def _dataset_entries(kind):
         if R.is_preference(recipe) != (kind == "dpo"):
             continue
         for index, entry in enumerate(recipe["datasets"]):
-            key = (entry["path"], json.dumps(entry, sort_keys=True), recipe.get("chat_template"))
-            if key not in seen:
+            candidates = [(entry, None)]
+            if entry["path"] in CITED_INSTEAD:
+                candidates.append((CITED_INSTEAD[entry["path"]](entry), entry["path"]))
+            for tested, replaces in candidates:
+                key = (tested["path"], json.dumps(tested, sort_keys=True), recipe.get("chat_template"))
+                if key in seen:
+                    continue
                 seen.add(key)
-                out.append(pytest.param(path, index, id=f"{rel(path)}:{entry['path'].split('/')[-1]}"))
+                label = f"{rel(path)}:{tested['path'].split('/')[-1]}" + (" (cited)" if replaces else "")
+                out.append(pytest.param(path, index, tested if replaces else None, id=label))
     return out
+
+
+def _recipe_with(path, index, replacement):
+    """(recipe, dataset entry, axolotl's validated config), with `replacement` in place of entry `index`."""
+    recipe = R.load_recipe(path)
+    if replacement is None:
+        return recipe, recipe["datasets"][index], R.validate_offline(path)
+    recipe["datasets"][index] = replacement
+    return recipe, replacement, R.validate_offline(recipe)
 
 
 @pytest.fixture(scope="module")
@@ -220,20 +252,28 @@ def tokenizer():
 def _rows_for(entry, table):
     if entry["path"].startswith("recipes/"):
         return _local_rows(entry["path"])
+    if _hub_fixture(entry["path"]).is_file():
+        return [json.loads(line) for line in _hub_fixture(entry["path"]).read_text().splitlines()]
     assert entry["path"] in table, f"no fixture row in the real schema of {entry['path']}: add one"
     return [table[entry["path"]]]
 
 
-@pytest.mark.parametrize("path,index", _dataset_entries("dpo"))
-def test_dpo_dataset_type_parses_the_real_schema(path, index, tokenizer, monkeypatch):
+def test_cited_dataset_fixtures_exist_and_are_tested():
+    ids = [p.id for kind in ("dpo", "sft") for p in _dataset_entries(kind)]
+    for replaced, swap in CITED_INSTEAD.items():
+        cited = swap({"path": replaced, "chat_template": "chatml"})["path"]
+        assert _hub_fixture(cited).is_file()
+        assert any(cited.split("/")[-1] in i for i in ids), f"no recipe entry tests {cited}"
+
+
+@pytest.mark.parametrize("path,index,replacement", _dataset_entries("dpo"))
+def test_dpo_dataset_type_parses_the_real_schema(path, index, replacement, tokenizer, monkeypatch):
     from axolotl.prompt_strategies.dpo import load as load_dpo
     from axolotl.utils.data.rl import _map_dataset
     from datasets import Dataset
 
     monkeypatch.chdir(REPO_ROOT)  # recipe paths (jinja templates, data files) are relative to the repo root
-    recipe = R.load_recipe(path)
-    cfg = R.validate_offline(path)
-    entry = recipe["datasets"][index]
+    recipe, entry, cfg = _recipe_with(path, index, replacement)
     rows = _rows_for(entry, DPO_ROWS)
     type_name = "user_defined.default" if isinstance(entry["type"], dict) else entry["type"]
     loaded = load_dpo(type_name, cfg, dataset_idx=index)  # what axolotl's RL data loader calls
@@ -253,23 +293,25 @@ def test_dpo_dataset_type_parses_the_real_schema(path, index, tokenizer, monkeyp
             assert row["system"] in parsed["prompt"], "the system prompt is kept"
 
 
-@pytest.mark.parametrize("path,index", _dataset_entries("sft"))
-def test_sft_dataset_type_parses_the_real_schema(path, index, tokenizer, monkeypatch):
+@pytest.mark.parametrize("path,index,replacement", _dataset_entries("sft"))
+def test_sft_dataset_type_parses_the_real_schema(path, index, replacement, tokenizer, monkeypatch):
     from axolotl.utils.data.wrappers import get_dataset_wrapper
     from axolotl.utils.dict import DictDefault
     from datasets import Dataset
 
     monkeypatch.chdir(REPO_ROOT)
-    recipe = R.load_recipe(path)
-    cfg = R.validate_offline(path)
-    entry = recipe["datasets"][index]
+    recipe, entry, cfg = _recipe_with(path, index, replacement)
     rows = _rows_for(entry, SFT_ROWS)
     ds_cfg = DictDefault(cfg["datasets"][index])
     base_type = None if isinstance(entry["type"], dict) else entry["type"].split(".")[0]
     wrapped, _ = get_dataset_wrapper(ds_cfg, tokenizer, cfg, base_type, Dataset.from_list(rows))
     for row, tokens in zip(rows, wrapped):
+        untrained = [row.get("instruction") or ""]  # a system prompt, where the schema has one
         if "conversations" in row:
             question, answer = row["conversations"][-2]["value"], row["conversations"][-1]["value"]
+        elif "conversation" in row:  # orca-chat: every turn's input is prompt, every turn's output is trained on
+            question, answer = row["conversation"][-1]["input"], row["conversation"][-1]["output"]
+            untrained += [turn["input"] for turn in row["conversation"]]
         elif "messages" in row:
             question, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
         else:
@@ -278,6 +320,9 @@ def test_sft_dataset_type_parses_the_real_schema(path, index, tokenizer, monkeyp
         trained = tokenizer.decode([t for t, label in zip(tokens["input_ids"], tokens["labels"]) if label != -100])
         assert question in text and answer in text
         assert answer in trained and question not in trained, "loss on the answer only"
+        for turn in row.get("conversation", []):
+            assert turn["output"] in trained
+        assert all(u in text and (not u or u not in trained) for u in untrained), "prompts kept, not trained on"
         assert "<|im_start|>user" in text
 
 

@@ -18,7 +18,7 @@ from typing import Any
 PROVENANCE_FILE = "smaug_provenance.json"
 SCHEMA_VERSION = 1
 TRAINING_PACKAGES = ("smaug-dpop", "axolotl", "trl", "transformers", "peft", "torch", "accelerate", "datasets")
-_TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "max_steps", "num_epochs",
+_TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "slic_lambda", "max_steps", "num_epochs",
                   "optimizer", "lr_scheduler", "micro_batch_size", "gradient_accumulation_steps",
                   "sequence_len", "seed", "load_in_4bit", "load_in_8bit", "deepspeed")
 
@@ -76,8 +76,9 @@ def write_provenance(folder: str | os.PathLike, record: dict) -> Path:
 def training_record(cfg) -> dict:
     """The record of an `axolotl train` run, from its validated config."""
     training = {key: cfg.get(key) for key in _TRAINING_KEYS}
-    if cfg.get("dpop"):
-        training["rl"] = "dpop"
+    plugin_rl = next((rl for rl in ("dpop", "slic") if cfg.get(rl)), None)
+    if plugin_rl:
+        training["rl"] = plugin_rl
     elif training["rl"] is not None:
         training["rl"] = str(getattr(training["rl"], "value", training["rl"]))
     if cfg.get("dpo_loss_type"):

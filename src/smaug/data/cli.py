@@ -30,6 +30,15 @@ def register(subparsers) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed for corruption and few-shot sampling (default: 0)")
     build.add_argument("--few-shot", type=int, default=0, metavar="K", help="prepend K solved examples to each prompt")
     build.add_argument("--limit", type=int, help="use only the first N source rows")
+    build.add_argument("--eval-rows", type=int, default=0, metavar="N",
+                       help="hold out N source rows (whole groups of rephrasings/questions, drawn with --seed) as an "
+                            "eval split (the paper's MetaMath set: 1000)")
+    build.add_argument("--eval-out", help="where the eval split goes (default: OUT with .eval before the extension)")
+    build.add_argument("--intermediate-only", action="store_true",
+                       help="metamath: skip rows with no intermediate result instead of corrupting the final "
+                            "calculation (or another number); the rule before the released-data check")
+    build.add_argument("--format", dest="hellaswag_format", choices=["raw", "lm-eval"],
+                       help="hellaswag: raw ctx and endings (default, the paper's pairs) or lm-eval's formatting")
     build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the pairs as this Hub dataset")
     build.add_argument("--private", action="store_true", help="make the pushed Hub dataset private")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -38,6 +47,8 @@ def register(subparsers) -> None:
     stats = sub.add_parser("stats", help="pair count, lengths and normalised edit distance of a pair dataset")
     stats.add_argument("path", help="pair file (.jsonl/.parquet) or folder with prompt/chosen/rejected columns")
     stats.add_argument("--json", dest="json_out", help="where to write the stats JSON (default: PATH.stats.json)")
+    stats.add_argument("--words", action="store_true",
+                       help="also word-level Levenshtein and Hamming distances (str.split() words; ~10x slower)")
     stats.set_defaults(func=_cmd_stats)
 
     synth = sub.add_parser("synth-metamath", help="write synthetic MetaMathQA-schema rows (arithmetic word problems)")
@@ -51,6 +62,11 @@ def register(subparsers) -> None:
 def _cmd_build(args: argparse.Namespace) -> int:
     from smaug.data.builders import build_dataset, report_path
 
+    options = {}
+    if args.intermediate_only:
+        options["fallback"] = False
+    if args.hellaswag_format:
+        options["format"] = args.hellaswag_format
     report = build_dataset(
         args.builder,
         args.out,
@@ -63,8 +79,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         push_to_hub=args.push_to_hub,
         private=args.private,
         progress=not args.no_progress,
+        options=options,
+        eval_rows=args.eval_rows,
+        eval_out=args.eval_out,
     )
     print(f"{report['builder']}: {report['rows_read']:,} source rows -> {report['pairs']:,} pairs in {report['output']}")
+    if report.get("corrupted"):
+        print("corrupted: " + ", ".join(f"{kind} {n:,}" for kind, n in report["corrupted"].items()))
+    if report["eval"]:
+        ev = report["eval"]
+        print(f"eval: {ev['rows']:,} held-out rows -> {ev['pairs']:,} pairs in {ev['output']}"
+              + (f" ({ev['rows_left_out']} rows of the last group left out of both)" if ev["rows_left_out"] else ""))
     if report["skipped"]:
         print(f"skipped {report['skipped_total']:,}:")
         for reason, count in report["skipped"].items():
@@ -85,7 +110,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from smaug.common.files import write_json_atomic
     from smaug.data.stats import format_stats, stats_for_path
 
-    stats = stats_for_path(args.path)
+    stats = stats_for_path(args.path, words=args.words)
     out = Path(args.json_out) if args.json_out else stats_json_path(args.path)
     write_json_atomic(out, stats, sort_keys=True)
     print(format_stats(stats))

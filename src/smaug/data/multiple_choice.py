@@ -2,14 +2,15 @@
 
 Every question with a usable correct answer gives one pair per usable wrong choice, in choice order; the
 prompt is the same for all of them. Reasons are counted per row (`missing_field:*`, `malformed_answer`, ...)
-or per wrong choice (`empty:rejected`, `rejected_equals_chosen`).
+or per wrong choice (`empty:rejected`, `rejected_equals_chosen`). ``only`` (both builders) builds from those
+row indices alone: the other rows are neither built, counted nor used as few-shot examples.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from smaug.data.rows import few_shot_prompt, pick_few_shot, qa_example, qa_query, sorted_counts, text_field
@@ -71,7 +72,8 @@ def _with_few_shot(
 
 
 def build_arc_pairs(
-    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False
+    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
+    only: Collection[int] | None = None,
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `allenai/ai2_arc` rows (`id`, `question`, `choices{text,label}`, `answerKey`).
 
@@ -80,6 +82,8 @@ def build_arc_pairs(
     counts: Counter = Counter()
     valid = []
     for index, row in enumerate(rows):
+        if only is not None and index not in only:
+            continue
         if not isinstance(row, dict):
             counts["not_a_record"] += 1
             continue
@@ -137,21 +141,47 @@ def hellaswag_context(row: dict[str, Any]) -> str | None:
     return hellaswag_preprocess(ctx)
 
 
+def hellaswag_raw_context(row: dict[str, Any]) -> str | None:
+    """The dataset's own `ctx` as it is (= `ctx_a ctx_b`, built from those when `ctx` is missing)."""
+    ctx = row.get("ctx")
+    if isinstance(ctx, str) and ctx.strip():
+        return ctx.strip()
+    parts = [row.get(k).strip() for k in ("ctx_a", "ctx_b") if isinstance(row.get(k), str) and row.get(k).strip()]
+    return " ".join(parts) or None
+
+
+# `format` of build_hellaswag_pairs: how context and endings are written.
+HELLASWAG_FORMATS = {
+    # The Smaug paper's pairs: the raw `ctx` ("... smiles. then") and the raw endings.
+    "raw": (hellaswag_raw_context, lambda ending: ending.strip()),
+    # lm-eval's hellaswag task: "activity_label: ctx_a Ctx_b", WikiHow markup cleaned, so training and the
+    # leaderboard evaluation see the same text.
+    "lm-eval": (hellaswag_context, hellaswag_preprocess),
+}
+
+
 def build_hellaswag_pairs(
-    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False
+    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
+    format: str = "raw", only: Collection[int] | None = None,
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `Rowan/hellaswag` rows (`activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `label`).
 
     prompt = the context (after ``few_shot`` examples `context ending` when > 0), chosen = the correct
-    ending, rejected = each of the other endings (all preprocessed like lm-eval). `label` is the string
-    "0".."3" in the real data and empty in the test split (skipped as `malformed_answer`)."""
+    ending, rejected = each of the other endings, written as ``format`` says (`HELLASWAG_FORMATS`: `raw`, the
+    paper's, or `lm-eval`). `label` is the string "0".."3" in the real data and empty in the test split
+    (skipped as `malformed_answer`)."""
+    if format not in HELLASWAG_FORMATS:
+        raise ValueError(f"unknown hellaswag format {format!r}; use one of {', '.join(HELLASWAG_FORMATS)}")
+    make_context, clean_ending = HELLASWAG_FORMATS[format]
     counts: Counter = Counter()
     valid = []
     for index, row in enumerate(rows):
+        if only is not None and index not in only:
+            continue
         if not isinstance(row, dict):
             counts["not_a_record"] += 1
             continue
-        context = hellaswag_context(row)
+        context = make_context(row)
         if context is None:
             counts["missing_field:ctx"] += 1
             continue
@@ -171,7 +201,7 @@ def build_hellaswag_pairs(
             counts["malformed_answer"] += 1
             continue
         answer = int(label_text)
-        options = [hellaswag_preprocess(e) if isinstance(e, str) else "" for e in endings]
+        options = [clean_ending(e) if isinstance(e, str) else "" for e in endings]
         correct = options[answer]
         if not correct:
             counts["empty:chosen"] += 1

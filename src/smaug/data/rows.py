@@ -10,6 +10,7 @@ from typing import Any
 # Separate streams for the different random choices made for one row.
 SALT_CORRUPT = 1
 SALT_FEW_SHOT = 2
+SALT_EVAL_SPLIT = 4  # 3 is smaug.data.synthetic's
 
 
 def row_rng(seed: int, index: int, salt: int) -> random.Random:

@@ -36,12 +36,14 @@ PAPER_BIBTEX = """@article{pal2024smaug,
   year    = {2024}
 }"""
 
-LOSS_NAMES = {"dpop": "DPO-Positive (DPOP)", "dpo": "DPO", "ipo": "IPO", "orpo": "ORPO", "kto": "KTO", "simpo": "SimPO"}
+LOSS_NAMES = {"dpop": "DPO-Positive (DPOP)", "dpo": "DPO", "ipo": "IPO", "orpo": "ORPO", "kto": "KTO", "simpo": "SimPO",
+              "slic": "SLiC (the Smaug paper's form)"}
 # (label, provenance/recipe key) in the order the card shows them.
 HYPERPARAMETERS = [
     ("loss", "rl"),
     ("beta (rl_beta)", "rl_beta"),
     ("lambda (dpop_lambda)", "dpop_lambda"),
+    ("lambda (slic_lambda)", "slic_lambda"),
     ("learning rate", "learning_rate"),
     ("max steps", "max_steps"),
     ("epochs", "num_epochs"),
@@ -178,10 +180,11 @@ def _stage_view(stage: LineageStage) -> dict[str, Any]:
         "base_model": display_name(prov.get("base_model")),
         "base_model_revision": prov.get("base_model_revision"),
         "from_scratch": stage.own_license is not None,
-        # Unset keys are left out (adapter: none = full fine-tune is worth saying); lambda only matters for DPOP.
+        # Unset keys are left out (adapter: none = full fine-tune is worth saying); each lambda only for its loss.
         "hyperparameters": [(label, _fmt(key, training.get(key))) for label, key in HYPERPARAMETERS
                             if (training.get(key) is not None or (key == "adapter" and key in training))
-                            and not (key == "dpop_lambda" and training.get("rl") != "dpop")],
+                            and not (key in ("dpop_lambda", "slic_lambda")
+                                     and training.get("rl") != key.removesuffix("_lambda"))],
         "datasets": prov.get("datasets") or [],
         "hardware": hardware or "not recorded",
         "finished_at": prov.get("finished_at"),

@@ -64,8 +64,9 @@ def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HEL
     unique = [r for r in rows if not (r["query"] in seen or seen.add(r["query"]))]
     heldout_rows, train_rows = unique[:n_heldout], unique[n_heldout:]
     data = out / "data"
-    train_pairs, train_skips = build_metamath_pairs(train_rows, seed=DATA_SEED)
-    heldout_pairs, heldout_skips = build_metamath_pairs(heldout_rows, seed=DATA_SEED)
+    # The strict rule (an intermediate result, never the final calculation): the failure mode this run shows.
+    train_pairs, train_skips = build_metamath_pairs(train_rows, seed=DATA_SEED, fallback=False)
+    heldout_pairs, heldout_skips = build_metamath_pairs(heldout_rows, seed=DATA_SEED, fallback=False)
     write_pairs(data / "pairs_train.jsonl", train_pairs)
     write_pairs(data / "pairs_heldout.jsonl", heldout_pairs)
     write_jsonl_atomic(data / "sft.jsonl", (

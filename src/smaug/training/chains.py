@@ -256,8 +256,9 @@ def describe(chain: Chain, launch: Launch) -> str:
         lines += ["", f"stage {stage.index + 1}/{len(chain.stages)}: {stage.name}  [{kind}]  ({status_text})",
                   f"  base_model: {recipe['base_model']}",
                   f"  output_dir: {stage.output_dir}"]
-        hyper = [f"{k}={recipe[k]}" for k in ("rl_beta", "dpop_lambda", "learning_rate", "optimizer", "max_steps",
-                                               "micro_batch_size", "gradient_accumulation_steps", "sequence_len")
+        hyper = [f"{k}={recipe[k]}" for k in ("rl_beta", "dpop_lambda", "slic_lambda", "learning_rate", "optimizer",
+                                               "max_steps", "micro_batch_size", "gradient_accumulation_steps",
+                                               "sequence_len")
                  if recipe.get(k) is not None]
         lines.append(f"  settings: {', '.join(hyper)}")
         if stage.rebased:

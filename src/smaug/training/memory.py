@@ -104,6 +104,7 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
     world = max(1, world_size)
     p = shape.params
     preference = is_preference(recipe)
+    reference = preference and str(recipe.get("rl")).lower() != "slic"  # the plugin's rl: slic keeps no reference model
     adapter = recipe.get("adapter")
     four_bit = bool(recipe.get("load_in_4bit"))
     est = Estimate()
@@ -119,7 +120,7 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
         est.rows.append((f"frozen base weights ({'4-bit' if four_bit else 'bf16'})", weights / GIB))
         est.rows.append((f"LoRA r={r}: {trainable / 1e6:.0f}M trainable params, grads + AdamW states (16 B/param)",
                          trainable * 16 / GIB))
-        if preference:
+        if reference:
             est.assumptions.append("reference model = the base with the adapter disabled: no second copy")
     else:
         weights = 0.0 if zero.offload_param else shard(2.0 * p, 3)
@@ -135,7 +136,7 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
             est.rows.append(("gathered working set (~2 layers + embeddings, bf16)",
                              (2 * layer_params + shape.vocab * shape.hidden) * 2 / GIB))
         host = (12.0 * p / world if zero.offload_optimizer else 0) + (2.0 * p / world if zero.offload_param else 0)
-        if preference:
+        if reference:
             ref = 0.0 if zero.offload_param else shard(2.0 * p, 3)
             est.rows.append(("frozen reference model, bf16" + (" -> CPU" if zero.offload_param else ""), ref / GIB))
             host += 2.0 * p / world if zero.offload_param else 0
@@ -164,6 +165,6 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
          "bf16 weights and gradients; AdamW keeps fp32 master weights + m + v = 12 bytes/param"),
         f"activations with flash-attention (no s^2 term); {act_note}",
     ]
-    if preference and not adapter:
+    if reference and not adapter:
         est.assumptions.append("DPO-type stage: a frozen bf16 reference model, sharded like the policy")
     return est

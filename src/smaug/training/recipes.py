@@ -20,8 +20,8 @@ from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
 
 # Recipes that are not runnable on their own: the generator's bases and the data/templates folders.
 _NOT_RECIPES = {"_base", "data", "templates", "deepspeed"}
-# `rl:` values that train a policy against a frozen reference through TRL's DPOTrainer.
-PREFERENCE_RL = {"dpo", "dpop", "ipo"}
+# `rl:` values that train on preference pairs through TRL's DPOTrainer (the plugin's dpop and slic included).
+PREFERENCE_RL = {"dpo", "dpop", "ipo", "slic"}
 
 # The GPU node the real recipes are written for (the paper's 8x H100), in the shape axolotl's
 # `validate_config(capabilities=..., env_capabilities=...)` expects (see axolotl.cli.config.gpu_capabilities).
@@ -75,7 +75,7 @@ def needs_gpu(recipe: dict[str, Any]) -> bool:
 
 
 def is_preference(recipe: dict[str, Any]) -> bool:
-    """A preference stage (policy + frozen reference): DPO, DPOP, IPO, SLiC-hinge all run through TRL's DPOTrainer."""
+    """A preference stage: DPO, DPOP, IPO, SLiC (both forms) all run through TRL's DPOTrainer."""
     return str(recipe.get("rl") or "").lower() in PREFERENCE_RL
 
 
