@@ -12,7 +12,7 @@ import yaml
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
 from smaug.training import generate as G
 from smaug.training import recipes as R
-from smaug.training.template_tokens import template_special_tokens, template_summary
+from smaug.training.template_tokens import template_summary
 
 PLUGIN = "axolotl_dpop.DPOPPlugin"
 
