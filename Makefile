@@ -5,20 +5,23 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
 # Knobs (all optional): MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1, PUBLIC=1, JUDGE_URL,
-# JUDGE_MODEL, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
+# JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
 DATA_OUT ?= outputs/data
 FEW_SHOT ?= 0
 SEED ?= 0
 PYTEST_ARGS ?=
+# MT-Bench settings (chat template, trials): eval/mtbench_smaug7b.yaml is the paper's 7B ablation (Llama-2, 10 trials).
+MTBENCH_CONFIG ?= eval/mtbench.yaml
 
 # The stage chains read these from the environment (multi-GPU / multi-node through accelerate); DRY_RUN=1 and
 # SMAUG_SKIP_PREFLIGHT=1 become flags, as DRY_RUN does for `make publish`.
 export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT
 CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKIP_PREFLIGHT)),--skip-preflight)
 
-.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
+.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
+        recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
 
@@ -44,7 +47,9 @@ smaug-34b: setup ; smaug chain run smaug-34b $(CHAIN_FLAGS)
 smaug-72b: setup ; smaug chain run smaug-72b $(CHAIN_FLAGS)
 smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora $(CHAIN_FLAGS)
 smaug-7b: setup ; smaug chain run smaug-7b $(CHAIN_FLAGS)
-mistral-7b-losses: setup ; smaug chain run mistral-7b-losses $(CHAIN_FLAGS)
+mistral-7b-fig2: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS)
+mistral-7b-fig3: setup ; smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
+mistral-7b-losses: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS) && smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
 smaug-tiny: setup ; smaug chain run tiny $(CHAIN_FLAGS)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
@@ -64,7 +69,7 @@ eval-compare: setup
 	smaug eval compare $(MODELS) --suite $(SUITE) $(if $(OUT),--out $(OUT))
 
 mtbench: setup
-	smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config eval/mtbench.yaml
+	smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config $(MTBENCH_CONFIG)
 
 contamination: setup
 	smaug eval contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))

@@ -33,3 +33,20 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny_model_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer():
+    """The tiny byte-level tokenizer made to behave like Llama-2's and Mistral's: tokenizing text prepends the
+    BOS token <s> (their add_bos_token), and EOS is </s>."""
+    from tokenizers import processors
+
+    from smaug.training.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.eos_token = "</s>"
+    bos = tokenizer.convert_tokens_to_ids("<s>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    assert tokenizer("x")["input_ids"][0] == bos
+    return tokenizer

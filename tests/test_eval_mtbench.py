@@ -111,6 +111,22 @@ def test_chat_templates_render_system_prompt(tiny_model_dir):
     assert render("vicuna_v1.1") == "SYS USER: Hi ASSISTANT:"
 
 
+def test_the_7b_ablation_config_is_the_papers_llama2_template_and_10_trials(bos_tokenizer):
+    """eval/mtbench_smaug7b.yaml: what the paper ran for Smaug-7B; everything else as eval/mtbench.yaml."""
+    ablation = mt.load_config(mt.EVAL_CONFIG_DIR / "mtbench_smaug7b.yaml")
+    default = mt.load_config(mt.DEFAULT_CONFIG)
+    assert ablation["chat_template"] == "llama-2" and ablation["trials"] == 10 and ablation["system_prompt"] is None
+    differs = {k for k in default if k != "_path" and default[k] != ablation[k]}
+    assert differs == {"chat_template", "trials"}
+    # Two turns as FastChat's `llama-2` conversation renders them (no system message: no <<SYS>> block), with
+    # Llama-2's <s>/</s>.
+    conversation = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"}]
+    text = bos_tokenizer.apply_chat_template(conversation, chat_template=mt.CHAT_TEMPLATES["llama-2"],
+                                             tokenize=False, add_generation_prompt=True)
+    assert text == "<s>[INST] Q1 [/INST] A1 </s><s>[INST] Q2 [/INST]"
+
+
 def test_mtbench_end_to_end_against_stub_judge(tiny_model_dir, judge_server, tmp_path, monkeypatch, capsys):
     url, judge = judge_server
     monkeypatch.setenv("JUDGE_API_KEY", SECRET)

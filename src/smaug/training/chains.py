@@ -23,7 +23,7 @@ import yaml
 
 from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel, repo_path
-from smaug.training import memory, runner
+from smaug.training import memory, runner, template_tokens
 from smaug.training.preflight import preflight
 from smaug.training.recipes import load_recipe, resolve_recipe_path, write_derived_recipe
 from smaug.training.state import (
@@ -261,6 +261,7 @@ def describe(chain: Chain, launch: Launch) -> str:
                                                "sequence_len")
                  if recipe.get(k) is not None]
         lines.append(f"  settings: {', '.join(hyper)}")
+        lines += template_tokens.dry_run_lines(recipe)
         if stage.rebased:
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
         lines.append(f"  command: {runner.display(train_command(stage, launch, chain.hardware.get('accelerator', 'cuda')))}")
