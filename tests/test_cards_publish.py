@@ -430,7 +430,7 @@ def test_real_upload_to_local_hub_server(tiny_model_copy, tmp_path):
 
         # Second publish of the same folder: succeeds, no new commit, same file set.
         assert results["second"]["code"] == 0, results["second"]
-        assert [c["title"] for c in repo.commits] == ["initial commit", "Upload model with smaug publish"]
+        assert [c["title"] for c in repo.commits] == ["initial commit", "Upload model with smaug release publish"]
         assert set(repo.files) == expected | {".gitattributes"}
 
         # Dry run and refusals never reached the server for their repos.
