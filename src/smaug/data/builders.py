@@ -257,10 +257,12 @@ def build_dataset(
             raise UserError(f"--source-id {source_id} names the Hub dataset a local --source is a copy of; "
                             f"the source {src} is a Hub id already")
     hub_source = source_id or (None if local else src)
-    licence = cards.source_license(hub_source, for_push=bool(push_to_hub), source=src)
+    licence = cards.source_license(hub_source, for_push=bool(push_to_hub), source=src) if card or push_to_hub else None
     card_file = cards.card_path(out, card) if card else None
+    card_inputs = {"the card template": cards.DATASET_CARD_TEMPLATE,
+                   "the licence table": cards.DATASET_LICENSE_TABLE} if card_file or push_to_hub else {}
     check_outputs({"--out": out, "the build report": report_path(out), "the eval split": eval_file,
-                   "the dataset card": card_file}, {"--source": src if local else None})
+                   "the dataset card": card_file}, {"--source": src if local else None, **card_inputs})
     if card_file is not None:
         cards.check_card_target(card_file, out)
     cfg = config if config is not None else spec.config

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class SourceRows:
 
     rows: list[dict[str, Any]]
     # One (first row index, file, unit, numbers) per file read: row `first + i` is `unit` numbers[i] of `file`.
-    _parts: list[tuple[int, str, str, list[int] | None]] = field(default_factory=list)
+    _parts: list[tuple[int, str, str, Sequence[int] | None]] = field(default_factory=list)
 
     def where(self, index: int) -> str:
         """`file:line` (JSONL), `file: item N` (JSON array), `file: row N` (Parquet), `source: row N` (Hub)."""
@@ -86,9 +87,10 @@ class SourceRows:
         return list(names)
 
 
-def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, list[int] | None]:
+def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, Sequence[int] | None]:
     """(rows, unit, numbers) of a .json/.jsonl file: JSON Lines, or (.json) one JSON array of objects."""
-    head = path.read_bytes()[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if path.suffix.lower() == ".json" and head.startswith(b"["):
         data = path.read_bytes()
         try:
@@ -118,7 +120,7 @@ def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, list[int] | 
                 raise UserError(f"{path}: one JSON object with keys {', '.join(list(whole)[:8])}, not rows; use "
                                 "JSON Lines (one object per line) or a JSON array of objects") from None
         raise
-    return [row for _, row in numbered], "line", [lineno for lineno, _ in numbered]
+    return [row for _, row in numbered], "line", array("l", (lineno for lineno, _ in numbered))
 
 
 def _read_parquet_file(path: Path) -> list[dict[str, Any]]:
