@@ -258,7 +258,9 @@ BAD_SOURCES = {  # name -> (file name, content, what the message must say)
     "parquet_named_jsonl": ("p.jsonl", b"PAR1\x00\x00PAR1", "a Parquet file, not JSON Lines"),
     "csv": ("rows.csv", "query,response\n", "unknown file type '.csv'"),
     "one_object": ("obj.json", '{\n  "query": ["a"],\n  "response": ["b"]\n}\n', "one JSON object with keys query"),
-    "array_of_strings": ("arr.json", '["a", "b"]', "item 1 is a JSON str, not an object"),
+    "array_of_strings": ("arr.json", '["a", "b"]', "item 1 is a JSON string, not an object"),
+    "null_line": ("n.jsonl", "null\n", "n.jsonl:1: a JSON null, not an object"),
+    "deep_nesting": ("deep.jsonl", "[" * 100_000 + "\n", "deep.jsonl:1: JSON nested too deeply"),
     "build_report": ("x.jsonl.build.json", "{}", "a report written by `smaug data`"),
     "arc_rows": ("arc.jsonl", ARC.read_text(), "does not have the fields the metamath builder reads (query, "
                                                 "response; the meta-math/MetaMathQA schema): its rows have id, "
@@ -328,6 +330,7 @@ def test_synth_counts_out_of_range(argv, message, tmp_path, capsys, data_only):
 
 def test_few_shot_larger_than_a_split_and_splits_or_configs_that_do_not_exist(tmp_path, capsys, data_only):
     out = tmp_path / "out" / "o.jsonl"
+    assert_refused(["data", "build", "arc", "--source", "", "--out", out], capsys, "--source is empty")
     assert_refused(["data", "build", "arc", "--source", ARC, "--out", out, "--eval-rows", "2", "--few-shot", "2"],
                    capsys, "--few-shot 2 needs more than 2 rows in the eval split, which has 2")
     assert_refused(["data", "build", "arc", "--source", ARC, "--out", out, "--few-shot", "8"], capsys,

@@ -119,6 +119,12 @@ def check_outputs(outputs: Mapping[str, PathLike], inputs: Mapping[str, PathLike
                             "a writable folder")
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (`array`, `string`, `null`, ...), for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def read_jsonl(path: str | Path, what: str = "JSONL") -> list[dict]:
     """The objects of a JSONL file, blank lines skipped. Every problem is a UserError naming the file and line:
     missing, not UTF-8, not JSON, or a line that is not a JSON object."""
@@ -132,6 +138,8 @@ def read_jsonl_lines(path: str | Path, what: str = "JSONL") -> list[tuple[int, d
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"{path}: {what} file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} file ({err.strerror or err})") from None
     if data.startswith(b"PAR1"):
         raise UserError(f"{path}: a Parquet file, not JSON Lines; give it the .parquet extension")
     data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark some editors write
@@ -147,7 +155,9 @@ def read_jsonl_lines(path: str | Path, what: str = "JSONL") -> list[tuple[int, d
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg}); one JSON object per line") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: JSON nested too deeply to read; one flat object per line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: a JSON {type(row).__name__}, not an object; one JSON object per line")
+            raise UserError(f"{path}:{lineno}: a JSON {json_type(row)}, not an object; one JSON object per line")
         rows.append((lineno, row))
     return rows

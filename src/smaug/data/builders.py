@@ -249,6 +249,8 @@ def build_dataset(
         _whole(limit, "--limit", 1)
     if push_to_hub is not None:
         check_repo_id(push_to_hub, "--push-to-hub", example="my-org/metamath-dpo")
+    if source is not None and not str(source).strip():
+        raise UserError("--source is empty; pass a file, folder or Hub id (or leave it out for the builder's default)")
     src = str(source) if source is not None else spec.hub_id
     local = _is_local(src)
     if source_id is not None:

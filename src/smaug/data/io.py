@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_write, read_jsonl_lines, write_jsonl_atomic
+from smaug.common.files import atomic_write, json_type, read_jsonl_lines, write_jsonl_atomic
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -103,9 +103,11 @@ def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, Sequence[int
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json source is one array of "
                             "objects or one object per line") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply to read") from None
         for i, item in enumerate(items, 1):
             if not isinstance(item, dict):
-                raise UserError(f"{path}: item {i} is a JSON {type(item).__name__}, not an object; the array must "
+                raise UserError(f"{path}: item {i} is a JSON {json_type(item)}, not an object; the array must "
                                 "hold one object per row")
         return items, "item", None
     try:
@@ -137,10 +139,13 @@ def _read_local_file(path: Path, source: SourceRows) -> None:
     kind = _LOCAL_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
-    if kind == "parquet":
-        rows, unit, numbers = _read_parquet_file(path), "row", None
-    else:
-        rows, unit, numbers = _read_json_file(path)
+    try:
+        if kind == "parquet":
+            rows, unit, numbers = _read_parquet_file(path), "row", None
+        else:
+            rows, unit, numbers = _read_json_file(path)
+    except OSError as err:  # unreadable (permissions), a FIFO that fails, ...
+        raise UserError(f"source {path}: cannot read it ({err.strerror or err})") from None
     source._parts.append((len(source.rows), str(path), unit, numbers))
     source.rows.extend(rows)
 
@@ -281,7 +286,10 @@ def _pair_rows(path: Path) -> list[dict[str, str]]:
     _refuse_report(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        rows, unit, numbers = _read_json_file(path)
+        try:
+            rows, unit, numbers = _read_json_file(path)
+        except OSError as err:
+            raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
     elif suffix == ".parquet":
         rows, unit, numbers = _read_parquet_file(path), "row", None
     else:
