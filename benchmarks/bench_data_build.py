@@ -2,7 +2,7 @@
 
 Rows come from `smaug.data.synthetic` (MetaMathQA schema, ~300-500-char responses). Two measurements:
   core:        rows in memory -> build_metamath_pairs -> stats (edit distance of every pair)
-  end to end:  the `smaug data build` + `smaug data stats` path: JSONL source -> datasets.load_dataset ->
+  end to end:  the `smaug data build` + `smaug data stats` path: JSONL source -> smaug.data.io.read_source ->
                build -> atomic JSONL write -> read back -> stats
 Run pinned to one core:  taskset -c 0 .venv/bin/python benchmarks/bench_data_build.py
 Target: core <= 60 s for 394k pairs.

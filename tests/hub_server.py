@@ -3,7 +3,10 @@
 It implements just what the real `huggingface_hub` 1.17 client sends for create_repo, create_commit /
 upload_folder (README metadata check, preupload, LFS batch + basic PUT upload + verify, NDJSON commit),
 repo_info/model_info, list_repo_tree, get_paths_info and file download (resolve). Requests were read off
-huggingface_hub's own source (hf_api.py, _commit_api.py, lfs.py, file_download.py).
+huggingface_hub's own source (hf_api.py, _commit_api.py, lfs.py, file_download.py). Dataset repos take the same
+routes under `/api/datasets/`, `/datasets/<id>.git/` and `/datasets/<id>/resolve/`, which is what `datasets`'
+`push_to_hub` uses (with `HfFileSystem` reading the repo at a commit id, which is accepted as a revision); they
+are stored under the key `datasets/<id>`, model repos under `<id>`.
 
 It checks the Authorization header on every API call; LFS uploads go to a presigned-style URL (no auth
 header, like S3) whose signature it checks. It always answers the LFS batch with the `basic` transfer, so
@@ -28,7 +31,7 @@ import yaml
 
 # The Hub stores these through LFS (a subset of its default .gitattributes), plus anything over 10 MB.
 LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx",
-                "*.gguf", "*.model", "*.npy", "*.zip", "*.tar", "*tfevents*"]
+                "*.gguf", "*.model", "*.npy", "*.zip", "*.tar", "*tfevents*", "*.parquet", "*.arrow"]
 LFS_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
@@ -69,12 +72,16 @@ class StoredFile:
 class Repo:
     repo_id: str
     private: bool
+    repo_type: str = "model"
     files: dict[str, StoredFile] = field(default_factory=dict)
     commits: list[dict] = field(default_factory=list)
 
     @property
     def head(self) -> str:
         return self.commits[-1]["oid"]
+
+    def has_revision(self, rev: str) -> bool:
+        return rev == "main" or any(c["oid"] == rev for c in self.commits)
 
     def commit(self, title: str, files: dict[str, StoredFile], deleted: set[str]) -> str:
         for path in deleted:
@@ -144,8 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def _repo(self, repo_id: str, need_auth: bool = True) -> Repo | None:
-        repo = self.state.repos.get(repo_id)
+    def _repo(self, repo_id: str, need_auth: bool = True, kind: str | None = None) -> Repo | None:
+        repo = self.state.repos.get(repo_key(repo_id, kind))
         if repo is None or (repo.private and not self._authorized()) or (need_auth and not self._authorized()):
             self._error(401 if not self._authorized() else 404, "Repository not found", "RepoNotFound")
             return None
@@ -173,15 +180,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def create_repo(self, body, **_):
         payload = json.loads(body)
-        if payload.get("type", "model") != "model":
-            return self._error(400, "this test server only hosts model repos")
+        repo_type = payload.get("type") or "model"
+        if repo_type not in ("model", "dataset"):
+            return self._error(400, "this test server only hosts model and dataset repos")
         repo_id = f"{payload.get('organization') or self.state.user}/{payload['name']}"
-        url = f"{self._base()}/{repo_id}"
-        if repo_id in self.state.repos:
-            return self._send(409, {"error": "You already created this model repo", "url": url})
-        repo = Repo(repo_id, private=payload.get("visibility", "public") == "private")
+        kind = "datasets" if repo_type == "dataset" else "models"
+        url = f"{self._base()}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+        if repo_key(repo_id, kind) in self.state.repos:
+            return self._send(409, {"error": f"You already created this {repo_type} repo", "url": url})
+        repo = Repo(repo_id, private=payload.get("visibility", "public") == "private", repo_type=repo_type)
         repo.commit("initial commit", {".gitattributes": StoredFile(GITATTRIBUTES, lfs=False)}, set())
-        self.state.repos[repo_id] = repo
+        self.state.repos[repo_key(repo_id, kind)] = repo
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def validate_yaml(self, body, **_):
@@ -195,17 +204,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"errors": [{"message": "metadata must be a mapping"}]})
         self._send(200, {"errors": [], "warnings": []})
 
-    def repo_info(self, ns, name, rev="main", **_):
-        repo = self._repo(f"{ns}/{name}")
+    def repo_info(self, ns, name, rev="main", kind=None, **_):
+        repo = self._repo(f"{ns}/{name}", kind=kind)
         if repo is None:
             return
-        if rev != "main":
+        if not repo.has_revision(rev):
             return self._error(404, "Revision not found", "RevisionNotFound")
-        self._send(200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.head, "private": repo.private,
+        sha = repo.head if rev == "main" else rev
+        self._send(200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": sha, "private": repo.private,
                          "siblings": [{"rfilename": p} for p in sorted(repo.files)], "tags": []})
 
-    def preupload(self, ns, name, rev, body, **_):
-        repo = self._repo(f"{ns}/{name}")
+    def preupload(self, ns, name, rev, body, kind=None, **_):
+        repo = self._repo(f"{ns}/{name}", kind=kind)
         if repo is None:
             return
         files = []
@@ -216,10 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
                           "oid": existing.preupload_oid() if existing and existing.lfs == lfs else None})
         self._send(200, {"files": files, "commitOid": repo.head})
 
-    def lfs_batch(self, ns, name, body, **_):
+    def lfs_batch(self, ns, name, body, prefix=None, **_):
         if not self._authorized():
             return self._error(401, "Invalid credentials in Authorization header")
-        repo = self._repo(f"{ns}/{name}")
+        repo = self._repo(f"{ns}/{name}", kind="datasets" if prefix else None)
         if repo is None:
             return
         payload = json.loads(body)
@@ -253,8 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "object not uploaded")
         self._send(200, {"ok": True})
 
-    def commit(self, ns, name, rev, body, **_):
-        repo = self._repo(f"{ns}/{name}")
+    def commit(self, ns, name, rev, body, kind=None, **_):
+        repo = self._repo(f"{ns}/{name}", kind=kind)
         if repo is None:
             return
         if rev != "main":
@@ -283,8 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{self._base()}/{repo.repo_id}/commit/{oid}",
                          "hookOutput": "", "pullRequestUrl": None})
 
-    def tree(self, ns, name, rev, query, sub=None, **_):
-        repo = self._repo(f"{ns}/{name}")
+    def tree(self, ns, name, rev, query, sub=None, kind=None, **_):
+        repo = self._repo(f"{ns}/{name}", kind=kind)
         if repo is None:
             return
         recursive = query.get("recursive", ["False"])[0].lower() == "true"
@@ -299,18 +309,20 @@ class _Handler(BaseHTTPRequestHandler):
                     dirs.add(prefix + "/".join(rest[:depth]))
             if len(rest) == 1 or recursive:
                 entries.append(repo.files[path].tree_entry(path))
+        if prefix and not entries and not dirs:  # as the Hub: a folder that does not exist is an error
+            return self._error(404, f"{sub} does not exist", "EntryNotFound")
         folders = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in sorted(dirs)]
         self._send(200, folders + entries)
 
-    def paths_info(self, ns, name, rev, body, **_):
-        repo = self._repo(f"{ns}/{name}")
+    def paths_info(self, ns, name, rev, body, kind=None, **_):
+        repo = self._repo(f"{ns}/{name}", kind=kind)
         if repo is None:
             return
         form = parse_qs(body.decode())
         self._send(200, [repo.files[p].tree_entry(p) for p in form.get("paths", []) if p in repo.files])
 
-    def resolve(self, ns, name, rev, filename, **_):
-        repo = self.state.repos.get(f"{ns}/{name}")
+    def resolve(self, ns, name, rev, filename, prefix=None, **_):
+        repo = self.state.repos.get(repo_key(f"{ns}/{name}", "datasets" if prefix else None))
         if repo is None or (repo.private and not self._authorized()):
             return self._error(401 if not self._authorized() else 404, "Repository not found", "RepoNotFound")
         stored = repo.files.get(filename)
@@ -323,21 +335,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, raw=stored.content, headers=headers, content_type="application/octet-stream")
 
 
+def repo_key(repo_id: str, kind: str | None) -> str:
+    """Where a repo is stored in `HubState.repos`: `<id>` for a model, `datasets/<id>` for a dataset."""
+    return f"datasets/{repo_id}" if kind == "datasets" else repo_id
+
+
 _REPO = r"(?P<ns>[\w.-]+)/(?P<name>[\w.-]+)"
+_KIND = r"(?P<kind>models|datasets)"
+_PREFIX = r"(?P<prefix>datasets/)?"
 ROUTES = [
     (r"/api/whoami-v2", {"GET"}, _Handler.whoami),
     (r"/api/repos/create", {"POST"}, _Handler.create_repo),
     (r"/api/validate-yaml", {"POST"}, _Handler.validate_yaml),
-    (rf"/api/models/{_REPO}", {"GET"}, _Handler.repo_info),
-    (rf"/api/models/{_REPO}/revision/(?P<rev>[^/]+)", {"GET"}, _Handler.repo_info),
-    (rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", {"POST"}, _Handler.preupload),
-    (rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", {"POST"}, _Handler.commit),
-    (rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", {"GET"}, _Handler.tree),
-    (rf"/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)", {"POST"}, _Handler.paths_info),
-    (rf"/{_REPO}\.git/info/lfs/objects/batch", {"POST"}, _Handler.lfs_batch),
+    (rf"/api/{_KIND}/{_REPO}", {"GET"}, _Handler.repo_info),
+    (rf"/api/{_KIND}/{_REPO}/revision/(?P<rev>[^/]+)", {"GET"}, _Handler.repo_info),
+    (rf"/api/{_KIND}/{_REPO}/preupload/(?P<rev>[^/]+)", {"POST"}, _Handler.preupload),
+    (rf"/api/{_KIND}/{_REPO}/commit/(?P<rev>[^/]+)", {"POST"}, _Handler.commit),
+    (rf"/api/{_KIND}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", {"GET"}, _Handler.tree),
+    (rf"/api/{_KIND}/{_REPO}/paths-info/(?P<rev>[^/]+)", {"POST"}, _Handler.paths_info),
+    (rf"/{_PREFIX}{_REPO}\.git/info/lfs/objects/batch", {"POST"}, _Handler.lfs_batch),
     (r"/_lfs/(?P<oid>[0-9a-f]{64})", {"PUT"}, _Handler.lfs_put),
     (r"/_lfs/(?P<oid>[0-9a-f]{64})/verify", {"POST"}, _Handler.lfs_verify),
-    (rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<filename>.+)", {"GET", "HEAD"}, _Handler.resolve),
+    (rf"/{_PREFIX}{_REPO}/resolve/(?P<rev>[^/]+)/(?P<filename>.+)", {"GET", "HEAD"}, _Handler.resolve),
 ]
 
 

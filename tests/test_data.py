@@ -182,19 +182,27 @@ def test_arc_pairs_and_skip_reasons():
     assert {p["rejected"] for p in digit_row} == {"evaporation", "precipitation", "runoff"}
 
 
-def test_arc_malformed_types_are_counted_not_crashing():
+def test_arc_unusable_content_is_counted_and_wrong_types_are_refused_with_the_row():
     rows = [
-        {"id": "x1", "question": "Q?", "choices": "A) yes B) no", "answerKey": "A"},
-        {"id": "x2", "question": 42, "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"},
         {"id": "x3", "question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["A", "B"]}, "answerKey": "A"},
         {"id": "x4", "question": "Q?", "choices": {"text": ["same", "same"], "label": ["1", "2"]}, "answerKey": "2"},
         {"id": "x5", "question": "Q?", "choices": {"text": ["", "b"], "label": ["A", "B"]}, "answerKey": "A"},
+        {"id": "x6", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": 2},
         "not a dict",
     ]
     pairs, skipped = build_arc_pairs(rows)
-    assert pairs == []
-    assert skipped == {"malformed_choices": 2, "not_text:question": 1, "rejected_equals_chosen": 1,
-                       "empty:chosen": 1, "not_a_record": 1}
+    assert pairs == [{"prompt": "Q?", "chosen": "b", "rejected": "a"}]  # an integer answer key is an index
+    assert skipped == {"malformed_choices": 1, "rejected_equals_chosen": 1, "empty:chosen": 1, "not_a_record": 1}
+    good = {"id": "g", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}
+    for bad, message in [
+        ({"question": 42}, r"row 2: `question` is a int \(42\), not text"),
+        ({"choices": "A) yes B) no"}, r"row 2: `choices` is a str"),
+        ({"choices": {"text": ["a", 7], "label": ["A", "B"]}}, r"row 2: `choices.text\[1\]` is a int \(7\)"),
+        ({"answerKey": 1.0}, r"row 2: `answerKey` is a float"),
+        ({"answerKey": True}, r"row 2: `answerKey` is a bool"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            build_arc_pairs([good, {**good, **bad}])
 
 
 def test_hellaswag_pairs_and_skip_reasons():
@@ -472,7 +480,11 @@ def test_cli_user_errors(argv, message, tmp_path, capsys):
 def test_source_with_no_usable_rows_is_a_user_error(tmp_path):
     src = tmp_path / "wrong_schema.jsonl"
     src.write_text(json.dumps({"instruction": "hi", "output": "there"}) + "\n")
-    with pytest.raises(UserError, match="no pairs could be built"):
+    with pytest.raises(UserError, match=r"does not have the fields the metamath builder reads \(query, response; "
+                                        r"the meta-math/MetaMathQA schema\): its rows have instruction, output"):
+        build_dataset("metamath", tmp_path / "o.jsonl", source=src, progress=False)
+    src.write_text(json.dumps({"query": "q?", "response": "no final answer line"}) + "\n")
+    with pytest.raises(UserError, match=r"no pairs could be built .*malformed_answer"):
         build_dataset("metamath", tmp_path / "o.jsonl", source=src, progress=False)
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -503,23 +515,6 @@ def test_cli_build_stats_and_synth(tmp_path, capsys):
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["pairs"] == report["pairs"]
     assert 0 < stats["edit_distance"]["normalised"]["mean"] < 0.05  # one number changed in ~400 chars
-
-
-def test_push_to_hub_wiring(tmp_path, monkeypatch):
-    import datasets
-
-    pushed = {}
-
-    def fake_push(self, repo_id, **kwargs):
-        pushed.update(repo_id=repo_id, rows=len(self), columns=self.column_names, **kwargs)
-
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub", fake_push)
-    out = tmp_path / "hs.jsonl"
-    assert cli(["data", "build", "hellaswag", "--source", str(FIXTURES["hellaswag"]), "--out", str(out),
-                "--push-to-hub", "my-org/hellaswag-dpo", "--private", "--no-progress"]) == 0
-    assert pushed == {"repo_id": "my-org/hellaswag-dpo", "rows": 11, "columns": ["prompt", "chosen", "rejected"],
-                      "split": "train", "private": True}
-    assert json.loads(report_path(out).read_text())["pushed_to"] == "my-org/hellaswag-dpo"
 
 
 def test_pairs_feed_axolotl_chatml_prompt_pairs(tmp_path):

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from smaug.common.errors import UserError
-from smaug.common.files import write_json_atomic
+from smaug.common.files import check_outputs, write_json_atomic
 from smaug.common.hub import check_repo_id
 from smaug.common.records import package_versions, utc_timestamp
-from smaug.data.io import load_source_rows, output_format, write_pairs
+from smaug.data.io import SourceRows, load_pairs, output_format, read_source, write_pairs
 from smaug.data.metamath import build_metamath_pairs, metamath_group
 from smaug.data.multiple_choice import HELLASWAG_FORMATS, build_arc_pairs, build_hellaswag_pairs
-from smaug.data.rows import SALT_EVAL_SPLIT
+from smaug.data.rows import SALT_EVAL_SPLIT, RowTypeError
 
 BuildFn = Callable[..., tuple[list[dict[str, str]], dict[str, int]]]
 
@@ -47,11 +47,31 @@ class Builder:
     hub_id: str
     config: str | None
     build: BuildFn
-    description: str
+    description: str  # one line, for `smaug data build --help`
     # The row field(s) whose equal values leak into each other (kept on one side of an eval split).
     group: Callable[[Any], str | None]
     # Builder options: name -> (allowed values, default). Passed to `build` as keyword arguments.
     options: dict[str, tuple[tuple, Any]] = field(default_factory=dict)
+    # The source fields every usable row has; a tuple inside is "one of these".
+    fields: tuple[str | tuple[str, ...], ...] = ()
+    # How a pair is made, for the dataset card (the one home of this text): the rule, then a sentence per
+    # option value (`option_rules[name][value]`).
+    rule: str = ""
+    option_rules: dict[str, dict[Any, str]] = field(default_factory=dict)
+
+    def construction(self, options: dict[str, Any]) -> str:
+        """The rule and the sentences of the options in effect."""
+        extra = [self.option_rules[name][value] for name, value in options.items()
+                 if value in self.option_rules.get(name, {})]
+        return " ".join([self.rule, *extra])
+
+    def describe_fields(self) -> str:
+        return ", ".join(" or ".join(f) if isinstance(f, tuple) else f for f in self.fields)
+
+    def reads(self, row: Any) -> bool:
+        """Whether ``row`` has every field this builder needs (values unchecked)."""
+        return isinstance(row, dict) and all(
+            any(n in row for n in f) if isinstance(f, tuple) else f in row for f in self.fields)
 
 
 BUILDERS: dict[str, Builder] = {
@@ -59,15 +79,43 @@ BUILDERS: dict[str, Builder] = {
         "metamath", "meta-math/MetaMathQA", None, build_metamath_pairs,
         "query -> correct response vs. the response with one intermediate result corrupted",
         metamath_group, {"fallback": ((True, False), True)},
+        fields=("query", "response"),
+        rule="prompt = the MetaMathQA `query`; chosen = its `response`; rejected = the same response with ONE "
+             "intermediate result corrupted: a number right after an `=` whose left side is a calculation and "
+             "whose value is not the final answer's gets its two leading digits changed, keeping its shape "
+             "(47 -> 52, $15.20 -> $18.20). Everything else, later steps and the `The answer is:` line "
+             "included, is untouched (the paper's App. D rule: \"one intermediate result corrupted, answer "
+             "untouched\").",
+        option_rules={"fallback": {
+            True: "A response without such an intermediate result still gets a pair, as every row does in the "
+                  "released set: the result of its final calculation, else a number right of an `=`, else any "
+                  "number before the `####` line is corrupted (the answer line stays correct); a response with "
+                  "no number is skipped.",
+            False: "Responses without an intermediate result are skipped (`no_intermediate_calculation`; "
+                   "`--intermediate-only`).",
+        }},
     ),
     "arc": Builder(
         "arc", "allenai/ai2_arc", "ARC-Challenge", build_arc_pairs,
         "question -> correct choice vs. each wrong choice", _field("question"),
+        fields=("question", "choices", "answerKey"),
+        rule="prompt = the ARC question; chosen = the text of the correct choice (`answerKey`, a letter or a "
+             "digit matched against `choices.label`); rejected = the text of each other choice: one pair per "
+             "wrong choice (3 for a four-choice question).",
     ),
     "hellaswag": Builder(
         "hellaswag", "Rowan/hellaswag", None, build_hellaswag_pairs,
         "context -> correct ending vs. each wrong ending",
         _field("ctx"), {"format": (tuple(HELLASWAG_FORMATS), "raw")},
+        fields=(("ctx", "ctx_a"), "endings", "label"),
+        rule="prompt = the context; chosen = the correct ending (`label`); rejected = each other ending: one "
+             "pair per wrong ending (3).",
+        option_rules={"format": {
+            "raw": "Context and endings are the dataset's own `ctx` and `endings`, WikiHow markup included "
+                   "(the paper's pairs).",
+            "lm-eval": "Context and endings are written as lm-eval's hellaswag task writes them "
+                       "(`activity_label: ctx_a Ctx_b`, WikiHow markup removed; `--format lm-eval`).",
+        }},
     ),
 }
 
@@ -112,13 +160,46 @@ def report_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".build.json")
 
 
+def _whole(value: Any, flag: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a UserError naming ``flag`` for nan, inf, 1.5, "x" or too small."""
+    bound = "> 0" if minimum == 1 else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{flag} must be a whole number {bound}, got {value!r}")
+    if value < minimum:
+        raise UserError(f"{flag} must be {bound}, got {value}")
+    return value
+
+
+def _is_local(source: str) -> bool:
+    return Path(source).expanduser().exists()
+
+
+def _check_schema(spec: Builder, source: SourceRows, src: str) -> None:
+    """Refuse a source none of whose rows has the fields the builder reads, naming both sets of fields and the
+    builder (or pair file) the rows look like."""
+    if not source.rows:
+        raise UserError(f"source {src} has no rows (an empty file or split); pass the {spec.hub_id} data")
+    sample = source.rows[:1000]
+    if any(spec.reads(row) for row in sample):
+        return
+    found = ", ".join(source.fields()) or "none"
+    hint = ""
+    others = [b.name for b in BUILDERS.values() if b is not spec and any(b.reads(row) for row in sample)]
+    if others:
+        hint = f"; these look like {others[0]} rows: `smaug data build {others[0]}`"
+    elif any(isinstance(row, dict) and {"prompt", "chosen", "rejected"} <= set(row) for row in sample):
+        hint = "; these are pairs already (prompt/chosen/rejected): train on them or run `smaug data stats`"
+    raise UserError(f"source {src} does not have the fields the {spec.name} builder reads ({spec.describe_fields()}; "
+                    f"the {spec.hub_id} schema): its rows have {found}{hint}")
+
+
 def build_dataset(
     builder: str,
     out: str | Path,
     *,
     source: str | Path | None = None,
     config: str | None = None,
-    split: str = "train",
+    split: str | None = None,
     seed: int = 0,
     few_shot: int = 0,
     limit: int | None = None,
@@ -128,14 +209,23 @@ def build_dataset(
     options: dict[str, Any] | None = None,
     eval_rows: int = 0,
     eval_out: str | Path | None = None,
+    card: bool | str | Path = False,
+    source_id: str | None = None,
 ) -> dict[str, Any]:
     """Load ``source`` (default: the builder's Hub dataset), build pairs, write them to ``out`` (.jsonl or
     .parquet) and the report to `<out>.build.json`, both atomically; optionally push the pairs to the Hub.
 
     ``options``: the builder's own options (`Builder.options`; e.g. metamath `fallback`, hellaswag `format`).
     ``eval_rows`` > 0 holds that many source rows out (`choose_eval_rows`) and writes their pairs to
-    ``eval_out`` (default `eval_path(out)`); the report records both splits.
-    All argument checks happen before anything is loaded. Returns the report (also written to disk)."""
+    ``eval_out`` (default `eval_path(out)`); the report records both splits. ``split`` (default `train`) and a
+    ``config`` that is given must exist in a folder or Hub source; a single file is one split.
+    ``card``: also write a dataset card (`smaug.data.card`): True for README.md next to ``out``, or a path.
+    ``push_to_hub`` uploads the pairs (and the eval split) with their card; ``source_id`` names the Hub dataset a
+    local ``source`` is a copy of, so the card can state its licence (a push needs a known licence).
+    All argument checks, the licence of a push and the refusal of outputs that would overwrite an input or
+    cannot be written happen before anything is loaded. Returns the report (also written to disk)."""
+    from smaug.data import card as cards
+
     spec = get_builder(builder)
     fmt = output_format(out)
     resolved = {name: default for name, (_, default) in spec.options.items()}
@@ -147,50 +237,72 @@ def build_dataset(
         if value not in allowed:
             raise UserError(f"builder {spec.name}: {name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         resolved[name] = value
-    if eval_rows < 0:
-        raise UserError(f"--eval-rows must be >= 0, got {eval_rows}")
+    _whole(eval_rows, "--eval-rows", 0)
     eval_file = Path(eval_out) if eval_out is not None else eval_path(out) if eval_rows else None
     if eval_file is not None:
         output_format(eval_file)
         if not eval_rows:
             raise UserError("--eval-out needs --eval-rows N (how many source rows to hold out)")
-        if eval_file.resolve() == Path(out).resolve():
-            raise UserError(f"--eval-out {eval_file} is the same file as --out")
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
-    if few_shot < 0:
-        raise UserError(f"--few-shot must be >= 0, got {few_shot}")
-    if limit is not None and limit <= 0:
-        raise UserError(f"--limit must be > 0, got {limit}")
+    _whole(seed, "--seed", 0)
+    _whole(few_shot, "--few-shot", 0)
+    if limit is not None:
+        _whole(limit, "--limit", 1)
     if push_to_hub is not None:
         check_repo_id(push_to_hub, "--push-to-hub", example="my-org/metamath-dpo")
+    if source is not None and not str(source).strip():
+        raise UserError("--source is empty; pass a file, folder or Hub id (or leave it out for the builder's default)")
     src = str(source) if source is not None else spec.hub_id
+    local = _is_local(src)
+    if source_id is not None:
+        check_repo_id(source_id, "--source-id", example=spec.hub_id)
+        if not local and source_id != src:
+            raise UserError(f"--source-id {source_id} names the Hub dataset a local --source is a copy of; "
+                            f"the source {src} is a Hub id already")
+    hub_source = source_id or (None if local else src)
+    licence = cards.source_license(hub_source, for_push=bool(push_to_hub), source=src) if card or push_to_hub else None
+    card_file = cards.card_path(out, card) if card else None
+    card_inputs = {"the card template": cards.DATASET_CARD_TEMPLATE,
+                   "the licence table": cards.DATASET_LICENSE_TABLE} if card_file or push_to_hub else {}
+    check_outputs({"--out": out, "the build report": report_path(out), "the eval split": eval_file,
+                   "the dataset card": card_file}, {"--source": src if local else None, **card_inputs})
+    if card_file is not None:
+        cards.check_card_target(card_file, out)
     cfg = config if config is not None else spec.config
 
     started = time.perf_counter()
-    rows = load_source_rows(src, config=cfg, split=split, limit=limit)
+    source_rows = read_source(src, config=cfg, split=split, limit=limit, config_given=config is not None)
+    rows = source_rows.rows
+    _check_schema(spec, source_rows, src)
     if few_shot and len(rows) <= few_shot:
         raise UserError(f"--few-shot {few_shot} needs more than {few_shot} source rows; {src} has {len(rows)}")
     if eval_rows and eval_rows >= len(rows):
         raise UserError(f"--eval-rows {eval_rows} leaves no training rows: {src} has {len(rows)} rows")
     held_out, left_out = choose_eval_rows(rows, eval_rows, seed, spec.group) if eval_rows else (set(), set())
     train_only = None if not eval_rows else set(range(len(rows))) - held_out - left_out
+    for name, members in (("eval split", held_out), ("training split", train_only)):
+        if few_shot and members is not None and 0 < len(members) <= few_shot:
+            raise UserError(f"--few-shot {few_shot} needs more than {few_shot} rows in the {name}, which has "
+                            f"{len(members)} (--eval-rows {eval_rows}); lower --few-shot or change --eval-rows")
     details: dict[str, Any] = {}
     build_kwargs = dict(seed=seed, few_shot=few_shot, progress=progress, **resolved)
     if "report" in inspect.signature(spec.build).parameters:
         build_kwargs["report"] = details
-    pairs, skipped = spec.build(rows, only=train_only, **build_kwargs)
-    if not pairs:
-        raise UserError(
-            f"no pairs could be built from {src} (skipped: {skipped or 'none'}); check that it is a "
-            f"{spec.hub_id} dataset in its original schema"
-        )
-    eval_report = None
+    try:
+        pairs, skipped = spec.build(rows, only=train_only, **build_kwargs)
+        if not pairs:
+            raise UserError(
+                f"no pairs could be built from {src} (skipped: {skipped or 'none'}); every row needs usable "
+                f"{spec.describe_fields()} ({spec.hub_id}'s schema)"
+            )
+        eval_report = eval_pairs = None
+        if eval_rows:
+            eval_details: dict[str, Any] = {}
+            if "report" in build_kwargs:
+                build_kwargs["report"] = eval_details
+            eval_pairs, eval_skipped = spec.build(rows, only=held_out, **build_kwargs)
+    except RowTypeError as err:
+        raise UserError(err.describe(source_rows.where(err.index))) from None
     if eval_rows:
-        eval_details: dict[str, Any] = {}
-        if "report" in build_kwargs:
-            build_kwargs["report"] = eval_details
-        eval_pairs, eval_skipped = spec.build(rows, only=held_out, **build_kwargs)
         write_pairs(eval_file, eval_pairs)
         eval_report = {"output": str(eval_file), "rows": len(held_out), "pairs": len(eval_pairs),
                        "skipped": eval_skipped, "skipped_total": sum(eval_skipped.values()), **eval_details,
@@ -201,12 +313,15 @@ def build_dataset(
         "schema": 1,
         "builder": spec.name,
         "source": src,
+        "source_id": hub_source,
+        "source_kind": "hub" if not local else "folder" if Path(src).expanduser().is_dir() else "file",
         "config": cfg,
-        "split": split,
+        "split": split or "train",
         "limit": limit,
         "seed": seed,
         "few_shot": few_shot,
         "options": resolved,
+        "rule": spec.construction(resolved),
         "rows_read": len(rows),
         "pairs": len(pairs),
         "skipped": skipped,
@@ -217,28 +332,51 @@ def build_dataset(
         "format": fmt,
         "columns": ["prompt", "chosen", "rejected"],
         "axolotl_type": "chatml.prompt_pairs",
+        "card": None,
         "pushed_to": None,
         "seconds": round(time.perf_counter() - started, 3),
-        "versions": {**package_versions("smaug-dpop", "datasets", "pyarrow"), "python": platform.python_version()},
+        "versions": {**package_versions("smaug-dpop", "datasets", "pyarrow", "huggingface_hub"),
+                     "python": platform.python_version()},
         "created_at": utc_timestamp(),
     }
+    dataset_card = None
+    if card_file is not None or push_to_hub:
+        report["edit_distance"] = cards.distance_summary(pairs, eval_pairs)
+        dataset_card = cards.render_dataset_card(report, licence, repo_id=push_to_hub)
+    if card_file is not None:
+        cards.write_dataset_card(card_file, dataset_card)
+        report["card"] = str(card_file)
     write_json_atomic(report_path(out), report, sort_keys=True)
     if push_to_hub:  # after the local files are complete, so a failed upload loses nothing
-        push_pairs(out, push_to_hub, private=private)
+        push_pairs(out, push_to_hub, private=private, eval_path=eval_file, card=dataset_card)
         report["pushed_to"] = push_to_hub
         write_json_atomic(report_path(out), report, sort_keys=True)
     return report
 
 
-def push_pairs(path: str | Path, repo_id: str, private: bool = False) -> None:
-    """Upload a written pair file to the Hub as dataset ``repo_id`` (split `train`) with `datasets`'
-    `push_to_hub`; the token comes from the environment (HF_TOKEN) or the login cache."""
+def push_pairs(path: str | Path, repo_id: str, private: bool = False, *, eval_path: str | Path | None = None,
+               card: Any = None) -> None:
+    """Upload a written pair file to the Hub as dataset ``repo_id``: split `train`, and `eval` from
+    ``eval_path``, with `datasets`' `DatasetDict.push_to_hub`; the token comes from the environment (HF_TOKEN)
+    or the login cache. ``card`` (a `DatasetCard`) is uploaded first as the repo's README.md: `push_to_hub`
+    then adds its `dataset_info` and `configs` to that card's metadata in the same commit as the data,
+    keeping the card's text (it rewrites an existing README.md's metadata, never its body)."""
     import datasets
 
-    fmt = "parquet" if output_format(path) == "parquet" else "json"
-    ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    splits = {"train": path, **({"eval": eval_path} if eval_path is not None else {})}
+    data = datasets.DatasetDict({
+        name: datasets.Dataset.from_list([{c: p[c] for c in ("prompt", "chosen", "rejected")} for p in load_pairs(file)])
+        for name, file in splits.items()
+    })
     try:
-        ds.push_to_hub(repo_id, split="train", private=private)
+        if card is not None:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            api.upload_file(path_or_fileobj=str(card).encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
+                            repo_type="dataset", commit_message="Dataset card (smaug data build)")
+        data.push_to_hub(repo_id, private=private, commit_message="Upload pairs (smaug data build)")
     except Exception as err:
         raise UserError(
             f"could not push {path} to {repo_id}: {type(err).__name__}: {err}. The file is written; log in "

@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from smaug.common.errors import UserError
+
+
+def _bound(minimum: int) -> str:
+    return "> 0" if minimum == 1 else f">= {minimum}"
+
+
+def whole_number(text: str | None, flag: str, minimum: int) -> int | None:
+    """A count given on the command line, as an int >= ``minimum``. Parsed here rather than by argparse `type=`
+    so that `nan`, `inf`, `1.5` or `-1` get a one-line error naming the flag (exit 2), like every UserError."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or not number.is_integer():
+            raise UserError(f"{flag} must be a whole number {_bound(minimum)}, got {text!r}") from None
+        value = int(number)
+    if value < minimum:
+        raise UserError(f"{flag} must be {_bound(minimum)}, got {text}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -25,12 +50,14 @@ def register(subparsers) -> None:
     build.add_argument("builder", metavar=f"{{{names}}}", help="which dataset to build")
     build.add_argument("--out", required=True, help="output file: .jsonl or .parquet (report goes to OUT.build.json)")
     build.add_argument("--source", help="local JSON/JSONL/Parquet file or folder, or a Hub id (default: the builder's Hub dataset)")
+    build.add_argument("--source-id", metavar="ORG/NAME",
+                       help="the Hub dataset a local --source is a copy of (the card states its licence)")
     build.add_argument("--config", help="dataset config (default: ARC-Challenge for arc)")
-    build.add_argument("--split", default="train", help="source split (default: train)")
-    build.add_argument("--seed", type=int, default=0, help="seed for corruption and few-shot sampling (default: 0)")
-    build.add_argument("--few-shot", type=int, default=0, metavar="K", help="prepend K solved examples to each prompt")
-    build.add_argument("--limit", type=int, help="use only the first N source rows")
-    build.add_argument("--eval-rows", type=int, default=0, metavar="N",
+    build.add_argument("--split", help="source split of a folder or Hub source (default: train)")
+    build.add_argument("--seed", default="0", help="seed for corruption and few-shot sampling (default: 0)")
+    build.add_argument("--few-shot", default="0", metavar="K", help="prepend K solved examples to each prompt")
+    build.add_argument("--limit", metavar="N", help="use only the first N source rows")
+    build.add_argument("--eval-rows", default="0", metavar="N",
                        help="hold out N source rows (whole groups of rephrasings/questions, drawn with --seed) as an "
                             "eval split (the paper's MetaMath set: 1000)")
     build.add_argument("--eval-out", help="where the eval split goes (default: OUT with .eval before the extension)")
@@ -39,7 +66,10 @@ def register(subparsers) -> None:
                             "calculation (or another number); the rule before the released-data check")
     build.add_argument("--format", dest="hellaswag_format", choices=["raw", "lm-eval"],
                        help="hellaswag: raw ctx and endings (default, the paper's pairs) or lm-eval's formatting")
-    build.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the pairs as this Hub dataset")
+    build.add_argument("--card", nargs="?", const="", metavar="PATH",
+                       help="also write a dataset card (README.md next to --out, or PATH)")
+    build.add_argument("--push-to-hub", metavar="ORG/NAME",
+                       help="also upload the pairs (and the eval split) with their dataset card as this Hub dataset")
     build.add_argument("--private", action="store_true", help="make the pushed Hub dataset private")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build)
@@ -52,8 +82,8 @@ def register(subparsers) -> None:
     stats.set_defaults(func=_cmd_stats)
 
     synth = sub.add_parser("synth-metamath", help="write synthetic MetaMathQA-schema rows (arithmetic word problems)")
-    synth.add_argument("--n", type=int, required=True, help="number of rows")
-    synth.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    synth.add_argument("--n", required=True, help="number of rows")
+    synth.add_argument("--seed", default="0", help="seed (default: 0)")
     synth.add_argument("--out", required=True, help="output .jsonl file")
     synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
@@ -73,15 +103,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         source=args.source,
         config=args.config,
         split=args.split,
-        seed=args.seed,
-        few_shot=args.few_shot,
-        limit=args.limit,
+        seed=whole_number(args.seed, "--seed", 0),
+        few_shot=whole_number(args.few_shot, "--few-shot", 0),
+        limit=whole_number(args.limit, "--limit", 1),
         push_to_hub=args.push_to_hub,
         private=args.private,
         progress=not args.no_progress,
         options=options,
-        eval_rows=args.eval_rows,
+        eval_rows=whole_number(args.eval_rows, "--eval-rows", 0),
         eval_out=args.eval_out,
+        card=args.card is not None and (args.card or True),
+        source_id=args.source_id,
     )
     print(f"{report['builder']}: {report['rows_read']:,} source rows -> {report['pairs']:,} pairs in {report['output']}")
     if report.get("corrupted"):
@@ -94,8 +126,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"skipped {report['skipped_total']:,}:")
         for reason, count in report["skipped"].items():
             print(f"  {reason}: {count:,}")
+    if report["card"]:
+        print(f"dataset card: {report['card']}")
     if report["pushed_to"]:
-        print(f"pushed to https://huggingface.co/datasets/{report['pushed_to']}")
+        print(f"pushed to https://huggingface.co/datasets/{report['pushed_to']} (with its dataset card)")
     print(f"report: {report_path(args.out)}")
     return 0
 
@@ -107,11 +141,12 @@ def stats_json_path(path: str | Path) -> Path:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from smaug.common.files import write_json_atomic
+    from smaug.common.files import check_outputs, write_json_atomic
     from smaug.data.stats import format_stats, stats_for_path
 
-    stats = stats_for_path(args.path, words=args.words)
     out = Path(args.json_out) if args.json_out else stats_json_path(args.path)
+    check_outputs({"--json": out}, {"the pair file": args.path})
+    stats = stats_for_path(args.path, words=args.words)
     write_json_atomic(out, stats, sort_keys=True)
     print(format_stats(stats))
     print(f"stats: {out}")
@@ -119,14 +154,14 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from smaug.common.files import check_outputs
     from smaug.data.synthetic import write_synthetic_metamath
 
-    if args.n <= 0:
-        raise UserError(f"--n must be > 0, got {args.n}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    n = whole_number(args.n, "--n", 1)
+    seed = whole_number(args.seed, "--seed", 0)
     if Path(args.out).suffix.lower() not in (".jsonl", ".json"):
         raise UserError(f"--out {args.out}: synthetic rows are written as JSON Lines; use a .jsonl file")
-    write_synthetic_metamath(args.out, args.n, args.seed, progress=not args.no_progress)
-    print(f"wrote {args.n:,} synthetic MetaMath rows (seed {args.seed}) to {args.out}")
+    check_outputs({"--out": args.out})
+    write_synthetic_metamath(args.out, n, seed, progress=not args.no_progress)
+    print(f"wrote {n:,} synthetic MetaMath rows (seed {seed}) to {args.out}")
     return 0

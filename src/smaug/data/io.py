@@ -1,23 +1,35 @@
-"""Reading sources through `datasets.load_dataset` and writing pair files atomically.
+"""Reading sources and pair files with the types they hold, and writing pair files atomically.
 
-A source is a Hub id (the default for each builder) or a local JSON/JSONL/Parquet file or folder. Outputs are
-JSON Lines (`.jsonl`, `.json`) or Parquet (`.parquet`) with exactly the columns `prompt`, `chosen`, `rejected`
-(what axolotl's `chatml.prompt_pairs` DPO type reads). Every file is written to a temp file in the same folder
-and moved into place with `os.replace`, so a failure never leaves a half-written output behind.
+A source is a Hub id (the default for each builder) or a local JSON/JSONL/Parquet file or folder. Local files
+are read here, not through `datasets.load_dataset`: its JSON loader turns a column that mixes numbers and text
+into JSON-encoded strings (`42` becomes "42", "text" becomes '"text"'), and a builder must see the 42 to refuse
+it with its line number. Parquet keeps one type per column, so a wrong type reaches the builders as it is. Hub
+sources still go through `datasets` (nothing else knows their layout); a column `datasets` could only read as
+mixed JSON is refused by name (`_check_hub_columns`).
+
+Outputs are JSON Lines (`.jsonl`, `.json`) or Parquet (`.parquet`) with exactly the columns `prompt`, `chosen`,
+`rejected` (what axolotl's `chatml.prompt_pairs` DPO type reads). Every file is written to a temp file in the
+same folder and moved into place with `os.replace`, so a failure never leaves a half-written output behind.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
+from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_write, read_jsonl_lines, write_jsonl_atomic
+from smaug.common.files import atomic_write, json_type, read_jsonl_lines, write_jsonl_atomic
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _OUTPUT_FORMATS = {".json": "jsonl", ".jsonl": "jsonl", ".parquet": "parquet"}
+# What `smaug data` writes next to its outputs; never data.
+REPORT_SUFFIXES = (".build.json", ".stats.json")
 
 
 def output_format(out: str | Path) -> str:
@@ -26,6 +38,16 @@ def output_format(out: str | Path) -> str:
     if fmt is None:
         raise UserError(f"output {out}: unknown extension {Path(out).suffix!r}; use .jsonl (JSON Lines) or .parquet")
     return fmt
+
+
+def is_report(path: str | Path) -> bool:
+    """A `.build.json` / `.stats.json` report of `smaug data` (read as data it gives nonsense)."""
+    return Path(path).name.endswith(REPORT_SUFFIXES)
+
+
+def _refuse_report(path: Path) -> None:
+    if is_report(path):
+        raise UserError(f"{path}: a report written by `smaug data`, not data; pass the data file next to it")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -38,45 +60,182 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+@dataclass
+class SourceRows:
+    """The rows of a source as plain dicts, and where each came from (for messages that name the line)."""
+
+    rows: list[dict[str, Any]]
+    # One (first row index, file, unit, numbers) per file read: row `first + i` is `unit` numbers[i] of `file`.
+    _parts: list[tuple[int, str, str, Sequence[int] | None]] = field(default_factory=list)
+
+    def where(self, index: int) -> str:
+        """`file:line` (JSONL), `file: item N` (JSON array), `file: row N` (Parquet), `source: row N` (Hub)."""
+        starts = [part[0] for part in self._parts]
+        pos = bisect.bisect_right(starts, index) - 1
+        if pos < 0:
+            return f"row {index + 1}"
+        first, name, unit, numbers = self._parts[pos]
+        number = numbers[index - first] if numbers is not None else index - first + 1
+        return f"{name}:{number}" if unit == "line" else f"{name}: {unit} {number}"
+
+    def fields(self, sample: int = 1000) -> list[str]:
+        """The field names of the first ``sample`` rows, in first-seen order."""
+        names: dict[str, None] = {}
+        for row in self.rows[:sample]:
+            if isinstance(row, dict):
+                names.update(dict.fromkeys(row))
+        return list(names)
+
+
+def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, Sequence[int] | None]:
+    """(rows, unit, numbers) of a .json/.jsonl file: JSON Lines, or (.json) one JSON array of objects."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if path.suffix.lower() == ".json" and head.startswith(b"["):
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise UserError(f"{path}:{line}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json source is one array of "
+                            "objects or one object per line") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply to read") from None
+        for i, item in enumerate(items, 1):
+            if not isinstance(item, dict):
+                raise UserError(f"{path}: item {i} is a JSON {json_type(item)}, not an object; the array must "
+                                "hold one object per row")
+        return items, "item", None
+    try:
+        numbered = read_jsonl_lines(path, "source")
+    except UserError:
+        if head.startswith(b"{"):  # one pretty-printed object (a dict of columns, a config, ...), not rows
+            try:
+                whole = json.loads(path.read_text(encoding="utf-8-sig"))
+            except (ValueError, UnicodeDecodeError):
+                whole = None
+            if isinstance(whole, dict):
+                raise UserError(f"{path}: one JSON object with keys {', '.join(list(whole)[:8])}, not rows; use "
+                                "JSON Lines (one object per line) or a JSON array of objects") from None
+        raise
+    return [row for _, row in numbered], "line", array("l", (lineno for lineno, _ in numbered))
+
+
+def _read_parquet_file(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+
+
+def _read_local_file(path: Path, source: SourceRows) -> None:
+    _refuse_report(path)
+    kind = _LOCAL_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
+    try:
+        if kind == "parquet":
+            rows, unit, numbers = _read_parquet_file(path), "row", None
+        else:
+            rows, unit, numbers = _read_json_file(path)
+    except OSError as err:  # unreadable (permissions), a FIFO that fails, ...
+        raise UserError(f"source {path}: cannot read it ({err.strerror or err})") from None
+    source._parts.append((len(source.rows), str(path), unit, numbers))
+    source.rows.extend(rows)
+
+
+def _folder_files(path: Path, split: str) -> list[Path]:
+    """The data files of ``split`` in a local folder, found by `datasets`' own file-name rules (`train-*`,
+    `*_test.jsonl`, ...; all files are `train` when no name says a split), our reports and hidden files left out."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        by_split = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+    except Exception as err:  # noqa: BLE001 - datasets raises several types for folders it cannot read
+        raise UserError(f"source folder {path}: no data files found ({type(err).__name__}: {err})") from None
+    usable = {str(name): [Path(f) for f in files if Path(f).suffix.lower() in _LOCAL_FORMATS
+                          and not Path(f).name.startswith(".") and not is_report(f)]
+              for name, files in by_split.items()}
+    usable = {name: files for name, files in usable.items() if files}
+    if not usable:
+        raise UserError(f"source folder {path} has no .json/.jsonl/.parquet files")
+    if split not in usable:
+        raise UserError(f"source folder {path} has no {split!r} split (found: {', '.join(usable)}); pass --split")
+    return sorted(usable[split])
+
+
+def _check_hub_columns(ds: Any, source: str) -> None:
+    """Refuse a Hub column that `datasets` could only read as JSON text (it mixes numbers and text, say)."""
+    from datasets.features import Json
+
+    mixed = [name for name, feature in ds.features.items() if isinstance(feature, Json)]
+    if mixed:
+        raise UserError(f"source {source}: column(s) {', '.join(mixed)} mix value types (e.g. numbers and text); "
+                        "download the files and pass --source PATH to see the rows, or fix the dataset")
+
+
+def read_source(
+    source: str | Path, *, config: str | None = None, split: str | None = None, limit: int | None = None,
+    config_given: bool = False,
+) -> SourceRows:
+    """The rows of a source and where each came from.
+
+    ``source`` is a local file (.json: JSON Lines or an array of objects; .jsonl; .parquet), a local folder
+    (its ``config`` subfolder when there is one, e.g. an `allenai/ai2_arc` snapshot's `ARC-Challenge/`; then
+    the files of ``split``, default `train`), or a Hub id loaded with ``config`` and ``split``. A single file
+    is one split: ``split`` other than `train` is refused for it, as is a ``config`` the user gave
+    (``config_given``) that names no subfolder. A row missing a field gets no entry for it (the builders
+    skip and count it)."""
+    source = str(source)
+    path = Path(source).expanduser()
+    out = SourceRows([])
+    if path.is_file():
+        if split not in (None, "train"):
+            raise UserError(f"--split {split}: source {path} is a single file, which is one split; pass the "
+                            "file of that split instead")
+        if config_given and config:
+            raise UserError(f"--config {config}: source {path} is a single file; pass the file of that config")
+        _read_local_file(path, out)
+    elif path.is_dir():
+        if config and (path / config).is_dir():
+            path = path / config
+        elif config_given and config:
+            raise UserError(f"--config {config}: source folder {path} has no {config}/ subfolder")
+        for file in _folder_files(path, split or "train"):
+            _read_local_file(file, out)
+    elif _looks_like_path(source):
+        raise UserError(f"source {source} does not exist; pass --source an existing JSON/JSONL/Parquet file or folder")
+    else:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(source, config, split=split or "train")
+        except Exception as err:  # datasets raises many types; the user needs the source and the cause
+            raise UserError(
+                f"could not load source {source!r} (config={config}, split={split or 'train'}): "
+                f"{type(err).__name__}: {err}. Check the id/path and split, or download it and pass --source PATH"
+            ) from err
+        _check_hub_columns(ds, source)
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        out.rows.extend(ds.to_list())
+        out._parts.append((0, source, "row", None))
+    if limit is not None:
+        del out.rows[limit:]
+    return out
+
+
 def load_source_rows(
     source: str | Path, *, config: str | None = None, split: str = "train", limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """Load a source dataset as a list of plain dicts (fast to iterate; no per-row `datasets.map`).
-
-    ``source`` is a local file (.json/.jsonl/.parquet), a local folder (its `config` subfolder is used when
-    it exists, e.g. an `allenai/ai2_arc` snapshot's `ARC-Challenge/`), or a Hub id loaded with ``config`` and
-    ``split``. A row missing a field gets `None` there (the builders skip and count it)."""
-    import datasets
-
-    source = str(source)
-    path = Path(source).expanduser()
-    try:
-        if path.is_file():
-            builder = _LOCAL_FORMATS.get(path.suffix.lower())
-            if builder is None:
-                raise UserError(f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        elif path.is_dir():
-            if config and (path / config).is_dir():
-                path = path / config
-            files = [p for p in path.rglob("*") if p.suffix.lower() in _LOCAL_FORMATS]
-            if not files:
-                raise UserError(f"source folder {path} has no .json/.jsonl/.parquet files")
-            ds = datasets.load_dataset(str(path), split=split)
-        elif _looks_like_path(source):
-            raise UserError(f"source {source} does not exist; pass --source an existing JSON/JSONL/Parquet file or folder")
-        else:
-            ds = datasets.load_dataset(source, config, split=split)
-    except UserError:
-        raise
-    except Exception as err:  # datasets raises many types; the user needs the source and the cause
-        raise UserError(
-            f"could not load source {source!r} (config={config}, split={split}): {type(err).__name__}: {err}. "
-            "Check the id/path and split, or download it and pass --source PATH"
-        ) from err
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.to_list()
+    """The rows of a source as plain dicts (`read_source` without the locations)."""
+    return read_source(source, config=config, split=split, limit=limit).rows
 
 
 def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
@@ -99,48 +258,61 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, str
     `abacusai/*_DPO_FewShot`): dicts with prompt, chosen, rejected (and `system` when the file has it).
 
     Every row is checked: the three fields must be non-empty text. A number, list or null is refused with the
-    row (line) number rather than turned into text."""
+    row (line) number rather than turned into text; so are conversations (message lists) and rows of another
+    schema (their fields are named). In a folder, hidden files and `smaug data` reports are left out; a report
+    given as the file is refused."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise UserError(f"--limit must be a whole number > 0, got {limit!r}")
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a .jsonl/.parquet pair file or a folder of them")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _LOCAL_FORMATS and not p.name.startswith("."))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _LOCAL_FORMATS
+                       and not p.name.startswith(".") and not is_report(p))
         if not files:
-            raise UserError(f"{path}: no .jsonl/.parquet files in this folder")
+            raise UserError(f"{path}: no .jsonl/.parquet pair files in this folder")
         rows = [row for file in files for row in _pair_rows(file)]
     else:
         rows = _pair_rows(path)
     if not rows:
-        raise UserError(f"{path}: no pairs in the file")
+        raise UserError(f"{path}: no pairs (the file is empty); pass a file that `smaug data build` wrote")
     return rows[:limit] if limit else rows
 
 
-def _pair_rows(path: Path) -> list[dict[str, str]]:
-    suffix = path.suffix.lower()
-    if path.name.endswith((".build.json", ".stats.json")):
-        raise UserError(f"{path}: a report written by `smaug data`, not pairs; pass the pair file next to it")
-    if suffix in (".jsonl", ".json"):
-        numbered = [(f"line {lineno}", row) for lineno, row in read_jsonl_lines(path, "pair")]
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+_CONVERSATION_KEYS = ("messages", "conversations", "conversation")
 
+
+def _pair_rows(path: Path) -> list[dict[str, str]]:
+    _refuse_report(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
         try:
-            table = pq.read_table(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise UserError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
-        numbered = [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), 1)]
+            rows, unit, numbers = _read_json_file(path)
+        except OSError as err:
+            raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
+    elif suffix == ".parquet":
+        rows, unit, numbers = _read_parquet_file(path), "row", None
     else:
         raise UserError(f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
     pairs = []
-    for where, row in numbered:
-        if "messages" in row or isinstance(row.get("chosen"), list):
-            raise UserError(f"{path}: {where} is a conversation (message list), not a prompt/chosen/rejected pair "
-                            "of texts; these tools read the pair files `smaug data build` writes")
+    for i, row in enumerate(rows):
+        where = f"{unit} {numbers[i] if numbers is not None else i + 1}"
+        listed = [c for c in PAIR_COLUMNS if isinstance(row.get(c), (list, dict))]
+        if listed or any(isinstance(row.get(k), list) for k in _CONVERSATION_KEYS):
+            what = f"`{listed[0]}` is a list of messages" if listed else \
+                f"`{next(k for k in _CONVERSATION_KEYS if isinstance(row.get(k), list))}` holds messages"
+            raise UserError(f"{path}: {where} is a conversation ({what}), not a pair of texts; these tools read "
+                            "prompt/chosen/rejected strings as `smaug data build` writes them: convert the file "
+                            "(prompt = the user turn, chosen/rejected = the text of each assistant reply)")
         for column in PAIR_COLUMNS:
             value = row.get(column)
             if not isinstance(value, str) or not value.strip():
-                got = "missing" if column not in row else ("empty" if isinstance(value, str) else
-                                                            f"a {type(value).__name__} ({value!r:.40})")
+                if column not in row:
+                    found = ", ".join(list(row)[:8]) or "none"
+                    raise UserError(f"{path}: {where}: `{column}` is missing (fields: {found}); every pair needs "
+                                    "prompt, chosen and rejected texts, as `smaug data build` writes them")
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                got = "empty" if isinstance(value, str) else f"a {type(value).__name__} ({shown}), not text"
                 raise UserError(f"{path}: {where}: `{column}` is {got}; every pair needs non-empty text in "
                                 "prompt, chosen and rejected")
         pair = {column: row[column] for column in PAIR_COLUMNS}

@@ -44,6 +44,7 @@ from smaug.data.rows import (
     row_rng,
     sorted_counts,
     text_field,
+    typed_field,
 )
 
 ANSWER_MARKER = "The answer is:"
@@ -202,7 +203,8 @@ def build_metamath_pairs(
     ``fallback=False``: rows without one are skipped). ``only``: build from these row indices alone (the
     others are neither built, counted nor used as few-shot examples; a row's corruption does not depend on
     it). ``report``, when given, receives the count of each corruption kind under `corrupted`.
-    Returns (pairs in source order, skip counts by reason). Deterministic for ``seed``."""
+    Returns (pairs in source order, skip counts by reason). Deterministic for ``seed``. A field of the wrong
+    type (a number as `query`) raises `RowTypeError` naming the row."""
     from tqdm.auto import tqdm
 
     rows = rows if isinstance(rows, Sequence) else list(rows)
@@ -215,12 +217,13 @@ def build_metamath_pairs(
         if not isinstance(row, dict):
             counts["not_a_record"] += 1
             continue
-        query = text_field(row, "query", counts)
+        query = text_field(row, "query", counts, index)
         if query is None:
             continue
-        response = text_field(row, "response", counts)
+        response = text_field(row, "response", counts, index)
         if response is None:
             continue
+        typed_field(row, "original_question", index, (str,), "text")  # the leak group of the eval split
         valid.append((index, query, response, metamath_group(row)))
 
     pairs: list[dict[str, str]] = []

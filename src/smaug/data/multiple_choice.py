@@ -3,7 +3,8 @@
 Every question with a usable correct answer gives one pair per usable wrong choice, in choice order; the
 prompt is the same for all of them. Reasons are counted per row (`missing_field:*`, `malformed_answer`, ...)
 or per wrong choice (`empty:rejected`, `rejected_equals_chosen`). ``only`` (both builders) builds from those
-row indices alone: the other rows are neither built, counted nor used as few-shot examples.
+row indices alone: the other rows are neither built, counted nor used as few-shot examples. A value of the wrong
+type (a number as a choice's text, a string where the list of choices belongs) raises `RowTypeError` with the row.
 """
 
 from __future__ import annotations
@@ -13,7 +14,20 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from smaug.data.rows import few_shot_prompt, pick_few_shot, qa_example, qa_query, sorted_counts, text_field
+from smaug.data.rows import (
+    check_type,
+    few_shot_prompt,
+    pick_few_shot,
+    qa_example,
+    qa_query,
+    sorted_counts,
+    text_field,
+    typed_field,
+)
+
+# An answer key or label is an index written as text ("B", "2") or, in some copies, as an integer.
+_KEY_TYPES = (str, int)
+_KEY = "a label (text or integer)"
 
 _LETTERS = "ABCDEFGHIJ"
 
@@ -87,19 +101,22 @@ def build_arc_pairs(
         if not isinstance(row, dict):
             counts["not_a_record"] += 1
             continue
-        question = text_field(row, "question", counts)
+        question = text_field(row, "question", counts, index)
         if question is None:
             continue
-        choices = row.get("choices")
+        choices = typed_field(row, "choices", index, (dict,), "a mapping {text: [...], label: [...]}")
         if choices is None:
             counts["missing_field:choices"] += 1
             continue
-        texts = choices.get("text") if isinstance(choices, dict) else None
-        labels = choices.get("label") if isinstance(choices, dict) else None
-        if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels) or len(texts) < 2:
+        texts = typed_field(choices, "text", index, (list,), "a list of texts", "choices.text")
+        labels = typed_field(choices, "label", index, (list,), "a list of labels", "choices.label")
+        if texts is None or labels is None or len(texts) != len(labels) or len(texts) < 2:
             counts["malformed_choices"] += 1
             continue
-        key = row.get("answerKey")
+        for j, (text, label) in enumerate(zip(texts, labels)):
+            check_type(text, index, f"choices.text[{j}]", (str,), "text")
+            check_type(label, index, f"choices.label[{j}]", _KEY_TYPES, _KEY)
+        key = typed_field(row, "answerKey", index, _KEY_TYPES, _KEY)
         if key is None:
             counts["missing_field:answerKey"] += 1
             continue
@@ -181,18 +198,22 @@ def build_hellaswag_pairs(
         if not isinstance(row, dict):
             counts["not_a_record"] += 1
             continue
+        for name in ("activity_label", "ctx_a", "ctx_b", "ctx"):
+            typed_field(row, name, index, (str,), "text")
         context = make_context(row)
         if context is None:
             counts["missing_field:ctx"] += 1
             continue
-        endings = row.get("endings")
+        endings = typed_field(row, "endings", index, (list,), "a list of texts")
         if endings is None:
             counts["missing_field:endings"] += 1
             continue
-        if not isinstance(endings, list) or len(endings) < 2:
+        if len(endings) < 2:
             counts["malformed_endings"] += 1
             continue
-        label = row.get("label")
+        for j, ending in enumerate(endings):
+            check_type(ending, index, f"endings[{j}]", (str,), "text")
+        label = typed_field(row, "label", index, _KEY_TYPES, _KEY)
         if label is None:
             counts["missing_field:label"] += 1
             continue

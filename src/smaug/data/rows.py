@@ -1,4 +1,10 @@
-"""Pieces shared by the builders: per-row random generators, few-shot prompts, field checks."""
+"""Pieces shared by the builders: per-row random generators, few-shot prompts, field checks.
+
+Field checks tell two kinds of bad row apart. A missing, null or empty field, or content the rule cannot use, is
+counted under a skip reason and the row is left out (real sources have such rows: HellaSwag's test split has no
+labels). A value of the wrong *type* (a number where text belongs, text where a list belongs) is refused with a
+`RowTypeError` naming the row: turning 42 into the prompt "42" would train on something the source never said.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from smaug.common.errors import UserError
 
 # Separate streams for the different random choices made for one row.
 SALT_CORRUPT = 1
@@ -21,15 +29,42 @@ def row_rng(seed: int, index: int, salt: int) -> random.Random:
     return random.Random((seed << 40) ^ (salt << 36) ^ index)
 
 
-def text_field(row: dict[str, Any], name: str, counts: Counter) -> str | None:
-    """The stripped string in ``row[name]``, or None after counting why it is unusable
-    (`missing_field:<name>`, `not_text:<name>`, `empty:<name>`)."""
+class RowTypeError(UserError):
+    """A source field holds a value of the wrong type. ``index`` is the row's position in the rows the builder
+    was given; `build_dataset` replaces "row N" by the file and line it came from (`describe`)."""
+
+    def __init__(self, index: int, field: str, value: Any, expected: str):
+        self.index, self.field, self.value, self.expected = index, field, value, expected
+        super().__init__(self.describe(f"row {index + 1}"))
+
+    def describe(self, where: str) -> str:
+        shown = repr(self.value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return (f"{where}: `{self.field}` is a {type(self.value).__name__} ({shown}), not {self.expected}; "
+                "fix the source (values are used as they are, never converted)")
+
+
+def typed_field(row: dict[str, Any], name: str, index: int, types: tuple[type, ...], expected: str,
+                field: str | None = None) -> Any:
+    """``row[name]`` (None when missing or null); a RowTypeError when it is not one of ``types`` (a bool never
+    counts as an int). ``field`` names it in the message when it is nested (`choices.text[2]`)."""
     value = row.get(name)
+    if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        raise RowTypeError(index, field or name, value, expected)
+    return value
+
+
+def check_type(value: Any, index: int, field: str, types: tuple[type, ...], expected: str) -> Any:
+    """``value`` itself, checked as `typed_field` checks a field (for list items and nested values)."""
+    return typed_field({"v": value}, "v", index, types, expected, field)
+
+
+def text_field(row: dict[str, Any], name: str, counts: Counter, index: int) -> str | None:
+    """The stripped string in ``row[name]``, or None after counting why it is unusable (`missing_field:<name>`,
+    `empty:<name>`); a RowTypeError when it holds something other than text."""
+    value = typed_field(row, name, index, (str,), "text")
     if value is None:
         counts[f"missing_field:{name}"] += 1
-        return None
-    if not isinstance(value, str):
-        counts[f"not_text:{name}"] += 1
         return None
     value = value.strip()
     if not value:

@@ -210,9 +210,10 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from smaug.common.files import write_text_atomic
+    from smaug.common.files import check_outputs, write_text_atomic
     from smaug.evaluation.summary import compare_table, load_summary
 
+    check_outputs({"--out": args.out}, {item: find_summary(item, args.suite, args.results_dir) for item in args.items})
     summaries = [load_summary(find_summary(item, args.suite, args.results_dir)) for item in args.items]
     table = compare_table(summaries)
     print(table, end="")
@@ -233,6 +234,7 @@ def _suites(args: argparse.Namespace) -> int:
 
 
 def _mtbench(args: argparse.Namespace) -> int:
+    from smaug.common.files import check_outputs
     from smaug.common.paths import RESULTS_DIR, model_slug
     from smaug.evaluation.mtbench import load_config, run_mtbench
 
@@ -240,6 +242,7 @@ def _mtbench(args: argparse.Namespace) -> int:
     if args.max_new_tokens:
         config["max_new_tokens"] = args.max_new_tokens
     out = args.out or RESULTS_DIR / "mtbench" / model_slug(args.model)
+    check_outputs({f"--out {n}": Path(out) / n for n in ("answers.jsonl", "judgments.jsonl", "mtbench.json")}, {"--questions": args.questions or config["questions"], "--config": args.config})
     summary = run_mtbench(args.model, args.judge_url, args.judge_model, config, limit=args.limit,
                           trials=args.trials, questions_file=args.questions, batch_size=args.batch_size,
                           dtype=args.dtype, device=args.device, out_dir=out)
@@ -259,12 +262,13 @@ def _mtbench(args: argparse.Namespace) -> int:
 
 
 def _contamination(args: argparse.Namespace) -> int:
-    from smaug.common.files import write_json_atomic
+    from smaug.common.files import check_outputs, write_json_atomic
     from smaug.common.paths import RESULTS_DIR, model_slug
     from smaug.evaluation.contamination import BENCHMARKS, load_benchmark_texts, load_texts_file, score_texts
 
     if not 0 < args.k <= 1:
         raise UserError(f"--k {args.k}: must be a fraction in (0, 1]")
+    check_outputs({"--out": Path(args.out or RESULTS_DIR / "contamination" / model_slug(args.model)) / "contamination.json"}, {"--texts": args.texts})
     if args.texts:
         texts = {args.name: load_texts_file(args.texts)}
     else:
@@ -286,7 +290,7 @@ def _contamination(args: argparse.Namespace) -> int:
 
 
 def _logprobs(args: argparse.Namespace) -> int:
-    from smaug.common.files import write_json_atomic
+    from smaug.common.files import check_outputs, write_json_atomic
     from smaug.data.io import load_pairs
     from smaug.evaluation.logprobs import analyse_pairs
     from smaug.evaluation.plots import plot_positional
@@ -295,6 +299,7 @@ def _logprobs(args: argparse.Namespace) -> int:
                                         ("--pairs", args.pairs), ("--out", args.out)) if not value]
     if missing:
         raise UserError(f"smaug eval logprobs needs {', '.join(missing)} (or use `smaug eval plot-training`)")
+    check_outputs({"--out logprobs.json": args.out / "logprobs.json", "--out logprobs.png": args.out / "logprobs.png"}, {"--pairs": args.pairs})
     pairs = load_pairs(args.pairs, args.limit)
     result = analyse_pairs(
         args.models, args.reference, pairs, fmt=args.fmt, batch_size=args.batch_size, dtype=args.dtype,
@@ -331,8 +336,10 @@ def parse_runs(specs: list[str]) -> dict[str, str]:
 
 
 def _plot_training(args: argparse.Namespace) -> int:
-    from smaug.evaluation.plots import plot_training
+    from smaug.common.files import check_outputs
+    from smaug.evaluation.plots import find_trainer_state, plot_training
 
+    check_outputs({"--out": args.plot_out}, {label: find_trainer_state(run) for label, run in parse_runs(args.runs).items()})
     out = plot_training(parse_runs(args.runs), args.plot_out)
     print(f"wrote {out}")
     return 0
