@@ -257,7 +257,7 @@ def test_few_shot_prompt_holds_k_other_solved_examples():
         query = by_response[pair["chosen"]]["query"]
         blocks = pair["prompt"].split("\n\n")
         # Responses have no blank lines, so the prompt is exactly 3 examples and the question.
-        assert len(blocks) == 4 and blocks[-1] == f"Question: {query}"
+        assert len(blocks) == 4 and blocks[-1] == f"Question: {query}\nAnswer:"
         for block in blocks[:3]:
             q, a = block.removeprefix("Question: ").split("\nAnswer: ")
             assert q != query and by_response[a]["query"] == q

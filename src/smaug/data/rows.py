@@ -90,7 +90,9 @@ def qa_example(question: str, answer: str) -> str:
 
 
 def qa_query(question: str) -> str:
-    return f"Question: {question}"
+    # Ends like the solved examples' `Answer:` lines (and like the released abacusai *_DPO_FewShot prompts), so
+    # a base model trained on raw prompt + completion text sees the completion where an answer goes.
+    return f"Question: {question}\nAnswer:"
 
 
 def pick_few_shot(
