@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from smaug.common.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RECIPES_DIR = REPO_ROOT / "recipes"
 EVAL_CONFIG_DIR = REPO_ROOT / "eval"
@@ -46,3 +48,17 @@ def model_slug(model: str) -> str:
 def eval_dir(model: str, suite: str, root: Path | None = None) -> Path:
     """`results/eval/<model slug>/<suite>/`: raw harness JSON, summary.json and summary.md live here."""
     return (root or RESULTS_DIR) / "eval" / model_slug(model) / suite
+
+
+def check_output_folder(folder: str | Path, what: str) -> Path:
+    """Fail before any work when ``folder`` cannot become a writable folder: it (or a parent) is a file, or the
+    nearest existing parent is not writable. Returns ``folder`` as a Path."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {folder}: {existing} is a file, not a folder; pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder}: {existing} is not writable; choose a folder you can write to")
+    return folder

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from smaug.common.errors import UserError
+from smaug.common.hub import repo_id_problem
 from smaug.common.paths import MODEL_CARDS_DIR
 from smaug.release.provenance import LineageStage, local_stages
 
@@ -82,6 +83,10 @@ def load_license_table(path: str | Path = LICENSE_TABLE) -> dict[str, LicenseEnt
         unknown = set(fields) - known
         if unknown:
             raise UserError(f"{path}: models.{model}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}.")
+        for what, repo_id in ((f"models.{model}", model), (f"models.{model}.parent", fields.get("parent"))):
+            problem = repo_id_problem(repo_id) if repo_id is not None else None
+            if problem:
+                raise UserError(f"{path}: {what}: {repo_id!r} is not a Hub repo id: {problem}.")
         entry = LicenseEntry(model=model, **fields)
         problem = license_fields_problem(entry.license, entry.license_name, entry.license_link)
         if problem:
@@ -144,9 +149,12 @@ def resolve_license(model_dir: str | Path, table: dict[str, LicenseEntry] | None
         lineage = [s.name for s in stages]
         raise UserError(missing_entry_message(hub_base, lineage, table_path))
     chain = [table[hub_base]]
-    while chain[-1].parent is not None:
-        if len(chain) > 32 or table[chain[-1].parent] in chain:
-            raise UserError(f"{table_path}: the `parent` chain of {hub_base} loops; fix the table.")
+    seen = {hub_base}
+    while chain[-1].parent is not None:  # any finite depth; only a real cycle is refused
+        if chain[-1].parent in seen:
+            loop = " -> ".join([e.model for e in chain] + [chain[-1].parent])
+            raise UserError(f"{table_path}: the `parent` chain of {hub_base} is a cycle ({loop}); fix the table.")
+        seen.add(chain[-1].parent)
         chain.append(table[chain[-1].parent])
     for child, parent in zip(chain, chain[1:]):
         if not child.same_terms(parent) and not child.supersedes_parent:
