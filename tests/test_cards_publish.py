@@ -854,3 +854,37 @@ def test_symlinks_are_never_followed_nor_uploaded(tiny_model_copy):
     assert {"checkpoint-1/gone.json", "checkpoint-1/zeros.log", "NOTICE"} <= {rel for rel, why in plan.skipped
                                                                             if why == "a symlink"}
     assert "NOTICE" not in dict(plan.files)
+
+
+def test_network_failure_is_told_from_a_bug():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from smaug.common.hub import network_failure
+
+    timeout = httpx.ReadTimeout("timed out")
+    try:  # huggingface_hub wraps an LFS upload failure in a bare RuntimeError raised from it
+        raise RuntimeError("Error while uploading 'model.safetensors' to the Hub.") from timeout
+    except RuntimeError as wrapped:
+        assert network_failure(wrapped) is timeout
+    assert isinstance(network_failure(ConnectionResetError(104, "Connection reset by peer")), ConnectionResetError)
+    http = HfHubHTTPError("500 Server Error", response=httpx.Response(500, request=httpx.Request("GET", "http://h")))
+    assert network_failure(http) is http
+    try:  # a bug met while handling a network error stays a bug
+        try:
+            raise httpx.ConnectError("refused")
+        except httpx.ConnectError:
+            {}["missing"]
+    except KeyError as bug:
+        assert network_failure(bug) is None
+    assert network_failure(ValueError("Malformed response")) is None
+
+
+def test_a_token_the_generated_card_would_carry_is_refused(tiny_model_copy, tmp_path):
+    model = _publishable(tiny_model_copy)
+    data = json.loads(summary(tmp_path).read_text())
+    data["tasks"]["arc"]["dataset"]["name"] = "ARC " + FAKE_TOKEN  # an --eval file: not in the folder, not scanned
+    (tmp_path / "leaky.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="the generated card would contain what looks like a Hugging Face token") as err:
+        publish.publish(model, "org/x", dry_run=True, evals=[tmp_path / "leaky.json"], out=lambda *_: None)
+    assert FAKE_TOKEN not in str(err.value)

@@ -243,7 +243,8 @@ def _suites(args: argparse.Namespace) -> int:
     for suite in load_suites().values():
         tasks = ", ".join(f"{s.key}={s.task}/{s.metric}{'/' + s.filter if s.filter else ''}@{s.num_fewshot}-shot"
                           for s in suite.tasks)
-        print(f"{suite.name}: {suite.description}\n    {tasks}")
+        where = "model cards' model-index" if suite.model_index else "model cards' body table only"
+        print(f"{suite.name}: {suite.description} [{where}]\n    {tasks}")
     return 0
 
 

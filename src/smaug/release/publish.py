@@ -450,6 +450,9 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
     lineage = resolve_license(model_dir)  # no licence -> UserError, nothing uploaded
     card = _prepare_card(model_dir, plan, repo_id, evals, lineage)
     if card is not None:
+        if TOKEN_RE.search(str(card).encode("utf-8")):  # it quotes provenance and summaries: scanned like the rest
+            raise UserError(f"{model_dir}: refusing to publish, the generated card would contain what looks like a "
+                            "Hugging Face token (hf_...); find it in smaug_provenance.json or the --eval summaries.")
         plan.files.append(("README.md", len(str(card).encode("utf-8"))))
         plan.files.sort()
     visibility = "public" if public else "private"
