@@ -12,6 +12,10 @@ It checks the Authorization header on every API call; LFS uploads go to a presig
 header, like S3) whose signature it checks. It always answers the LFS batch with the `basic` transfer, so
 the client never takes the xet path. It proves the client protocol works end to end; it proves nothing
 about the real Hub's validation, permissions, storage or limits (see model_cards/README.md).
+
+Failure injection: `HubState.faults` maps a handler name (`lfs_put`, `commit`, `tree`, ...) to how many of
+its next requests get no answer at all (the connection is closed), which the client reports as
+`httpx.RemoteProtocolError`; a test in another process sets it with `POST /_test/faults {"commit": 1}`.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class HubState:
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[dict] = []  # method, path, authorized: what the client did (tests inspect this)
         self.upload_secret = secrets.token_hex(16)
+        self.faults: dict[str, int] = {}  # handler name -> requests still to drop
         self.lock = threading.Lock()
 
 
@@ -167,6 +172,10 @@ class _Handler(BaseHTTPRequestHandler):
             for pattern, methods, handler in ROUTES:
                 match = re.fullmatch(pattern, path)
                 if match and self.command in methods:
+                    if self.state.faults.get(handler.__name__, 0) > 0:
+                        self.state.faults[handler.__name__] -= 1
+                        self.close_connection = True  # no status line at all: the connection just closes
+                        return None
                     if pattern.startswith("/api") and not self._authorized():
                         return self._error(401, "Invalid credentials in Authorization header")
                     return handler(self, query=query, body=body, **match.groupdict())
@@ -321,6 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
         form = parse_qs(body.decode())
         self._send(200, [repo.files[p].tree_entry(p) for p in form.get("paths", []) if p in repo.files])
 
+    def set_faults(self, body, **_):
+        self.state.faults.update({name: int(count) for name, count in json.loads(body).items()})
+        self._send(200, self.state.faults)
+
     def resolve(self, ns, name, rev, filename, prefix=None, **_):
         repo = self.state.repos.get(repo_key(f"{ns}/{name}", "datasets" if prefix else None))
         if repo is None or (repo.private and not self._authorized()):
@@ -357,6 +370,7 @@ ROUTES = [
     (r"/_lfs/(?P<oid>[0-9a-f]{64})", {"PUT"}, _Handler.lfs_put),
     (r"/_lfs/(?P<oid>[0-9a-f]{64})/verify", {"POST"}, _Handler.lfs_verify),
     (rf"/{_PREFIX}{_REPO}/resolve/(?P<rev>[^/]+)/(?P<filename>.+)", {"GET", "HEAD"}, _Handler.resolve),
+    (r"/_test/faults", {"POST"}, _Handler.set_faults),
 ]
 
 

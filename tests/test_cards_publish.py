@@ -332,7 +332,7 @@ def test_publish_refuses_without_licence_or_weights(tiny_model_copy):
         publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
     _publishable(model)
     (model / "model.safetensors").unlink()
-    with pytest.raises(UserError, match="no \\*.safetensors"):
+    with pytest.raises(UserError, match="no model.safetensors or model.safetensors.index.json"):
         publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
 
 
@@ -457,3 +457,442 @@ def test_card_of_a_slic_run_names_the_loss_and_its_lambda_only(tiny_model_copy):
     body = cards.render_card(model, [], auto_evals=False, model_name="org/slic-test").text
     assert "SLiC (the Smaug paper's form)" in body and "| lambda (slic_lambda) | 0.1 |" in body
     assert "dpop_lambda" not in body
+
+
+# ----------------------------------------------------------------------------------------------- what is loadable
+def _header(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + length]), raw[8 + length:]
+
+
+def _write_safetensors(path: Path, header: dict, data: bytes, *, pad: bytes = b"") -> Path:
+    text = json.dumps(header).encode() + pad
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+def _edit_weights(edit):
+    """A change to model.safetensors: edit(header, data, path) -> (header, data), or anything else when it
+    wrote the file itself."""
+    def apply(model: Path) -> None:
+        path = model / "model.safetensors"
+        header, data = _header(path)
+        result = edit(header, data, path)
+        if isinstance(result, tuple):
+            _write_safetensors(path, *result)
+    return apply
+
+
+def _tensors(header: dict) -> list[str]:
+    return sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][0])
+
+
+def _first_two(header):
+    first, second = _tensors(header)[:2]
+    return header[first], header[second]
+
+
+def _overlap(header, data, _):
+    a, b = _first_two(header)
+    b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + b["data_offsets"][1] - b["data_offsets"][0]]
+    return header, data
+
+
+def _wrong_shape(header, data, _):
+    a, _b = _first_two(header)
+    a["shape"] = [a["shape"][0] + 1] + a["shape"][1:]
+    return header, data
+
+
+def _unknown_dtype(header, data, _):
+    _first_two(header)[0]["dtype"] = "F128"
+    return header, data
+
+
+def _no_tensors(header, data, _):
+    return {"__metadata__": {"format": "pt"}}, b""
+
+
+def _symlinked(name):
+    def apply(model: Path) -> None:
+        real = model.parent / f"real-{name}"
+        (model / name).rename(real)
+        (model / name).symlink_to(real)
+    return apply
+
+
+def _delete(*names):
+    def apply(model: Path) -> None:
+        for name in names:
+            (model / name).unlink()
+    return apply
+
+
+def _write(name, content: bytes):
+    def apply(model: Path) -> None:
+        (model / name).write_bytes(content)
+    return apply
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_delete("config.json"), "no config.json"),
+    (_symlinked("config.json"), "config.json is a symlink"),
+    (_write("config.json", b'{"architectures": ["LlamaForCausalLM"]'), "config.json: not valid JSON"),
+    (_write("config.json", b'{"architectures": ["LlamaForCausalLM"]}'), "config.json has no model_type"),
+    (_write("tokenizer_config.json", b"\xff\xfe{}"), "tokenizer_config.json: not UTF-8"),
+    (_delete("tokenizer.json"), "no tokenizer files"),
+    (_symlinked("tokenizer.json"), "tokenizer.json is a symlink"),
+    (_write("model.safetensors", b""), "model.safetensors: 0 bytes, shorter than a safetensors header"),
+    (_edit_weights(lambda h, d, p: p.write_bytes(p.read_bytes()[:-100])), "model.safetensors: the tensors need"),
+    (_edit_weights(lambda h, d, p: (h, d + b"\0" * 8)), "trailing bytes"),
+    (_edit_weights(lambda h, d, p: p.write_bytes((10**6).to_bytes(8, "little") + p.read_bytes()[8:])),
+     "its header claims 1000000 bytes"),
+    (_edit_weights(lambda h, d, p: p.write_bytes(p.read_bytes()[:8] + b"[" + p.read_bytes()[9:])), "not valid JSON"),
+    (_edit_weights(_overlap), "overlaps the previous one"),
+    (_edit_weights(_wrong_shape), "data_offsets give"),
+    (_edit_weights(_unknown_dtype), "unknown dtype 'F128'"),
+    (_edit_weights(_no_tensors), "it holds no tensors"),
+    (_symlinked("model.safetensors"), "model.safetensors is a symlink"),
+    (lambda m: (m / "model.safetensors").rename(m / "weights.safetensors"),
+     "no model.safetensors or model.safetensors.index.json (transformers loads only these names; found weights.safetensors)"),
+])
+def test_publish_refuses_a_repo_nobody_could_load(tiny_model_copy, damage, problem):
+    model = _publishable(tiny_model_copy)
+    damage(model)
+    with pytest.raises(UserError, match="refusing to publish a repo nobody could load") as err:
+        publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
+    assert problem in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _shard(model: Path) -> dict:
+    """Split model.safetensors into two shards + model.safetensors.index.json, as save_pretrained does."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for index, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
+        shard = f"model-0000{index}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, model / shard, metadata={"format": "pt"})
+        weight_map.update({n: shard for n in part})
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    return index
+
+
+def test_sharded_checkpoint_is_loadable_only_when_index_and_shards_agree(tiny_model_copy):
+    model = _publishable(tiny_model_copy)
+    index = _shard(model)
+    plan = publish.plan_upload(model)
+    assert plan.kind == "full model"
+    assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= {r for r, _ in plan.files}
+
+    def refused(problem):
+        with pytest.raises(UserError, match="nobody could load") as err:
+            publish.plan_upload(model)
+        assert problem in str(err.value)
+
+    tensor = next(iter(index["weight_map"]))
+    moved = dict(index, weight_map={**index["weight_map"], tensor: "model-00002-of-00002.safetensors"})
+    (model / "model.safetensors.index.json").write_text(json.dumps(moved))
+    refused(f"maps 1 tensor(s) to model-00002-of-00002.safetensors that it does not hold (e.g. {tensor})")
+    refused("model-00001-of-00002.safetensors holds 1 tensor(s) model.safetensors.index.json does not map to it")
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    (model / "model-00002-of-00002.safetensors").unlink()
+    refused("names model-00002-of-00002.safetensors, missing from the folder")
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {tensor: "../x.safetensors"}}))
+    refused("names '../x.safetensors', not a safetensors file in the folder")
+
+
+def test_adapter_repo_needs_its_config_weights_and_a_hub_base(tiny_model_copy):
+    import torch
+    from safetensors.torch import save_file
+
+    model = _publishable(tiny_model_copy)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+        (model / name).unlink()  # an adapter repo needs none of these: the base provides them
+    config = {"peft_type": "LORA", "base_model_name_or_path": "meta-llama/Llama-2-7b-chat-hf", "r": 8}
+    (model / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="no adapter_model.safetensors"):
+        publish.plan_upload(model)
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 4)}, model / "adapter_model.safetensors")
+    plan = publish.plan_upload(model)
+    assert plan.kind == "adapter" and "adapter_model.safetensors" in dict(plan.files)
+    (model / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(model.parent)}))
+    with pytest.raises(UserError, match="base_model_name_or_path .* is not a Hub id"):
+        publish.plan_upload(model)
+
+
+# ----------------------------------------------------------------------------------------------- secrets, any size
+def test_token_in_safetensors_metadata_is_refused(tiny_model_copy):
+    model = _publishable(tiny_model_copy)
+    header, data = _header(model / "model.safetensors")
+    header["__metadata__"] = {"format": "pt", "note": "pushed with " + FAKE_TOKEN}
+    _write_safetensors(model / "model.safetensors", header, data, pad=b"   ")
+    with pytest.raises(UserError, match=r"model.safetensors \(its header or __metadata__ contains") as err:
+        publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
+    assert FAKE_TOKEN not in str(err.value)
+
+
+def test_token_escaped_in_json_is_refused(tiny_model_copy):
+    model = _publishable(tiny_model_copy)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["hub_token"] = "\\u0068" + FAKE_TOKEN[1:]  # `\u0068f_...`: JSON text for hf_..., no `hf_` bytes
+    (model / "tokenizer_config.json").write_text(json.dumps(config).replace("\\\\u0068", "\\u0068"))
+    assert b"hf_" not in (model / "tokenizer_config.json").read_bytes()
+    with pytest.raises(UserError, match=r"tokenizer_config.json \(contains what looks like a Hugging Face token"):
+        publish.plan_upload(model)
+
+
+def test_token_at_the_end_of_an_uploaded_file_over_16_mib_is_refused(tiny_model_copy):
+    model = _publishable(tiny_model_copy)
+    with (model / "LICENSE").open("wb") as handle:
+        handle.write(b"licence text\n" * (17 * 1024 * 1024 // 13))
+        handle.write(FAKE_TOKEN.encode())
+    assert (model / "LICENSE").stat().st_size > 16 * 1024 * 1024
+    with pytest.raises(UserError, match=r"LICENSE \(contains what looks like a Hugging Face token"):
+        publish.plan_upload(model)
+
+
+@pytest.mark.parametrize("chunk", [33, 34, 40, 64])
+def test_token_scan_finds_a_token_across_every_chunk_boundary(tmp_path, chunk):
+    path = tmp_path / "f"
+    for offset in range(0, 2 * chunk + 1):
+        path.write_bytes(b"-" * offset + FAKE_TOKEN.encode() + b"-" * 5)
+        assert publish.file_has_token(path, chunk_size=chunk), (chunk, offset)
+    path.write_bytes(b"-" * 50 + FAKE_TOKEN[:32].encode() + b"-" + FAKE_TOKEN[32:].encode())
+    assert not publish.file_has_token(path, chunk_size=chunk)
+
+
+def test_token_scan_memory_stays_at_one_chunk(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "big"
+    with path.open("wb") as handle:
+        for _ in range(32):
+            handle.write(b"x" * (1024 * 1024))
+    tracemalloc.start()
+    try:
+        assert not publish.file_has_token(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * publish.SCAN_CHUNK, peak  # a 32 MiB file, at most a few chunks in memory
+
+
+# ----------------------------------------------------------------------------------------------- model-index
+# The demo's numbers (issue 16): the offline_mini smoke suite's scores were filed under other datasets.
+DEMO_VALUES = {"arc": 0.30, "hellaswag": 0.25, "mmlu": 0.2333, "truthfulqa": 0.4976, "winogrande": 0.5, "gsm8k": 0.40}
+
+
+def _suite_summary(tmp_path: Path, suite_name: str, values: dict, limit=None) -> Path:
+    """summary.json as `smaug eval run` writes it (build_summary over a harness-shaped result)."""
+    from smaug.evaluation.suites import get_suite
+    from smaug.evaluation.summary import build_summary
+
+    suite = get_suite(suite_name)
+    results, groups = {}, {}
+    for spec in suite.tasks:
+        value = values[spec.key]
+        if spec.aggregation == "unweighted_mean_of_subtasks":
+            groups[spec.task] = [f"{spec.task}_a", f"{spec.task}_b"]
+            for leaf in groups[spec.task]:
+                results[leaf] = {spec.result_key: value, spec.stderr_key: 0.01}
+        else:
+            results[spec.task] = {spec.result_key: value, spec.stderr_key: 0.01}
+    summary = build_summary({"results": results, "group_subtasks": groups}, suite,
+                            {"model": "x", "dtype": "float32", "limit": limit, "versions": {"lm_eval": "0.4.11"}})
+    path = tmp_path / f"{suite_name}-{limit}.json"
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def test_every_score_stays_with_its_own_dataset_in_the_model_index(tiny_model_copy, tmp_path):
+    from smaug.evaluation.suites import get_suite
+
+    model = _publishable(tiny_model_copy)
+    leaderboard_values = {k: v + 0.1 for k, v in DEMO_VALUES.items()}
+    summaries = [_suite_summary(tmp_path, "offline_mini", DEMO_VALUES),
+                 _suite_summary(tmp_path, "leaderboard_v1", leaderboard_values),
+                 _suite_summary(tmp_path, "arc", {"arc": 0.9})]  # the same dataset as leaderboard_v1's arc
+    card = cards.render_card(model, summaries, auto_evals=False, model_name="org/smaug-demo")
+    loaded = ModelCard.load(cards.write_card(model, card))
+    _, results = model_index_to_eval_results(loaded.data.to_dict()["model-index"])
+
+    # Each leaderboard entry comes back exactly once, under its own dataset, with its own metric and value.
+    expected = sorted((s.dataset["name"], s.dataset["type"], s.metric, round(100 * leaderboard_values[s.key], 2))
+                      for s in get_suite("leaderboard_v1").tasks)
+    assert sorted((r.dataset_name, r.dataset_type, r.metric_type, r.metric_value) for r in results) == expected
+    assert all("suite leaderboard_v1" in r.source_name for r in results)
+    # The smoke suite and the duplicate are in the body table only, each row saying why.
+    body = loaded.text
+    for spec in get_suite("offline_mini").tasks:
+        row = next(line for line in body.splitlines() if f"| {spec.dataset['name']} |" in line)
+        assert f"| {100 * DEMO_VALUES[spec.key]:.2f} |" in row and "smoke suite: not comparable, not in the metadata" in row
+    assert "| 90.00 |" in body and "same dataset identity as ARC (leaderboard_v1) in the metadata" in body
+    assert "are not comparable with anything and appear in this table only" in body
+
+    # The demo alone: no model-index at all, all six scores in the body.
+    card = cards.render_card(model, summaries[:1], auto_evals=False)
+    assert "model-index" not in card.data.to_dict() and card.text.count("smoke suite: not comparable") == 6
+
+
+def test_results_sharing_a_dataset_identity_never_merge(tmp_path):
+    """Two datasets with one type/config/split (as every local json suite had): the second stays in the body."""
+    data = json.loads(summary(tmp_path).read_text())
+    data["tasks"]["gsm8k"]["dataset"] = {**data["tasks"]["arc"]["dataset"], "name": "Another dataset"}
+    data["tasks"]["gsm8k"]["metric"] = "acc"
+    results, rows = cards.eval_results_from_summaries([data])
+    assert [(r.dataset_name, r.metric_type) for r in results] == [("AI2 Reasoning Challenge (25-Shot)", "acc_norm")]
+    assert rows[1]["dataset"] == "Another dataset" and "same dataset identity" in rows[1]["note"]
+
+
+def test_suites_file_keeps_distinct_datasets_apart(tmp_path):
+    import yaml
+
+    from smaug.evaluation.suites import SUITES_FILE, load_suites
+
+    suites = load_suites()
+    identities: dict[tuple, str] = {}
+    for suite in suites.values():
+        for spec in suite.tasks:  # in the shipped file every dataset name has its own identity, in every suite
+            ident = (spec.dataset["type"], spec.dataset["config"], spec.dataset["split"])
+            assert identities.setdefault(ident, spec.dataset["name"]) == spec.dataset["name"], ident
+    assert suites["leaderboard_v1"].model_index and suites["gsm8k"].model_index and not suites["offline_mini"].model_index
+
+    raw = yaml.safe_load(SUITES_FILE.read_text())
+    raw["suites"]["offline_mini"]["tasks"]["hellaswag"]["dataset"]["config"] = "mini_arc_challenge"
+    raw["suites"]["offline_mini"]["tasks"]["hellaswag"]["dataset"]["split"] = "test"
+    bad = tmp_path / "suites.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="offline_mini.arc and offline_mini.hellaswag share the dataset identity"):
+        load_suites(bad)
+
+
+# ----------------------------------------------------------------------------------------------- network failures
+FAILURE_DRIVER = textwrap.dedent("""
+    import contextlib, io, json, os, socket, sys
+    import httpx
+    from huggingface_hub import constants
+    from smaug.cli import main as cli_main
+    model, dead_port = sys.argv[1], int(sys.argv[2])
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main(["release", "publish", model, *argv])
+        return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+    def faults(**counts):
+        httpx.post(constants.ENDPOINT + "/_test/faults", json=counts).raise_for_status()
+    results = {}
+    for name, fault in (("lfs_put", "lfs_put"), ("commit", "commit"), ("verify", "tree")):
+        faults(**{fault: 1})
+        results[name] = run("--repo", "org/net")
+    results["rerun"] = run("--repo", "org/net")
+    endpoint = constants.ENDPOINT
+    constants.ENDPOINT = f"http://127.0.0.1:{dead_port}"  # nothing listens there: connection refused
+    results["refused"] = run("--repo", "org/down")
+    constants.ENDPOINT = endpoint
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    results["offline"] = run("--repo", "org/offline")
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    results["bad_ids"] = {repo: [run("--repo", repo, "--dry-run"), run("--repo", repo)]
+                          for repo in ("org/modèle", "org/name\\n", "org/a--b", "just-a-name", "org/x/y", "org/x.git")}
+    print("RESULTS " + json.dumps(results))
+""")
+
+
+def test_network_failures_during_publish_are_one_line_and_rerunning_is_safe(tiny_model_copy, tmp_path):
+    import socket
+
+    from tests.hub_server import HubServer
+
+    model = _publishable(tiny_model_copy)
+    expected = {rel for rel, _ in publish.plan_upload(model).files} | {"README.md", ".gitattributes"}
+    # A port of our own range (30000-30099) that is bound but never listens: connecting is refused.
+    with socket.socket() as dead, HubServer(FAKE_TOKEN) as hub:
+        dead.bind(("127.0.0.1", 30099))
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        proc = subprocess.run([sys.executable, "-c", FAILURE_DRIVER, str(model), "30099"], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+        repo = hub.state.repos["org/net"]
+        titles = [c["title"] for c in repo.commits]
+        requests = [r["path"] for r in hub.state.requests]
+
+    def one_line_error(result, *phrases):
+        assert result["code"] == 2, result
+        err = result["err"]
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        for phrase in phrases:
+            assert phrase in err, (phrase, err)
+
+    safe = "Rerunning `smaug release publish` is safe"
+    one_line_error(results["lfs_put"], "RemoteProtocolError", "no commit was made, so the repo holds none of the", safe)
+    one_line_error(results["commit"], "RemoteProtocolError", "the commit may or may not have been made", safe)
+    one_line_error(results["verify"], "RemoteProtocolError", "was made with all", "could not be checked", safe)
+    # The first two failures left no commit behind; the third made the one commit, and the rerun added none.
+    assert titles == ["initial commit", "Upload model with smaug release publish"]
+    assert results["rerun"]["code"] == 0 and "sizes and hashes match" in results["rerun"]["out"]
+    assert set(repo.files) == expected
+    assert all(repo.files[rel].content == (model / rel).read_bytes() for rel in expected - {".gitattributes"})
+    one_line_error(results["refused"], "ConnectError", "nothing was uploaded", safe)
+    one_line_error(results["offline"], "HF_HUB_OFFLINE is set")
+
+    # An invalid repo id fails the dry run exactly as the real run, before any request.
+    for repo_id, (dry, real) in results["bad_ids"].items():
+        one_line_error(dry, "is not a Hub repo id")
+        assert real == dry, repo_id
+    assert not any(part in path for path in requests for part in ("modèle", "a--b", "just-a-name", "x.git", "offline"))
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+
+
+def test_symlinks_are_never_followed_nor_uploaded(tiny_model_copy):
+    model = _publishable(tiny_model_copy)
+    (model / "checkpoint-1").mkdir()
+    (model / "checkpoint-1" / "gone.json").symlink_to(model / "no-such-file")  # dangling
+    (model / "checkpoint-1" / "zeros.log").symlink_to("/dev/zero")  # endless if it were read
+    (model / "NOTICE").symlink_to(model / "config.json")
+    plan = publish.plan_upload(model)
+    assert {"checkpoint-1/gone.json", "checkpoint-1/zeros.log", "NOTICE"} <= {rel for rel, why in plan.skipped
+                                                                            if why == "a symlink"}
+    assert "NOTICE" not in dict(plan.files)
+
+
+def test_network_failure_is_told_from_a_bug():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from smaug.common.hub import network_failure
+
+    timeout = httpx.ReadTimeout("timed out")
+    try:  # huggingface_hub wraps an LFS upload failure in a bare RuntimeError raised from it
+        raise RuntimeError("Error while uploading 'model.safetensors' to the Hub.") from timeout
+    except RuntimeError as wrapped:
+        assert network_failure(wrapped) is timeout
+    assert isinstance(network_failure(ConnectionResetError(104, "Connection reset by peer")), ConnectionResetError)
+    http = HfHubHTTPError("500 Server Error", response=httpx.Response(500, request=httpx.Request("GET", "http://h")))
+    assert network_failure(http) is http
+    try:  # a bug met while handling a network error stays a bug
+        try:
+            raise httpx.ConnectError("refused")
+        except httpx.ConnectError:
+            {}["missing"]
+    except KeyError as bug:
+        assert network_failure(bug) is None
+    assert network_failure(ValueError("Malformed response")) is None
+
+
+def test_a_token_the_generated_card_would_carry_is_refused(tiny_model_copy, tmp_path):
+    model = _publishable(tiny_model_copy)
+    data = json.loads(summary(tmp_path).read_text())
+    data["tasks"]["arc"]["dataset"]["name"] = "ARC " + FAKE_TOKEN  # an --eval file: not in the folder, not scanned
+    (tmp_path / "leaky.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="the generated card would contain what looks like a Hugging Face token") as err:
+        publish.publish(model, "org/x", dry_run=True, evals=[tmp_path / "leaky.json"], out=lambda *_: None)
+    assert FAKE_TOKEN not in str(err.value)

@@ -375,3 +375,123 @@ def test_smaug_cli_reports_bad_input_without_traceback(no_harness, capsys):
     assert main(["eval", "run", "./no-such-model", "--suite", "offline_mini"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model folder ./no-such-model does not exist") and "Traceback" not in err
+
+
+# --- inputs a user gets wrong: one line, no traceback, nothing run ----------------------------------------------
+@pytest.mark.parametrize("limit", ["nan", "inf", "-inf", "0", "-3", "1.5", "ten"])
+def test_limit_must_be_a_count_or_a_fraction(limit, capsys):
+    from smaug.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "run", "m", "--limit", limit])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --limit" in err and "Traceback" not in err
+    assert _parse(["eval", "run", "m", "--limit", "1e3"]).limit == 1000
+
+
+def test_limit_nan_through_the_python_api_is_refused(no_harness, tiny_model_dir, tmp_path):
+    for limit in (math.nan, math.inf, 2.5, True):
+        with pytest.raises(UserError, match="--limit"):
+            evaluate(str(tiny_model_dir), "offline_mini", limit=limit, results_root=tmp_path)
+
+
+@pytest.mark.parametrize("option,value", [("--batch-size", "0"), ("--limit", "-1"), ("--window", "-1"),
+                                          ("--max-length", "0")])
+def test_counts_of_the_analysis_tools_are_checked_by_the_parser(option, value, capsys):
+    from smaug.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "logprobs", "--models", "m", "--reference", "r", "--pairs", "p", "--out", "o", option, value])
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_results_dir_that_is_a_file_is_refused_before_the_model_loads(no_harness, tiny_model_dir, tmp_path, capsys):
+    from smaug.cli import main
+
+    results = tmp_path / "results.txt"
+    results.write_text("not a folder")
+    with pytest.raises(UserError, match=r"results.txt is a file, not a folder"):
+        evaluate(str(tiny_model_dir), "offline_mini", results_root=results)
+    assert main(["eval", "compare", str(tiny_model_dir), "--results-dir", str(results)]) == 2
+    assert "--results-dir" in capsys.readouterr().err
+
+
+GOOD_TASK = {"task": "arc_challenge", "metric": "acc_norm", "value": 0.5, "num_fewshot": 25,
+             "dataset": {"name": "ARC", "type": "ai2_arc", "config": "ARC-Challenge", "split": "test"}}
+GOOD_SUMMARY = {"model": "m", "suite": "leaderboard_v1", "average": 0.5, "tasks": {"arc": GOOD_TASK}}
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"", "the file is empty"),
+    (b"  \n", "the file is empty"),
+    (b"\xff\xfe{}", "not UTF-8 text"),
+    (b'{"model": "m",\n "suite": }', "s.json:2: not valid JSON"),
+    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    (b"[]", "a JSON list, not an object"),
+    (json.dumps({**GOOD_SUMMARY, "suite": ["a"]}).encode(), "field `suite` is ['a']"),
+    (json.dumps({**GOOD_SUMMARY, "average": "high"}).encode(), "field `average` is 'high'"),
+    (json.dumps({**GOOD_SUMMARY, "versions": ["x"]}).encode(), "field `versions`"),
+    (json.dumps({**GOOD_SUMMARY, "tasks": {"arc": 3}}).encode(), "tasks.arc is not an object"),
+    (json.dumps({**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "num_fewshot": "25"}}}).encode(), "tasks.arc.num_fewshot"),
+    (json.dumps({**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "dataset": "ARC"}}}).encode(), "tasks.arc.dataset is 'ARC'"),
+    (json.dumps({**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "dataset": {"name": "ARC", "type": 5}}}}).encode(),
+     "tasks.arc.dataset.type"),
+    (b'{"model": "m", "suite": "s", "average": NaN, "tasks": {}}', "field `average` is nan"),
+])
+def test_wrong_summary_files_are_named_with_the_problem(tmp_path, capsys, content, problem):
+    from smaug.cli import main
+    from smaug.evaluation.summary import load_summary
+
+    path = tmp_path / "s.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="s.json") as err:
+        load_summary(path)
+    assert problem in str(err.value)
+    assert main(["eval", "compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and problem in err and "Traceback" not in err
+
+
+def test_compare_refuses_to_write_over_its_input(tmp_path):
+    from smaug.cli import main
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(GOOD_SUMMARY))
+    assert main(["eval", "compare", str(path), "--out", str(path)]) == 2
+    assert json.loads(path.read_text()) == GOOD_SUMMARY
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "run", "{model}", "--suite", "offline_mini", "--device", "foo"], "--device 'foo' is not a device"),
+    (["eval", "run", "{model}", "--suite", "offline_mini", "--device", "cuda:999"], "CUDA device(s)"),
+    (["eval", "run", "{tmp}/broken", "--suite", "offline_mini"], "broken/config.json: not a model config"),
+    (["eval", "logprobs", "--models", "{model}", "--reference", "{model}", "--pairs", "{tmp}/p.jsonl", "--out",
+      "{tmp}/lp", "--device", "tpu"], "--device 'tpu'"),
+    (["eval", "plot-training", "{tmp}/binary.json", "--out", "{tmp}/o.png"], "binary.json: not a trainer_state.json"),
+    (["eval", "plot-training", "{tmp}/wrong.json", "--out", "{tmp}/o.png"], "log_history is a int, not a list"),
+    (["eval", "mtbench", "--model", "{model}", "--judge-url", "http://127.0.0.1:30098/v1", "--judge-model", "j",
+      "--config", "{tmp}/broken.yaml"], "broken.yaml: not a readable YAML MT-Bench config"),
+])
+def test_eval_tool_inputs_fail_in_one_line_before_any_model_loads(no_harness, tiny_model_dir, tmp_path, capsys,
+                                                                    monkeypatch, argv, message):
+    from smaug.cli import main
+    from smaug.evaluation import models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "llama"')
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "wrong.json").write_text('{"log_history": 5}')
+    (tmp_path / "broken.yaml").write_text("chat_template: [\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    argv = [a.format(model=tiny_model_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_batch_size_auto_needs_a_count():
+    assert _parse(["eval", "run", "m", "--batch-size", "auto:4"]).batch_size == "auto:4"
+    with pytest.raises(SystemExit):
+        _parse(["eval", "run", "m", "--batch-size", "auto:x"])

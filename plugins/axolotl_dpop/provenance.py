@@ -8,7 +8,9 @@ with the weights. (This module stays importable without axolotl and without the 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,11 +26,92 @@ _TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "s
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:
-    """The folder's provenance, or None when it has none. Invalid JSON raises json.JSONDecodeError."""
+    """The folder's provenance, or None when it has none. Invalid JSON raises json.JSONDecodeError.
+
+    Any nesting depth is read: every stage nests its base's record under `parent`, and the stdlib parser
+    recurses once per level (RecursionError near 1,000 levels)."""
     path = Path(folder) / PROVENANCE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return loads_any_depth(text)
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_CONSTANTS = (("true", True), ("false", False), ("null", None), ("NaN", math.nan), ("Infinity", math.inf),
+              ("-Infinity", -math.inf))
+
+
+def loads_any_depth(text: str):
+    """`json.loads` without recursion: an explicit stack of open containers, the same values and errors."""
+    from json.decoder import scanstring
+
+    def skip(pos: int) -> int:
+        return _WS.match(text, pos).end()
+
+    def key_at(pos: int) -> tuple[str, int]:
+        if text[pos:pos + 1] != '"':
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+        key, pos = scanstring(text, pos + 1)
+        pos = skip(pos)
+        if text[pos:pos + 1] != ":":
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
+        return key, skip(pos + 1)
+
+    stack: list[list] = []  # [container, key awaiting its value] for every open object/array
+    pos = skip(0)
+    while True:
+        char = text[pos:pos + 1]
+        if char in ("{", "["):  # open a container; an empty one is a finished value
+            container: dict | list = {} if char == "{" else []
+            pos = skip(pos + 1)
+            if text[pos:pos + 1] == ("}" if char == "{" else "]"):
+                value, pos = container, pos + 1
+            else:
+                stack.append([container, None])
+                if char == "{":
+                    stack[-1][1], pos = key_at(pos)
+                continue
+        elif char == '"':
+            value, pos = scanstring(text, pos + 1)
+        else:
+            number = _NUMBER.match(text, pos)
+            if number:
+                literal = number.group()
+                value = float(literal) if number.group(1) or number.group(2) else int(literal)
+                pos = number.end()
+            else:
+                for word, constant in _CONSTANTS:
+                    if text.startswith(word, pos):
+                        value, pos = constant, pos + len(word)
+                        break
+                else:
+                    raise json.JSONDecodeError("Expecting value", text, pos)
+        while True:  # hand the value to its container; close containers that end here
+            pos = skip(pos)
+            if not stack:
+                if pos != len(text):
+                    raise json.JSONDecodeError("Extra data", text, pos)
+                return value
+            container, key = stack[-1]
+            if isinstance(container, dict):
+                container[key] = value
+            else:
+                container.append(value)
+            char = text[pos:pos + 1]
+            if char == ",":
+                pos = skip(pos + 1)
+                if isinstance(container, dict):
+                    stack[-1][1], pos = key_at(pos)
+                break
+            if char != ("}" if isinstance(container, dict) else "]"):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+            stack.pop()
+            value, pos = container, pos + 1
 
 
 def provenance_record(*, base_model: str | None, license: str | None = None, recipe: str | None = None,

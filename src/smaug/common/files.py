@@ -26,18 +26,23 @@ def _umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file next to ``path``, then move it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and (err.filename is None or str(err.filename) == str(tmp)):
+            # "No space left on device" from write() names no file, and the temp file is ours: name the target.
+            err.filename, err.filename2 = str(path), None
         raise
     return path
 
@@ -109,14 +114,22 @@ def check_outputs(outputs: Mapping[str, PathLike], inputs: Mapping[str, PathLike
         seen[resolved] = label
         if path.is_dir():
             raise UserError(f"{label} {path} is a folder; give a file path")
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise UserError(f"{label} {path}: {folder} is a file, not a folder; choose a path in a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"{label} {path}: cannot write in {folder} (permission denied or read-only); choose "
-                            "a writable folder")
+        check_output_folder(path.parent, f"{label} {path}:")
+
+
+def check_output_folder(folder: str | Path, what: str) -> Path:
+    """Fail before any work when ``folder`` cannot become a writable folder: it (or a parent) is a file, or the
+    nearest existing parent is not writable. ``what`` starts the message. Returns ``folder`` as a Path."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {existing} is a file, not a folder; choose a path in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} cannot write in {existing} (permission denied or read-only); choose a writable "
+                        "folder")
+    return folder
 
 
 def json_type(value: Any) -> str:

@@ -1,11 +1,15 @@
-"""Hugging Face Hub repo ids: one validator (huggingface_hub's own), and telling ids from local paths."""
+"""Hugging Face Hub repo ids: one validator (huggingface_hub's own), telling ids from local paths, and which
+exceptions mean "the network or the Hub failed" (not a bug)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from smaug.common.errors import UserError
+
+_ASCII_REPO_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?")
 
 
 def repo_id_problem(value: object, *, namespace: bool = True) -> str | None:
@@ -19,6 +23,11 @@ def repo_id_problem(value: object, *, namespace: bool = True) -> str | None:
         validate_repo_id(value)
     except HFValidationError as err:
         return str(err)
+    # huggingface_hub's regex uses Unicode `\w` and a `$` that matches before a trailing newline, so it lets
+    # `org/modèle` and `org/name\n` through while its own documented rule (and the Hub) is ASCII only: a
+    # dry run must refuse what the real upload would fail on.
+    if not _ASCII_REPO_ID.fullmatch(value):
+        return "only ASCII letters, digits, '-', '_' and '.' are allowed, with at most one '/'"
     if namespace and "/" not in value:
         return "it has no namespace; expected `org/name`"
     return None
@@ -66,3 +75,31 @@ def check_model_ref(model: str, what: str = "model") -> None:
         raise UserError(
             f"{what} {model!r}: not a local folder and HF_HUB_OFFLINE is set; download it first or pass a local path"
         )
+
+
+def network_failure(err: BaseException) -> BaseException | None:
+    """The network/Hub error behind ``err`` (itself or an exception it was raised from), or None when ``err``
+    is something else (a bug must keep its traceback). huggingface_hub raises httpx errors (connection resets,
+    `RemoteProtocolError`, timeouts), `HfHubHTTPError` for HTTP statuses, `OSError`s for sockets, and wraps
+    LFS upload failures in a bare `RuntimeError` whose cause is the real error."""
+    import socket
+    import ssl
+
+    import httpx
+
+    kinds: tuple[type[BaseException], ...] = (httpx.HTTPError, httpx.InvalidURL, ConnectionError, TimeoutError,
+                                              socket.gaierror, ssl.SSLError)
+    try:
+        import requests
+
+        kinds += (requests.RequestException,)
+    except ImportError:  # pragma: no cover - requests is optional for huggingface_hub 1.x
+        pass
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:  # only `raise ... from`: a bug in an except
+        seen.add(id(current))                                # block that met a network error stays a bug
+        if isinstance(current, kinds):
+            return current
+        current = current.__cause__
+    return None

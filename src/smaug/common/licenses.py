@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from smaug.common.errors import UserError
+from smaug.common.hub import repo_id_problem
 from smaug.common.paths import MODEL_CARDS_DIR
 
 # Licence identifiers the Hub accepts in card metadata, copied from huggingface/hub-docs
@@ -83,6 +84,10 @@ def load_license_table(path: str | Path = MODEL_CARDS_DIR / "licenses.yaml", sec
         unknown = set(fields) - known
         if unknown:
             raise UserError(f"{path}: {section}.{model}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}.")
+        for what, repo_id in ((f"{section}.{model}", model), (f"{section}.{model}.parent", fields.get("parent"))):
+            problem = repo_id_problem(repo_id) if repo_id is not None else None
+            if problem:
+                raise UserError(f"{path}: {what}: {repo_id!r} is not a Hub repo id: {problem}.")
         entry = LicenseEntry(model=model, **fields)
         problem = license_fields_problem(entry.license, entry.license_name, entry.license_link)
         if problem:

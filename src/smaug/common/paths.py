@@ -46,3 +46,4 @@ def model_slug(model: str) -> str:
 def eval_dir(model: str, suite: str, root: Path | None = None) -> Path:
     """`results/eval/<model slug>/<suite>/`: raw harness JSON, summary.json and summary.md live here."""
     return (root or RESULTS_DIR) / "eval" / model_slug(model) / suite
+

@@ -12,17 +12,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from smaug.common.commands import add_group
+from smaug.common.commands import add_group, non_negative_int, positive_int
 from smaug.common.errors import UserError
-from smaug.evaluation.models import DTYPES
+from smaug.evaluation.models import DTYPES, resolve_device
 
 DEFAULT_SUITE = "leaderboard_v1"
 
 
 def _batch_size(text: str) -> int | str:
-    if text == "auto" or text.startswith("auto:"):
+    if text == "auto":
+        return text
+    if text.startswith("auto:"):  # lm-eval: re-detect the batch size N times
+        if not text[5:].isdigit() or int(text[5:]) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: after auto: give how many times to re-detect (auto:4)")
         return text
     try:
         value = int(text)
@@ -34,12 +39,15 @@ def _batch_size(text: str) -> int | str:
 
 
 def _limit(text: str) -> int | float:
+    """lm-eval's --limit: a whole number of documents per task, or a fraction in (0, 1)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("limit must be > 0")
+    if not math.isfinite(value) or value <= 0:  # float() also reads nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number of documents >= 1 or a fraction in (0, 1)")
+    if value >= 1 and not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r}: a count of documents must be a whole number (or a fraction below 1)")
     return int(value) if value >= 1 else value  # lm-eval: an int is a count, a float below 1 a fraction
 
 
@@ -83,7 +91,7 @@ def add_suites(sub, name: str = "suites", **kwargs):
 
 def _add_model_loading(parser) -> None:
     """How the analysis tools load a model (`smaug.evaluation.models`)."""
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... (default: cuda if available)")
 
@@ -100,9 +108,9 @@ def add_mtbench(sub, name: str = "mtbench", **kwargs):
     parser.add_argument("--judge-model", required=True, help="model name the judge endpoint serves (e.g. gpt-4)")
     parser.add_argument("--config", type=Path, default=mtbench.DEFAULT_CONFIG)
     parser.add_argument("--questions", help="question.jsonl to use instead of the config's")
-    parser.add_argument("--limit", type=int, help="only the first N questions")
-    parser.add_argument("--trials", type=int, help="override the config's trials")
-    parser.add_argument("--max-new-tokens", type=int, help="override the config's max_new_tokens")
+    parser.add_argument("--limit", type=positive_int, help="only the first N questions")
+    parser.add_argument("--trials", type=positive_int, help="override the config's trials")
+    parser.add_argument("--max-new-tokens", type=positive_int, help="override the config's max_new_tokens")
     _add_model_loading(parser)
     parser.add_argument("--out", type=Path, help="output folder (default results/mtbench/<model>)")
     parser.set_defaults(func=_mtbench)
@@ -127,8 +135,8 @@ def add_contamination(sub, name: str = "contamination", **kwargs):
     parser.add_argument("--texts", type=Path, help="JSONL with a 'text' field: score these texts instead")
     parser.add_argument("--name", default="texts", help="benchmark name for --texts")
     parser.add_argument("--k", type=float, default=0.2, help="Min-K%% fraction (default 0.2)")
-    parser.add_argument("--neighbours", type=int, default=100, help="reference-written neighbours per text; 0 = Min-K%% only")
-    parser.add_argument("--max-examples", type=int, default=100, help="texts sampled per benchmark (0 = all)")
+    parser.add_argument("--neighbours", type=non_negative_int, default=100, help="reference-written neighbours per text; 0 = Min-K%% only")
+    parser.add_argument("--max-examples", type=non_negative_int, default=100, help="texts sampled per benchmark (0 = all)")
     _add_model_loading(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="output folder (default results/contamination/<model>)")
@@ -155,9 +163,9 @@ def add_logprobs(sub, name: str = "logprobs", **kwargs):
         "--chat-template", action="store_const", const="chat_template", dest="fmt", help="= --format chat_template"
     )
     _add_model_loading(parser)
-    parser.add_argument("--limit", type=int, help="use only the first N pairs")
-    parser.add_argument("--max-length", type=int, help="truncate prompt+completion to this many tokens")
-    parser.add_argument("--window", type=int, default=20, help="positions either side of the first difference to plot")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N pairs")
+    parser.add_argument("--max-length", type=positive_int, help="truncate prompt+completion to this many tokens")
+    parser.add_argument("--window", type=non_negative_int, default=20, help="positions either side of the first difference to plot")
     parser.add_argument("--per-token", action="store_true", help="also write every token's log-probs")
     parser.set_defaults(func=_logprobs)
     # `smaug logprobs plot-training`, the spelling of earlier versions, keeps working.
@@ -197,6 +205,8 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
     """A summary.json path, a folder holding one, or a model name/path (-> its eval_dir for `suite`)."""
     from smaug.common.paths import eval_dir
 
+    if results_root is not None and results_root.exists() and not results_root.is_dir():
+        raise UserError(f"--results-dir {results_root} is a file, not a folder; pass the folder `smaug eval run` wrote into")
     path = Path(item).expanduser()
     if path.is_file():
         return path
@@ -213,8 +223,9 @@ def _compare(args: argparse.Namespace) -> int:
     from smaug.common.files import check_outputs, write_text_atomic
     from smaug.evaluation.summary import compare_table, load_summary
 
-    check_outputs({"--out": args.out}, {item: find_summary(item, args.suite, args.results_dir) for item in args.items})
-    summaries = [load_summary(find_summary(item, args.suite, args.results_dir)) for item in args.items]
+    paths = {item: find_summary(item, args.suite, args.results_dir) for item in args.items}
+    check_outputs({"--out": args.out}, paths)
+    summaries = [load_summary(path) for path in paths.values()]
     table = compare_table(summaries)
     print(table, end="")
     if args.out:
@@ -229,7 +240,8 @@ def _suites(args: argparse.Namespace) -> int:
     for suite in load_suites().values():
         tasks = ", ".join(f"{s.key}={s.task}/{s.metric}{'/' + s.filter if s.filter else ''}@{s.num_fewshot}-shot"
                           for s in suite.tasks)
-        print(f"{suite.name}: {suite.description}\n    {tasks}")
+        where = "model cards' model-index" if suite.model_index else "model cards' body table only"
+        print(f"{suite.name}: {suite.description} [{where}]\n    {tasks}")
     return 0
 
 
@@ -238,6 +250,7 @@ def _mtbench(args: argparse.Namespace) -> int:
     from smaug.common.paths import RESULTS_DIR, model_slug
     from smaug.evaluation.mtbench import load_config, run_mtbench
 
+    resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
     config = load_config(args.config)
     if args.max_new_tokens:
         config["max_new_tokens"] = args.max_new_tokens
@@ -266,6 +279,7 @@ def _contamination(args: argparse.Namespace) -> int:
     from smaug.common.paths import RESULTS_DIR, model_slug
     from smaug.evaluation.contamination import BENCHMARKS, load_benchmark_texts, load_texts_file, score_texts
 
+    resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
     if not 0 < args.k <= 1:
         raise UserError(f"--k {args.k}: must be a fraction in (0, 1]")
     check_outputs({"--out": Path(args.out or RESULTS_DIR / "contamination" / model_slug(args.model)) / "contamination.json"}, {"--texts": args.texts})
@@ -295,6 +309,7 @@ def _logprobs(args: argparse.Namespace) -> int:
     from smaug.evaluation.logprobs import analyse_pairs
     from smaug.evaluation.plots import plot_positional
 
+    resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
     missing = [flag for flag, value in (("--models", args.models), ("--reference", args.reference),
                                         ("--pairs", args.pairs), ("--out", args.out)) if not value]
     if missing:

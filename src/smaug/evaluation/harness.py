@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 from axolotl_dpop.provenance import PROVENANCE_FILE, read_provenance
 
 from smaug.common.errors import UserError
+from smaug.common.files import check_output_folder
 from smaug.common.hub import hub_offline, is_repo_id
 from smaug.common.paths import REPO_ROOT, eval_dir
 from smaug.common.records import package_versions, utc_timestamp
+from smaug.evaluation.models import resolve_device
 from smaug.evaluation.suites import TASKS_DIR, Suite, get_suite
 from smaug.evaluation.summary import build_summary, write_results
 
@@ -47,9 +50,15 @@ def _local_model(path: Path) -> ResolvedModel:
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UserError(f"{path}: not a model folder (no config.json); pass the output_dir of a training run "
                         "(merged weights), a folder written by save_pretrained, or a Hub id")
+    config = (path / "config.json").read_bytes()
+    try:
+        if not isinstance(json.loads(config.decode("utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UserError(f"{path / 'config.json'}: not a model config ({err}); re-save the model with save_pretrained") from None
     # Hashing tens of GB of weights is too slow: config + provenance identify the folder's content well enough
     # together with the weight file names and sizes.
-    digest = hashlib.sha256((path / "config.json").read_bytes())
+    digest = hashlib.sha256(config)
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
     provenance = None
@@ -101,12 +110,6 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
         raise UserError(f"model folder {model} does not exist (resolved to {path.resolve()}); check the path, or "
                         "train/download the model first")
     return _hub_model(model, revision)
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def task_manager_for(suite: Suite):
@@ -204,11 +207,13 @@ def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size
     suite = get_suite(suite_name)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if limit is not None and limit <= 0:
-        raise UserError("--limit must be > 0 (a number of documents per task, or a fraction below 1)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)
+                              or limit <= 0 or (limit >= 1 and not float(limit).is_integer())):
+        raise UserError(f"--limit {limit!r}: must be a whole number of documents per task, or a fraction in (0, 1)")
     resolved = resolve_model(model, revision)
-    device = device or default_device()
+    device = resolve_device(device)
     out_dir = eval_dir(resolved.name, suite.name, results_root)
+    check_output_folder(out_dir, f"results folder {out_dir}:")  # before the model loads, not after the run
     harness = run_harness(resolved, suite, dtype=dtype, batch_size=batch_size, device=device, limit=limit,
                           trust_remote_code=trust_remote_code)
     versions = package_versions(*_RECORDED_PACKAGES)

@@ -9,11 +9,25 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 
 def resolve_device(device: str | None) -> str:
+    """``device`` checked before any model loads (a typo or a GPU this machine lacks is a UserError);
+    None or "auto": cuda when available, else cpu."""
     import torch
 
-    if device and device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available()
+                                  or (parsed.index is not None and parsed.index >= torch.cuda.device_count())):
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        "use --device cpu or another index")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device!r}: smaug evaluates on cpu or cuda (or mps)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine")
+    return device
 
 
 def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None):
@@ -22,9 +36,9 @@ def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    return model.to(resolve_device(device)).eval()
+    device = resolve_device(device)  # before the weights load
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
 
 
 def token_logprobs(

@@ -69,7 +69,12 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: MT-Bench config not found; pass --config (see eval/mtbench.yaml)")
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: not a readable YAML MT-Bench config ({' '.join(str(err).split())})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("judge") or {}, dict):
+        raise UserError(f"{path}: expected a mapping of MT-Bench settings (see eval/mtbench.yaml)")
     unknown = set(config) - CONFIG_KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(CONFIG_KEYS)}")

@@ -76,15 +76,17 @@ def read_training_log(path: str | Path) -> dict[str, tuple[list[int], list[float
     """``{metric: (steps, values)}`` from a trainer_state.json log_history (train entries; eval_ if no train)."""
     state_file = find_trainer_state(path)
     try:
-        history = json.loads(state_file.read_text())["log_history"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        history = json.loads(state_file.read_bytes().decode("utf-8"))["log_history"]
+        if not isinstance(history, list):
+            raise TypeError(f"log_history is a {type(history).__name__}, not a list")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError) as err:
         raise UserError(f"{state_file}: not a trainer_state.json with a log_history ({err})") from None
     series: dict[str, tuple[list[int], list[float]]] = {}
     for prefix in ("", "eval_"):
-        for entry in history:
+        for entry in (e for e in history if isinstance(e, dict)):
             for key in TRAINING_KEYS + ("dpop/active_fraction",):
                 value = entry.get(prefix + key)
-                if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
+                if isinstance(value, (int, float)) and math.isfinite(value) and type(entry.get("step")) is int:
                     steps, values = series.setdefault(key, ([], []))
                     steps.append(entry["step"])
                     values.append(float(value))

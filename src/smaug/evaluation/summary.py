@@ -170,29 +170,70 @@ def find_summaries(model: str | Path, results_root: Path | None = None) -> list[
     return sorted(model_root.glob("*/summary.json"))
 
 
+def _problem(task: dict[str, Any], field_name: str, kinds: tuple[type, ...], required: bool) -> str | None:
+    value = task.get(field_name)
+    if value is None:
+        return "is missing" if required else None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return f"is {value!r}, expected {' or '.join(k.__name__ for k in kinds)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value!r}, expected a finite number"
+    if isinstance(value, str) and not value.strip():
+        return "is empty"
+    return None
+
+
+# summary.json fields the cards and tables read: (field, types, required)
+_SUMMARY_FIELDS = (("model", (str,), True), ("suite", (str,), True), ("average", (int, float), True),
+                   ("limit", (int, float), False), ("dtype", (str,), False), ("versions", (dict,), False))
+_TASK_FIELDS = (("metric", (str,), True), ("value", (int, float), True), ("dataset", (dict,), True),
+                ("stderr", (int, float), False), ("num_fewshot", (int,), False), ("filter", (str,), False),
+                ("label", (str,), False), ("task", (str,), False))
+_DATASET_FIELDS = (("name", (str,), True), ("type", (str,), True), ("config", (str,), False), ("split", (str,), False))
+
+
 def load_summary(path: str | Path) -> dict[str, Any]:
     """A summary.json written by `smaug eval run`, checked field by field (``_path`` added: where it was read)."""
     path = Path(path)
+    hint = "pass a summary.json written by `smaug eval run`"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable summary.json ({err}); pass one written by `smaug eval run`") from err
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err}); {hint}") from err
+    if not data.strip():
+        raise UserError(f"{path}: the file is empty; {hint}")
+    try:
+        summary = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); {hint}") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {hint}") from err
+    except RecursionError as err:
+        raise UserError(f"{path}: JSON nested too deeply to be a summary; {hint}") from err
     if not isinstance(summary, dict):
-        raise UserError(f"{path}: not a JSON object; pass a summary.json written by `smaug eval run`")
+        raise UserError(f"{path}: a JSON {type(summary).__name__}, not an object; {hint}")
     missing = [k for k in ("model", "suite", "tasks", "average") if k not in summary]
     if missing:
         raise UserError(f"{path}: missing {', '.join(missing)}: not a `smaug eval` summary.json")
+    for name, kinds, required in _SUMMARY_FIELDS:
+        problem = _problem(summary, name, kinds, required)
+        if problem:
+            raise UserError(f"{path}: field `{name}` {problem}; {hint}")
     if not isinstance(summary["tasks"], dict) or not summary["tasks"]:
         raise UserError(f"{path}: field `tasks` is empty or not a mapping; pass a summary.json written by `smaug eval`.")
     for key, task in summary["tasks"].items():
-        for field_name in ("metric", "value", "dataset"):
-            if not isinstance(task, dict) or task.get(field_name) is None:
-                raise UserError(f"{path}: tasks.{key}.{field_name} is missing.")
+        if not isinstance(task, dict):
+            raise UserError(f"{path}: tasks.{key} is not an object; {hint}")
+        for name, kinds, required in _TASK_FIELDS:
+            problem = _problem(task, name, kinds, required)
+            if problem:
+                raise UserError(f"{path}: tasks.{key}.{name} {problem}.")
         value = task["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if not 0.0 <= value <= 1.0:
             raise UserError(f"{path}: tasks.{key}.value is {value!r}; expected a fraction in [0, 1] as lm-eval reports.")
-        for ds_field in ("name", "type"):
-            if not isinstance(task["dataset"], dict) or not task["dataset"].get(ds_field):
-                raise UserError(f"{path}: tasks.{key}.dataset.{ds_field} is missing.")
+        for name, kinds, required in _DATASET_FIELDS:
+            problem = _problem(task["dataset"], name, kinds, required)
+            if problem:
+                raise UserError(f"{path}: tasks.{key}.dataset.{name} {problem}.")
     summary["_path"] = str(path)
     return summary

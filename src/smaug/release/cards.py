@@ -60,45 +60,84 @@ METRIC_NAMES = {"acc_norm": "normalized accuracy", "acc": "accuracy", "mc2": "mc
 
 
 # ----------------------------------------------------------------------------------------------- evals
+def _suite_in_model_index(suite: Any) -> bool:
+    """eval/suites.yaml decides (`model_index: true`); a suite it does not define stays out of the metadata."""
+    from smaug.evaluation.suites import load_suites
+
+    known = load_suites()
+    return isinstance(suite, str) and suite in known and known[suite].model_index
+
+
+def _model_index_key(result) -> tuple:
+    """What a result must share with the others filed under the same `unique_identifier` (huggingface_hub
+    keeps the first one's dataset name, args and source for the whole group)."""
+    return (result.task_name, result.dataset_name, result.dataset_args, result.source_name, result.source_url)
+
+
 def eval_results_from_summaries(summaries: list[dict[str, Any]]):
-    """EvalResults in the Open LLM Leaderboard's conventions, honestly sourced (a local lm-eval run)."""
+    """EvalResults in the Open LLM Leaderboard's conventions, honestly sourced (a local lm-eval run), and one
+    body-table row per summary entry.
+
+    Only full runs (no --limit) of suites marked `model_index: true` enter the metadata, and only results
+    that huggingface_hub's model-index keeps apart: it groups results by dataset type/config/split and
+    writes the first one's dataset name for the whole group, so a result whose group already holds another
+    dataset name, few-shot count or source, or the same metric, stays in the body table (with a note)."""
     from huggingface_hub import EvalResult
 
-    results, rows, seen = [], [], set()
+    results, rows = [], []
+    groups: dict[tuple, tuple[tuple, set[str], str]] = {}  # unique_identifier -> (group key, metrics, first row)
     for summary in summaries:
         lm_eval_version = (summary.get("versions") or {}).get("lm_eval", "unknown")
         source_name = f"Local lm-evaluation-harness {lm_eval_version} run (smaug eval, suite {summary.get('suite')})"
         source_url = f"https://github.com/EleutherAI/lm-evaluation-harness/tree/v{lm_eval_version}"
+        in_index = _suite_in_model_index(summary.get("suite"))
         for key, task in summary["tasks"].items():
             ds = task["dataset"]
-            ident = (ds["type"], ds.get("config"), ds.get("split"), task["metric"])
-            if ident in seen:  # the same task in two suites: keep the first, the card must not disagree with itself
-                continue
-            seen.add(ident)
             fewshot = task.get("num_fewshot")
             value = round(100.0 * float(task["value"]), 2)
-            limited = summary.get("limit") is not None
             stderr = task.get("stderr")
-            rows.append({
+            row = {
                 "task": task.get("label") or key, "lm_eval_task": task.get("task", key), "dataset": ds["name"],
                 "metric": task["metric"] + (f" ({task['filter']})" if task.get("filter") else ""),
                 "fewshot": fewshot, "value": f"{value:.2f}",
                 "stderr": f"{100.0 * stderr:.2f}" if isinstance(stderr, (int, float)) else "",
-                "suite": summary.get("suite"), "dtype": summary.get("dtype"),
-                "limit": summary.get("limit"),
-            })
-            if limited:  # a subsample is not a leaderboard-comparable number: body only, never model-index
+                "suite": summary.get("suite"), "dtype": summary.get("dtype"), "note": None,
+            }
+            rows.append(row)
+            if summary.get("limit") is not None:  # a subsample is not a leaderboard-comparable number
+                row["note"] = f"limit {summary['limit']} docs/task: not comparable, not in the metadata"
                 continue
-            results.append(
-                EvalResult(
-                    task_type="text-generation", task_name="Text Generation",
-                    dataset_name=ds["name"], dataset_type=ds["type"], dataset_config=ds.get("config"),
-                    dataset_split=ds.get("split"), dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,
-                    metric_type=task["metric"], metric_value=value, metric_name=METRIC_NAMES.get(task["metric"], task["metric"]),
-                    source_name=source_name, source_url=source_url,
-                )
+            if not in_index:
+                row["note"] = "smoke suite: not comparable, not in the metadata"
+                continue
+            result = EvalResult(
+                task_type="text-generation", task_name="Text Generation",
+                dataset_name=ds["name"], dataset_type=ds["type"], dataset_config=ds.get("config"),
+                dataset_split=ds.get("split"), dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,
+                metric_type=task["metric"], metric_value=value, metric_name=METRIC_NAMES.get(task["metric"], task["metric"]),
+                source_name=source_name, source_url=source_url,
             )
+            label = f"{row['task']} ({row['suite']})"
+            group_key, metrics, first = groups.setdefault(result.unique_identifier, (_model_index_key(result), set(), label))
+            if group_key != _model_index_key(result) or result.metric_type in metrics:
+                row["note"] = f"same dataset identity as {first} in the metadata: body only"
+                continue
+            metrics.add(result.metric_type)
+            results.append(result)
     return results, rows
+
+
+def _check_model_index(model_name: str, results) -> None:
+    """Every result must come back from the metadata once, under its own dataset: a failure here is a bug."""
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    def view(rs):
+        return sorted((r.dataset_name, r.dataset_type, str(r.dataset_config), str(r.dataset_split),
+                       str(r.dataset_args), r.metric_type, r.metric_value, r.source_name) for r in rs)
+
+    _, back = model_index_to_eval_results(eval_results_to_model_index(model_name, results))
+    if view(back) != view(results):
+        raise RuntimeError("the card's model-index would file eval results under the wrong dataset")
 
 
 # ----------------------------------------------------------------------------------------------- card
@@ -207,6 +246,7 @@ def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None =
     eval_results, eval_rows = eval_results_from_summaries(summaries)
 
     name = model_name or model_dir.resolve().name
+    _check_model_index(name, eval_results)
     stage_views = [_stage_view(s) for s in reversed(lineage.stages)]  # oldest first
     hub_datasets, local_datasets = [], []
     for view in stage_views:
@@ -218,7 +258,7 @@ def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None =
     tags = ["smaug"] + (["dpop"] if "dpop" in rl_used else []) + sorted(rl_used - {"dpop"}) + ["axolotl", "trl"]
     lic = lineage.license
     card_data = ModelCardData(
-        model_name=name,
+        model_name=name if eval_results else None,  # only model-index uses it
         base_model=lineage.hub_chain[0].model if lineage.hub_chain else None,
         datasets=[d["path"] for d in hub_datasets] or None,
         tags=tags,

@@ -76,9 +76,12 @@ def resolve_license(model_dir: str | Path, table: dict[str, LicenseEntry] | None
         lineage = [s.name for s in stages]
         raise UserError(missing_entry_message(hub_base, lineage, table_path))
     chain = [table[hub_base]]
-    while chain[-1].parent is not None:
-        if len(chain) > 32 or table[chain[-1].parent] in chain:
-            raise UserError(f"{table_path}: the `parent` chain of {hub_base} loops; fix the table.")
+    seen = {hub_base}
+    while chain[-1].parent is not None:  # any finite depth; only a real cycle is refused
+        if chain[-1].parent in seen:
+            loop = " -> ".join([e.model for e in chain] + [chain[-1].parent])
+            raise UserError(f"{table_path}: the `parent` chain of {hub_base} is a cycle ({loop}); fix the table.")
+        seen.add(chain[-1].parent)
         chain.append(table[chain[-1].parent])
     for child, parent in zip(chain, chain[1:]):
         if not child.same_terms(parent) and not child.supersedes_parent:

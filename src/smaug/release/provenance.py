@@ -36,8 +36,16 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
         data = read_provenance(model_dir)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err}); re-create it by re-running the stage that wrote it.") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err}); check its permissions.") from err
     _check_schema(data, str(path))
     return data
+
+
+# Fields the lineage walk and the card read, with the JSON types the plugin writes for them.
+_FIELD_TYPES = {"base_model": (str,), "license": (str,), "parent": (dict,), "recipe": (str,), "training": (dict,),
+                "datasets": (list,), "hardware": (dict,), "versions": (dict,), "license_name": (str,),
+                "license_link": (str,), "base_model_revision": (str,), "finished_at": (str,)}
 
 
 def _check_schema(data: Any, where: str) -> None:
@@ -45,6 +53,13 @@ def _check_schema(data: Any, where: str) -> None:
         raise UserError(f"{where}: expected a JSON object.")
     if data.get("schema") != SCHEMA_VERSION:
         raise UserError(f"{where}: field `schema` is {data.get('schema')!r}; this smaug reads schema {SCHEMA_VERSION}.")
+    for key, types in _FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, types):
+            raise UserError(f"{where}: field `{key}` is a JSON {type(value).__name__}, expected "
+                            f"{' or '.join(t.__name__ for t in types)} or null; re-create the file with the stage that wrote it.")
+    if any(not isinstance(d, dict) for d in data.get("datasets") or []):
+        raise UserError(f"{where}: field `datasets` must be a list of objects.")
     if data.get("license") is None and not data.get("base_model"):
         raise UserError(f"{where}: neither `base_model` nor `license` is set, so the lineage cannot be followed.")
 
@@ -70,33 +85,52 @@ class LineageStage:
         return self.provenance.get("license")
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    """The same file however it is reached (symlinks, `..`, another spelling, a hard link)."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
 def local_stages(model_dir: str | Path) -> tuple[list["LineageStage"], str | None]:
-    """Walk the lineage through local stages, newest first.
+    """Walk the lineage through local stages, newest first, at any depth.
 
     Returns ``(stages, hub_base)``: ``hub_base`` is the Hub id the oldest stage started from, or None when the
-    oldest stage is a model we created from scratch (its ``license`` is set)."""
+    oldest stage is a model we created from scratch (its ``license`` is set).
+
+    The walk is a loop, not a recursion. Nested `parent` records cannot form a cycle (JSON is a tree); a
+    cycle can only come from `base_model`s naming local folders, and is found by the identity of each
+    provenance file read (device + inode), whatever path spelled it."""
     root = Path(model_dir)
-    stage = LineageStage(load_provenance(root), str(root / PROVENANCE_FILE), display_name(str(root)))
+    root_file = root / PROVENANCE_FILE
+    stage = LineageStage(load_provenance(root), str(root_file), display_name(str(root)))
+    read_files = {_file_identity(root_file): str(root_file)}
     stages: list[LineageStage] = []
-    seen: set[int] = set()
+    current_file, nested = str(root_file), 0  # the file being walked, and how many `parent`s deep in it
     while True:
         stages.append(stage)
-        if id(stage.provenance) in seen or len(stages) > 64:  # a loop would never end; no real chain is this deep
-            raise UserError(f"{stage.where}: the `parent` chain does not end; check the provenance files.")
-        seen.add(id(stage.provenance))
         if stage.own_license is not None:
             return stages, None  # created from scratch by us: the lineage ends here
         parent = stage.provenance.get("parent")
         base = stage.base_model
         if isinstance(parent, dict):
-            where = f"`parent` of {stage.where}"
+            nested += 1
+            where = f"{current_file}: `parent` #{nested}"  # #2 is the parent's parent, as nested in the file
             _check_schema(parent, where)
             stage = LineageStage(parent, where, display_name(base))
             continue
         if base and Path(base).expanduser().is_dir():
             # A local base recorded without nesting: read its own provenance file.
             local = Path(base).expanduser()
-            stage = LineageStage(load_provenance(local), str(local / PROVENANCE_FILE), display_name(base))
+            provenance = load_provenance(local)
+            identity = _file_identity(local / PROVENANCE_FILE)
+            if identity in read_files:
+                raise UserError(
+                    f"{stage.where}: base_model {base!r} leads back to {read_files[identity]}, which is already in "
+                    f"this lineage: the lineage is a cycle. Point base_model at the model this stage really started from."
+                )
+            current_file, nested = str(local / PROVENANCE_FILE), 0
+            read_files[identity] = current_file
+            stage = LineageStage(provenance, current_file, display_name(base))
             continue
         if looks_like_hub_id(base):
             return stages, base
