@@ -4,7 +4,7 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
-# Knobs (all optional): MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1, PUBLIC=1, JUDGE_URL,
+# Knobs (all optional): CHAIN (for `make status`), MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1, PUBLIC=1, JUDGE_URL,
 # JUDGE_MODEL, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
@@ -16,9 +16,11 @@ PYTEST_ARGS ?=
 # The stage chains read these from the environment (multi-GPU / multi-node through accelerate); DRY_RUN=1 and
 # SMAUG_SKIP_PREFLIGHT=1 become flags, as DRY_RUN does for `make publish`.
 export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+# Experiment tracking: WANDB_PROJECT=… / MLFLOW_TRACKING_URI=… make smaug-34b (from the environment; not
+# exported here, so that an unset one stays unset); TensorBoard is on by default (SMAUG_TENSORBOARD=0: off).
 CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKIP_PREFLIGHT)),--skip-preflight)
 
-.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
+.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny status recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
 
@@ -46,6 +48,7 @@ smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora $(CHAIN_FLAGS)
 smaug-7b: setup ; smaug chain run smaug-7b $(CHAIN_FLAGS)
 mistral-7b-losses: setup ; smaug chain run mistral-7b-losses $(CHAIN_FLAGS)
 smaug-tiny: setup ; smaug chain run tiny $(CHAIN_FLAGS)
+status: setup ; smaug chain status $(CHAIN)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
 

@@ -34,11 +34,22 @@ def train_command(config: str | Path, launcher_args: list[str] | None = None,
                   overrides: dict[str, Any] | None = None) -> list[str]:
     """`axolotl train CONFIG [--key=value ...]`, then either `--launcher python` (one process: nothing for
     accelerate to launch, and a second interpreter start saved) or `--launcher accelerate -- ARGS`."""
-    cmd = [str(venv_bin() / "axolotl"), "train", str(config)]
-    cmd += [f"--{key.replace('_', '-')}={value}" for key, value in (overrides or {}).items()]
+    cmd = [str(venv_bin() / "axolotl"), "train", str(config), *override_args(overrides)]
     if launcher_args is None:
         return cmd + ["--launcher", "python"]
     return cmd + ["--launcher", "accelerate", "--", *launcher_args]
+
+
+def override_args(overrides: dict[str, Any] | None) -> list[str]:
+    """axolotl config keys as its CLI takes them: `--key=value`, and `--key` / `--no-key` for booleans."""
+    args = []
+    for key, value in (overrides or {}).items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            args.append(f"--{flag}={value}")
+    return args
 
 
 def merge_command(config: str | Path) -> list[str]:
@@ -67,6 +78,7 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, *, cwd: Path
             for line in proc.stdout:
                 sys.stdout.write(line)
                 log.write(line)
+                log.flush()  # `tail -f` and `smaug chain status` see the log as it grows
             return proc.wait()
         except BaseException:
             proc.terminate()
