@@ -22,7 +22,7 @@ CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKI
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny status recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status
 
 setup: $(VENV)/.installed
 
@@ -88,3 +88,5 @@ bench-loss: setup
 
 bench-data: setup
 	taskset -c 0 python benchmarks/bench_data_build.py
+
+bench-status: setup ; python benchmarks/bench_chain_status.py

@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -220,12 +222,28 @@ def test_axolotls_and_the_plugins_own_validation_runs_on_every_stage_before_the_
     ({"NNODES": "3"}, r"NNODES=3 cannot give the 8 GPUs in total this chain is sized for"),
     ({"NNODES": "16"}, r"NNODES=16 cannot give the 8 GPUs"),
     ({"NODE_RANK": "-1", "NNODES": "2"}, r"NODE_RANK='-1' is out of range"),
+    ({"MASTER_ADDR": "10.0.0.1 "}, r"MASTER_ADDR='10.0.0.1 ' is not a host name or IP address"),
+    ({"MASTER_ADDR": "http://node0"}, r"MASTER_ADDR='http://node0' is not a host name"),
 ])
 def test_launch_values_that_cannot_work_are_refused(env, message):
     with pytest.raises(UserError, match=message):
         C.Launch.from_env({"accelerator": "cuda", "gpus": 8, "label": "8x H100"}, env)
     with pytest.raises(UserError, match=message):
         C.run_chain("smaug-34b", dry_run=True, env=env)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"stages": [{"recipe": "x.yml"}]}, "every entry of `stages:` must be a recipe file name"),
+    ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"accelerator": "tpu"}}, "hardware.accelerator is 'tpu'"),
+    ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"gpus": "eight"}}, "hardware.gpus is 'eight'"),
+    ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"gpus": 0}}, "hardware.gpus is 0"),
+    ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"min_gpu_memory_gib": float("nan")}}, "min_gpu_memory_gib is nan"),
+])
+def test_a_broken_chain_definition_is_a_user_error(tmp_path, spec, message):
+    chains = tmp_path / "chains.yaml"
+    chains.write_text(yaml.safe_dump({"t": spec}))
+    with pytest.raises(UserError, match=rf"chains.yaml: chain 't': .*{re.escape(message)}"):
+        C.plan_chain("t", chains_file=chains)
 
 
 def test_a_node_count_that_divides_the_gpus_or_an_explicit_per_node_count_is_fine():
@@ -273,7 +291,7 @@ def test_a_second_run_on_the_same_outputs_stops_at_once_naming_the_first(tmp_pat
         assert f"in use now by pid {holder.pid} on {host_name()}" in capsys.readouterr().out
         # the nodes of one multi-node run (other NODE_RANK) do not block each other; the same rank does
         with lock.hold([sft], 1, "test"):
-            pass
+            assert [rank for rank, _ in lock.holders(sft)] == [0, 1]
     finally:
         holder.send_signal(signal.SIGKILL)  # a crashed run: the kernel drops its lock
         holder.wait()
@@ -281,6 +299,46 @@ def test_a_second_run_on_the_same_outputs_stops_at_once_naming_the_first(tmp_pat
     with lock.hold([sft], 0, "test"):
         assert lock.holder(sft).pid == os.getpid()
     assert not lock.lock_path(sft).exists()
+
+
+ORPHANING_CHAIN = """
+import os, sys
+from pathlib import Path
+from smaug.training import lock, runner
+folder, token = Path(sys.argv[1]), sys.argv[2]
+with lock.hold([folder], 0, "test") as held:
+    runner.run_logged([sys.executable, "-c", "import time; print('training', flush=True); time.sleep(120)", token],
+                      dict(os.environ), folder.parent / "log.txt", pass_fds=held, echo=False)
+"""
+
+
+def test_killing_the_chain_but_not_its_axolotl_process_keeps_the_outputs_locked(tmp_path):
+    """kill -9 of `smaug chain run` alone leaves its `axolotl train` running; it inherited the lock, so a new run
+    cannot start a second trainer on the same folder."""
+    import psutil
+
+    folder, token = tmp_path / "sft", f"orphan-{os.getpid()}-{tmp_path.name}"
+    chain = subprocess.Popen([sys.executable, "-c", ORPHANING_CHAIN, str(folder), token], cwd=REPO_ROOT)
+    log = tmp_path / "log.txt"
+    for _ in range(300):
+        if log.exists() and "training" in log.read_text():
+            break
+        time.sleep(0.1)
+    chain.send_signal(signal.SIGKILL)
+    chain.wait()
+    (orphan,) = [p for p in psutil.process_iter(["cmdline"]) if token in (p.info["cmdline"] or [])]
+    try:
+        held = lock.holder(folder)
+        assert held is not None and held.pid == chain.pid and "still holds the lock" in held.describe()
+        with pytest.raises(UserError, match=rf"{folder} is in use by another chain run: pid {chain.pid} .*fuser"):
+            with lock.hold([folder], 0, "test"):
+                pass
+    finally:
+        orphan.kill()
+        orphan.wait(10)
+    assert lock.holder(folder) is None
+    with lock.hold([folder], 0, "test"):
+        pass
 
 
 def test_without_flock_a_dead_holders_lock_file_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch):
@@ -459,6 +517,17 @@ def test_a_done_stage_that_lost_its_weights_is_restored_or_stops_with_what_to_do
     assert not C.next_step(chain, sft, state).blocking
 
 
+def test_a_model_in_a_stage_folder_that_no_run_of_the_stage_wrote_is_never_trained_over(tmp_path):
+    chain = C.plan_chain("tiny", tmp_path)
+    sft = chain.stages[0]
+    write_weights(sft.output_dir)  # no done-marker, no checkpoints
+    state = C.assess_stage(chain, sft, [])
+    step = C.next_step(chain, sft, state)
+    assert state.kind == "occupied" and step.blocking and f"mv {sft.output_dir} {sft.output_dir}.old-" in step.fix
+    with pytest.raises(UserError, match="is occupied: it holds model weights but no done-marker"):
+        C.run_chain("tiny", tmp_path, env={})
+
+
 def test_a_second_interrupted_save_of_the_same_checkpoint_does_not_block_reruns(tmp_path):
     for attempt in range(2):
         half = tmp_path / "checkpoint-4"
@@ -469,6 +538,8 @@ def test_a_second_interrupted_save_of_the_same_checkpoint_does_not_block_reruns(
     assert (tmp_path / "incomplete-checkpoint-4" / "model.safetensors").read_bytes() == b"partial" * 2
     (tmp_path / "tmp-checkpoint-6").mkdir()  # the staging folder of transformers versions that rename when done
     assert [p.name for p in C.set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-6"]
+    (tmp_path / "checkpoint-8").write_text("")  # a file axolotl would try to resume from
+    assert [p.name for p in C.set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-8"]
 
 
 def test_a_stage_done_meanwhile_is_seen_just_before_it_runs(tmp_path, tiny_model_dir, monkeypatch):
@@ -505,12 +576,19 @@ def test_a_failing_stage_says_why_and_what_to_do(tmp_path, tiny_model_dir, monke
             and "last error: ValueError: the data file has no rows. Fix the cause, then run" in err)
 
 
-def test_an_output_root_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys):
+@pytest.mark.parametrize("where", ["under a file", "read-only", "a file as output_dir"])
+def test_an_output_root_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys, where):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert smaug_main(["chain", "run", "tiny", "--output-root", str(blocker / "out")]) == 2
+    root = {"under a file": blocker / "out", "read-only": Path("/proc/smaug-outputs"), "a file as output_dir": tmp_path}
+    if where == "a file as output_dir":
+        (tmp_path / "tiny").mkdir()
+        (tmp_path / "tiny" / "sft").write_text("")
+    assert smaug_main(["chain", "run", "tiny", "--output-root", str(root[where])]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {blocker}") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {"under a file": f"{blocker} is a file", "read-only": "/proc/smaug-outputs",
+            "a file as output_dir": f"{tmp_path}/tiny/sft is a file"}[where] in err
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -130,6 +130,9 @@ class Launch:
             master_addr=env.get("MASTER_ADDR") or "127.0.0.1",
             master_port=number("MASTER_PORT", 29500, low=1, high=65535),
         )
+        if not launch.master_addr or any(c.isspace() or c in "/@" for c in launch.master_addr):
+            raise UserError(f"MASTER_ADDR={launch.master_addr!r} is not a host name or IP address; set it to node "
+                            "0's address, e.g. MASTER_ADDR=10.0.0.1")
         if launch.node_rank >= launch.nnodes:
             raise UserError(f"NODE_RANK={launch.node_rank} but NNODES={launch.nnodes}: ranks are 0..NNODES-1")
         return launch
@@ -196,6 +199,20 @@ def load_chains(path: Path = CHAINS_FILE) -> dict[str, dict[str, Any]]:
     for name, spec in chains.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
             raise UserError(f"{rel(path)}: chain {name!r} needs a non-empty `stages:` list of recipe files")
+        if not all(isinstance(entry, str) and entry for entry in spec["stages"]):
+            raise UserError(f"{rel(path)}: chain {name!r}: every entry of `stages:` must be a recipe file name")
+        hardware = spec.get("hardware") or {}
+        where = f"{rel(path)}: chain {name!r}: hardware"
+        if not isinstance(hardware, dict):
+            raise UserError(f"{where} must be a mapping ({{accelerator: cuda, gpus: 8, min_gpu_memory_gib: 75}})")
+        if hardware.get("accelerator", "cuda") not in ("cuda", "cpu"):
+            raise UserError(f"{where}.accelerator is {hardware['accelerator']!r}; use cuda or cpu")
+        gpus, gib = hardware.get("gpus"), hardware.get("min_gpu_memory_gib")
+        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
+            raise UserError(f"{where}.gpus is {gpus!r}; it must be the whole number of GPUs in total (>= 1)")
+        if gib is not None and (isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib)
+                                or gib <= 0):
+            raise UserError(f"{where}.min_gpu_memory_gib is {gib!r}; it must be a number of GiB > 0")
     return chains
 
 
@@ -252,7 +269,7 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
 
     prepare = []
     for step in spec.get("prepare") or []:
-        if isinstance(step, dict) and "tiny_model" in step:
+        if isinstance(step, dict) and isinstance(step.get("tiny_model"), str) and step["tiny_model"]:
             target = _rebase(step["tiny_model"], root) if rebase else step["tiny_model"]
             prepare.append({"tiny_model": _real(repo_path(target))})
         else:
@@ -305,6 +322,11 @@ def _check_folders(chain: Chain) -> None:
                                     f"({stage.prepared_root}) is inside the output folder of {who(other)}; moving "
                                     "that folder aside to retrain it would take the prepared data along: put it "
                                     "outside every output_dir")
+    for folder in [stage.output_dir for stage in chain.stages] + [step["tiny_model"] for step in chain.prepare]:
+        blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserError(f"chain {chain.name!r}: {blocker} is a file, where the chain needs the folder {folder}; "
+                            "move the file, or choose another output_dir / --output-root")
     for step in chain.prepare:
         for stage in chain.stages:
             if _within(step["tiny_model"], stage.output_dir) or _within(stage.output_dir, step["tiny_model"]):
@@ -383,8 +405,8 @@ def check_settings(chain: Chain) -> None:
         if bad:
             raise UserError(f"{where}: `{bad[0]}` is {bad[1]}; training settings must be finite numbers")
         for key, (low, low_ok, high, high_ok) in _RANGES.items():
-            if key not in recipe or recipe[key] is None:
-                continue
+            if key not in recipe or recipe[key] is None or (key == "max_steps" and recipe[key] == -1):
+                continue  # max_steps: -1 is transformers' "unset" (train by num_epochs)
             value, number = recipe[key], _as_number(recipe[key])
             if number is None or (key in _WHOLE and not float(number).is_integer()):
                 kind = "a whole number" if key in _WHOLE else "a number"
@@ -510,6 +532,9 @@ def missing_inputs(chain: Chain) -> list[str]:
         if base is not None and base not in made and not base.exists():
             problems.append(f"{where}: base_model {stage.recipe['base_model']} does not exist and no earlier "
                             "stage of the chain writes it; fix base_model or create that model first")
+        elif base is not None and base.is_file():
+            problems.append(f"{where}: base_model {stage.recipe['base_model']} is a file; it must name a model "
+                            "folder (config.json, weights, tokenizer) or a Hub id")
     return problems
 
 
@@ -619,6 +644,9 @@ def next_step(chain: Chain, stage: ChainStage, state: StageState) -> NextStep:
                         _weights_fix(chain, stage, state, retrain))
     if kind == "resumable":
         return NextStep(f"resume from {state.checkpoint.name} (step {state.step} of {state.max_steps})")
+    if kind == "occupied":
+        return NextStep("stop before any training: the folder holds a model", True,
+                        f"move it aside to train this stage there: mv {out} {out}.old-{_stamp()} && {chain.rerun()}")
     return NextStep("train from the start")
 
 
@@ -659,6 +687,8 @@ def state_text(state: StageState) -> str:
         text += f" (final weights: {state.weights})" if state.weights else " (final weights complete)"
     elif kind == "resumable":
         text = f"resumable from {state.checkpoint.name if state.checkpoint else '?'}"
+    elif kind == "occupied":
+        text = f"occupied: {state.detail}"
     else:
         text = "not started"
     return text + (f" [{state.note}]" if state.note else "")
@@ -814,7 +844,7 @@ def _planned_prepared(chain: Chain, stage: ChainStage, state: StageState, states
     return rel(folder) if folder else rel(stage.prepared_root) + "/" + PENDING_PREPARED
 
 
-def status_report(chain: Chain, node_rank: int = 0) -> str:
+def status_report(chain: Chain) -> str:
     """`smaug chain status`: each stage's state, folder, last logged step and loss, and what the next run does.
     Files only: no model, no axolotl, no GPU, no network."""
     states = assess_chain(chain)
@@ -827,9 +857,8 @@ def status_report(chain: Chain, node_rank: int = 0) -> str:
             where = f" ({state.checkpoint.name})" if state.checkpoint is not None else ""
             lines.append(f"  last logged: step {state.logged_step} of {state.max_steps}, loss {state.loss:.4f}{where}")
         lines.append(f"  next run: {'STOPS: ' + step.fix if step.blocking else step.text}")
-        running = lock.holder(stage.output_dir, node_rank)
-        if running is not None:
-            lines.append(f"  in use now by {running.describe()}")
+        for rank, running in lock.holders(stage.output_dir):
+            lines.append(f"  in use now by {running.describe()}" + (f" [NODE_RANK {rank}]" if rank else ""))
     lines.append("")
     if any(step.blocking for step in steps):
         lines.append(f"next `{chain.rerun()}`: stops before any training (see STOPS above)")
@@ -921,7 +950,7 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
         preflight(chain, launch)
 
     folders = [stage.output_dir for stage in chain.stages] + [step["tiny_model"] for step in chain.prepare]
-    with lock.hold(folders, launch.node_rank, f"`smaug chain status {chain.name}` shows where it is"):
+    with lock.hold(folders, launch.node_rank, f"`smaug chain status {chain.name}` shows where it is") as held:
         todo = [stage for stage, state in zip(chain.stages, states) if state.kind != "done"]
         validated = validate_stages(chain, launch, tracking, todo)
         if launch.node_rank == 0:
@@ -932,7 +961,7 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
             _build_tiny_model(step["tiny_model"])
         states = []
         for stage in chain.stages:
-            code = _run_stage(chain, stage, states, launch, tracking.get(stage.index, {}), validated)
+            code = _run_stage(chain, stage, states, launch, tracking.get(stage.index, {}), validated, held)
             if code != 0:
                 return code
             states.append(assess_stage(chain, stage, states))
@@ -940,7 +969,9 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
 
 
 def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch,
-               tracking: dict[str, Any], validated: dict[int, Any]) -> int:
+               tracking: dict[str, Any], validated: dict[int, Any], held: list[int]) -> int:
+    """One stage, under the chain's locks; ``held`` (the lock files' descriptors) is passed on to axolotl, so that
+    the locks stay held while it runs even if this process is killed."""
     label = f"stage {stage.index + 1}/{len(chain.stages)} {stage.name}"
     state = assess_stage(chain, stage, earlier)  # again, just before it runs: the folder is ours only now
     step = next_step(chain, stage, state)
@@ -950,7 +981,7 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
         print(f"{label}: done, skipped ({stage.marker})")
         return 0
     if state.kind in ("finished", "weights-missing"):
-        return _finish_without_training(chain, stage, state, earlier, launch, validated, label)
+        return _finish_without_training(chain, stage, state, earlier, launch, validated, label, held)
 
     stage.output_dir.mkdir(parents=True, exist_ok=True)
     if launch.node_rank == 0:
@@ -961,13 +992,13 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
     resuming = state.kind == "resumable"
     record = state.record if resuming and state.record else None
     if record is None:
-        inputs = stage_inputs(chain, stage, earlier, None)
+        inputs, run_id = stage_inputs(chain, stage, earlier, None), new_run_id()
+        prepared = prepared_folder(stage, inputs) or stage.prepared_root / f"run-{run_id}"
         record = stage_record(recipe_name=stage.name, digest=stage.digest, settings=_json_settings(stage),
-                              run_id=new_run_id(), inputs=inputs, output_dir=stage.output_dir,
-                              prepared=str(prepared_folder(stage, inputs)))
+                              run_id=run_id, inputs=inputs, output_dir=stage.output_dir, prepared=str(prepared))
         if launch.node_rank == 0:
             write_inputs_record(stage.output_dir, record)
-    prepared = Path(record["dataset_prepared_path"])
+    prepared = Path(record.get("dataset_prepared_path") or stage.prepared_root / f"run-{record.get('run_id')}")
     if launch.node_rank == 0:
         for leftover in _drop_half_prepared(prepared):
             print(f"{label}: removed half-written prepared data {leftover}")
@@ -981,9 +1012,9 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
     offset = log_path.stat().st_size if log_path.exists() else 0
     accelerator = chain.hardware.get("accelerator", "cuda")
     overrides = {**tracking, "dataset_prepared_path": rel(prepared)}
-    code = runner.run_logged(train_command(stage, launch, accelerator, overrides), env_vars, log_path)
+    code = runner.run_logged(train_command(stage, launch, accelerator, overrides), env_vars, log_path, pass_fds=held)
     if code == 0 and stage.merge_lora:
-        code = runner.run_logged(merge_command(stage), env_vars, log_path)
+        code = runner.run_logged(merge_command(stage), env_vars, log_path, pass_fds=held)
     if code != 0:
         _report_failure(chain, stage, state, earlier, code, log_path, offset, label)
         return code
@@ -1011,7 +1042,7 @@ def _report_failure(chain: Chain, stage: ChainStage, before: StageState, earlier
 
 
 def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState, earlier: list[StageState],
-                             launch: Launch, validated: dict[int, Any], label: str) -> int:
+                             launch: Launch, validated: dict[int, Any], label: str, held: list[int]) -> int:
     """Training had finished (or a done stage lost its final weights): restore the final weights from the last
     checkpoint and/or merge, and write the marker. Never trains."""
     out = stage.output_dir
@@ -1028,7 +1059,7 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
         print(f"{label}: training had finished at {state.restore_from.name}; copied its weights to {out} (no training)")
     if stage.merge_lora and weights_problem(out / "merged") is not None:
         log_path = out / STAGE_LOG
-        code = runner.run_logged(merge_command(stage), stage_env(stage), log_path)
+        code = runner.run_logged(merge_command(stage), stage_env(stage), log_path, pass_fds=held)
         if code != 0:
             print(f"{label}: axolotl merge-lora failed with exit code {code}; log: {log_path}", file=sys.stderr)
             return code

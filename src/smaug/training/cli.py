@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from smaug.training.chains import plan_chain, status_report
 
     try:
-        print(status_report(plan_chain(args.name, args.output_root), int(os.environ.get("NODE_RANK") or 0)))
+        print(status_report(plan_chain(args.name, args.output_root)))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read the state of chain {args.name}: {err}") from None
     return 0

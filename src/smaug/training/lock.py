@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import shlex
@@ -49,7 +50,10 @@ class Holder:
         return pid_alive(self.pid) if self.host == host_name() else None
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host} ({self.command}) since {self.since}"
+        text = f"pid {self.pid} on {self.host} ({self.command}) since {self.since}"
+        if self.alive is False:  # the lock is still held: by a process it started (an orphaned axolotl train)
+            text += f"; pid {self.pid} is gone, but a process it started still holds the lock (see `fuser {self.path}`)"
+        return text
 
 
 def read_holder(path: Path) -> Holder | None:
@@ -62,10 +66,37 @@ def read_holder(path: Path) -> Holder | None:
 
 
 def holder(folder: Path, node_rank: int = 0) -> Holder | None:
-    """Who runs a chain on ``folder`` now, from the lock file alone (no lock is taken: safe to call any time).
-    None when nobody does: no lock file, or one left by a process that is dead on this host."""
-    found = read_holder(lock_path(folder, node_rank))
-    return None if found is None or found.alive is False else found
+    """Who runs a chain on ``folder`` now, read without taking any lock (safe to call any time). None when nobody
+    does: no lock file, or one left by a process that is dead on this host and whose lock nothing holds."""
+    path = lock_path(folder, node_rank)
+    found = read_holder(path)
+    if found is None or found.alive is not False:
+        return found
+    return found if _flocked(path) else None
+
+
+def holders(folder: Path) -> list[tuple[int, Holder]]:
+    """(node rank, holder) of every run on ``folder`` now, whatever its node rank."""
+    found = []
+    for path in sorted(folder.parent.glob(f".{glob.escape(folder.name)}.node*{LOCK_SUFFIX}")):
+        rank = path.name[len(folder.name) + 6: -len(LOCK_SUFFIX)]
+        if rank.isdigit():
+            held = holder(folder, int(rank))
+            if held is not None:
+                found.append((int(rank), held))
+    return found
+
+
+def _flocked(path: Path) -> bool:
+    """Whether some process holds a flock on the file (Linux /proc/locks; False where that cannot be told). The
+    chain's `axolotl train` inherits the lock, so it stays held when the chain itself was killed."""
+    try:
+        st = path.stat()
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", encoding="utf-8") as handle:
+            return any(len(f := line.split()) > 5 and f[1] == "FLOCK" and f[5] == wanted for line in handle)
+    except OSError:
+        return False
 
 
 def _info() -> bytes:
@@ -132,7 +163,9 @@ def _release(path: Path, fd: int | None) -> None:
 
 @contextmanager
 def hold(folders: list[Path], node_rank: int, what: str):
-    """Hold the locks of ``folders`` (all or none) for the body; a UserError naming the holder otherwise."""
+    """Hold the locks of ``folders`` (all or none) for the body, which gets the lock files' descriptors: pass them
+    to the processes that write (`runner.run_logged(pass_fds=...)`), and the locks stay held while those run
+    even if this process is killed. A UserError naming the holder if another run holds one."""
     taken: list[tuple[Path, int | None]] = []
     try:
         for folder in sorted(set(folders)):
@@ -142,7 +175,7 @@ def hold(folders: list[Path], node_rank: int, what: str):
             except _Busy as busy:
                 raise UserError(_busy_message(folder, busy, what)) from None
             taken.append((path, fd))
-        yield
+        yield [fd for _, fd in taken if fd is not None]
     finally:
         for path, fd in reversed(taken):
             _release(path, fd)
@@ -152,7 +185,9 @@ def _busy_message(folder: Path, busy: _Busy, what: str) -> str:
     who = busy.holder.describe() if busy.holder else "another process (its lock file gives no details)"
     text = (f"{folder} is in use by another chain run: {who}. Two runs on one stage folder would resume from "
             f"each other's checkpoints. Wait for it to finish ({what}), or stop it")
-    if busy.holder:
+    if busy.holder and busy.holder.alive is False:
+        text += f" (find it: fuser {busy.path})"
+    elif busy.holder:
         text += f" (kill {busy.holder.pid}" + (f" on {busy.holder.host})" if busy.holder.alive is None else ")")
     if not busy.flock and busy.holder is not None and busy.holder.alive is None:
         text += f"; if no such run exists on {busy.holder.host}, delete {busy.path}"

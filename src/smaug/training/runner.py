@@ -63,16 +63,18 @@ def display(cmd: list[str]) -> str:
 
 
 def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, *, cwd: Path = REPO_ROOT,
-               echo: bool = True) -> int:
-    """Run ``cmd``, appending its output to ``log_path`` (and echoing it when ``echo``); the exit code."""
+               echo: bool = True, pass_fds: list[int] | tuple[int, ...] = ()) -> int:
+    """Run ``cmd``, appending its output to ``log_path`` (and echoing it when ``echo``); the exit code.
+    ``pass_fds``: descriptors the command inherits (the chain's lock files)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n=== {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(cmd)}\n")
         log.flush()
         if not echo:
-            return subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+            return subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+                                  pass_fds=tuple(pass_fds)).returncode
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1)
+                                text=True, errors="replace", bufsize=1, pass_fds=tuple(pass_fds))
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -11,7 +11,8 @@ A later stage records its base stage's run id, so retraining the base makes it "
 States: `done`; `stale` (recipe or inputs changed since the marker or the checkpoints were written);
 `unreadable` (a record that is empty, not JSON, binary…); `weights-missing` (done, but the final weights are
 gone or truncated); `finished` (the last checkpoint is at max_steps but there is no marker: a kill after
-training, before the marker); `resumable` (complete `checkpoint-N` folders); `new`.
+training, before the marker); `resumable` (complete `checkpoint-N` folders); `occupied` (a model there,
+but nothing says this stage wrote it: never trained over); `new`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,26 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"holds a JSON {type(record).__name__}, not an object"
     if not isinstance(record.get("sha256"), str):
         return None, "has no recipe hash (`sha256`)"
+    problem = _inputs_problem(record.get("inputs"))
+    if problem:
+        return None, f"has a malformed `inputs` ({problem})"
+    if record.get("run_id") is not None and not isinstance(record["run_id"], str):
+        return None, "has a malformed `run_id`"
     return record, None
+
+
+def _inputs_problem(inputs: Any) -> str | None:
+    if inputs is None:
+        return None  # written by an older smaug: no inputs recorded
+    if not isinstance(inputs, dict):
+        return f"a JSON {type(inputs).__name__}, not an object"
+    files, base = inputs.get("files", {}), inputs.get("base", {})
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return "`files` must map paths to hashes"
+    if not isinstance(base, dict) or base.get("files") is not None and not (
+            isinstance(base["files"], dict) and all(isinstance(v, dict) for v in base["files"].values())):
+        return "`base` must be an object"
+    return None
 
 
 def stage_record(*, recipe_name: str, digest: str, settings: dict[str, Any], run_id: str, inputs: dict[str, Any],
@@ -207,7 +227,11 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
         state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return None
+    if not isinstance(state.get("max_steps", 0), int) or not isinstance(state.get("log_history", []), list):
+        return None
+    return state
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -227,8 +251,14 @@ def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
     # half-written by definition.
     staged = [p for p in output_dir.glob("tmp-checkpoint-*") if p.is_dir() and p.name[4:].split("-")[-1].isdigit()]
     for path in [*output_dir.glob("checkpoint-*"), *staged]:
-        if not path.is_dir() or path not in staged and (checkpoint_step(path) is None
-                                                         or read_trainer_state(path) is not None):
+        if checkpoint_step(path) is None and path not in staged:
+            continue
+        if path.is_dir() and path not in staged and read_trainer_state(path) is not None:
+            continue  # complete
+        if path.is_file() or path.is_symlink():  # axolotl would try to resume from a file named checkpoint-N
+            target = path.with_name(f"incomplete-{path.name}")
+            os.replace(path, target)
+            moved.append(target)
             continue
         target = path.with_name(f"incomplete-{path.name.removeprefix('tmp-')}")
         if target.exists():
@@ -244,8 +274,8 @@ def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
 def last_logged(state: dict[str, Any] | None) -> tuple[int | None, float | None]:
     """(step, loss) of the last logged training loss in a trainer state."""
     for entry in reversed((state or {}).get("log_history") or []):
-        if isinstance(entry, dict) and "loss" in entry:
-            return entry.get("step"), entry.get("loss")
+        if isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float)) and isinstance(entry.get("step"), int):
+            return entry["step"], float(entry["loss"])
     return None, None
 
 
@@ -329,7 +359,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 @dataclass
 class StageState:
-    kind: str  # done | stale | unreadable | weights-missing | finished | resumable | new
+    kind: str  # done | stale | unreadable | weights-missing | finished | resumable | occupied | new
     detail: str = ""  # stale: what changed; unreadable: what is wrong; weights-missing/finished: weights problem
     checkpoint: Path | None = None  # the last complete checkpoint
     step: int | None = None  # its global step
@@ -374,6 +404,8 @@ def assess(output_dir: Path, digest: str, settings: dict[str, Any],
         return problem, False
 
     marker, problem = read_record(output_dir / DONE_MARKER)
+    if marker is not None and not marker.get("run_id"):  # an older smaug's marker: its bytes identify the run
+        marker["run_id"] = "marker-" + sha256_file(output_dir / DONE_MARKER)[:12]
     if problem:
         return StageState("unreadable", f"its done-marker {output_dir / DONE_MARKER} {problem}",
                           bad_file=output_dir / DONE_MARKER, **base)
@@ -394,6 +426,9 @@ def assess(output_dir: Path, digest: str, settings: dict[str, Any],
         return StageState("done", run_id=marker.get("run_id"), record=marker, note=note, **base)
 
     if last is None:
+        if weights_problem(output_dir, adapter) is None:
+            return StageState("occupied", "it holds model weights but no done-marker and no checkpoints (not "
+                                          "written by a run of this stage, or its records were deleted)", **base)
         return StageState("new", **base)
     record, problem = read_record(output_dir / INPUTS_RECORD)
     if problem:
