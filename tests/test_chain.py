@@ -347,8 +347,8 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tiny_run):
     sft, dpop = tiny_run["sft"], tiny_run["dpop"]
     assert (f"stage 1/2 recipes/cpu/tiny_sft.yml: resuming from {sft.output_dir}/checkpoint-{tiny_run['sft_killed_at']}"
             in tiny_run["run2"])
-    _resumed_correctly(sft, (sft.output_dir / C.STAGE_LOG).read_text()[tiny_run["sft_offset"]:tiny_run["sft_log_after_kill"]],
-                       tiny_run["sft_killed_at"])
+    run2_log = (sft.output_dir / C.STAGE_LOG).read_text()[tiny_run["sft_offset"]:tiny_run["sft_log_after_kill"]]
+    _resumed_correctly(sft, run2_log, tiny_run["sft_killed_at"])
     assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resuming from {dpop.output_dir}/checkpoint-" in tiny_run["run4"]
     _resumed_correctly(dpop, _log_after(dpop, tiny_run["dpop_offset"]), tiny_run["dpop_killed_at"])
     assert tiny_run["run4_code"] == 0

@@ -680,7 +680,8 @@ def test_status_reads_files_only_and_says_what_the_next_run_does(tmp_path):
     assert f"stage 1/2 recipes/cpu/tiny_sft.yml: done\n  output: {sft.output_dir}\n" \
            "  last logged: step 6 of 6, loss 2.5000 (checkpoint-6)\n  next run: skip (done)" in out
     assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resumable from checkpoint-4\n  output: {dpop.output_dir}\n" \
-           "  last logged: step 4 of 8, loss 0.6931 (checkpoint-4)\n  next run: resume from checkpoint-4 (step 4 of 8)" in out
+           "  last logged: step 4 of 8, loss 0.6931 (checkpoint-4)\n" \
+           "  next run: resume from checkpoint-4 (step 4 of 8)" in out
     assert f"next `smaug chain run tiny --output-root {tmp_path}`: stage 2: resume from checkpoint-4" in out
     assert "HEAVY []" in out, "status imports no model, axolotl or torch"
     made = subprocess.run(["make", "-n", "status", "CHAIN=tiny"], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -503,7 +503,8 @@ def consumed_paths(recipe: dict[str, Any]) -> list[tuple[str, Path]]:
                 found.append((f"{key}[{i}].path", path))
             else:  # a Hub dataset's data_files are files of that repo; `path: json` may name local ones
                 files = ds.get("data_files")
-                for j, item in enumerate([files] if isinstance(files, str) else files if isinstance(files, list) else []):
+                files = [files] if isinstance(files, str) else files if isinstance(files, list) else []
+                for j, item in enumerate(files):
                     local = repo_path(str(item)) if isinstance(item, str) else None
                     if local is not None and (local.exists() or str(item).startswith(("./", "../", "/"))):
                         found.append((f"{key}[{i}].data_files[{j}]", local))
@@ -805,7 +806,8 @@ def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] |
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
         overrides = {**tracking.get(stage.index, {}), "dataset_prepared_path": _planned_prepared(chain, stage, state,
                                                                                                   states)}
-        lines.append(f"  command: {runner.display(train_command(stage, launch, hw.get('accelerator', 'cuda'), overrides))}")
+        command = train_command(stage, launch, hw.get("accelerator", "cuda"), overrides)
+        lines.append(f"  command: {runner.display(command)}")
         if str(overrides["dataset_prepared_path"]).endswith(PENDING_PREPARED):
             lines.append(f"  ({PENDING_PREPARED}: inputs-<digest of its data files and base>, known once the stage "
                          "it starts from has run)")
@@ -865,7 +867,8 @@ def status_report(chain: Chain) -> str:
     elif all(state.kind == "done" for state in states):
         lines.append(f"next `{chain.rerun()}`: nothing to do (every stage is done)")
     else:
-        todo = [f"stage {s.index + 1}: {step.text}" for s, step in zip(chain.stages, steps) if step.text != "skip (done)"]
+        todo = [f"stage {s.index + 1}: {step.text}" for s, state, step in zip(chain.stages, states, steps)
+                if state.kind != "done"]
         lines.append(f"next `{chain.rerun()}`: " + "; ".join(todo))
     return "\n".join(lines)
 

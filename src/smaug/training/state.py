@@ -182,7 +182,8 @@ def input_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
                            f"-> {new_base.get('run_id')})")
     elif new_base.get("kind") == "folder" and new_base.get("files") is not None:
         old, new = old_base.get("files") or {}, new_base["files"]
-        differ = sorted(n for n in set(old) | set(new) if (old.get(n) or {}).get("sha256") != (new.get(n) or {}).get("sha256"))
+        differ = sorted(name for name in set(old) | set(new)
+                        if (old.get(name) or {}).get("sha256") != (new.get(name) or {}).get("sha256"))
         if differ:
             changes.append(f"its base model folder {new_base.get('path')} changed ({', '.join(differ[:4])}"
                            + (f" and {len(differ) - 4} more" if len(differ) > 4 else "") + ")")
@@ -274,7 +275,8 @@ def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
 def last_logged(state: dict[str, Any] | None) -> tuple[int | None, float | None]:
     """(step, loss) of the last logged training loss in a trainer state."""
     for entry in reversed((state or {}).get("log_history") or []):
-        if isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float)) and isinstance(entry.get("step"), int):
+        if (isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float))
+                and isinstance(entry.get("step"), int)):
             return entry["step"], float(entry["loss"])
     return None, None
 
