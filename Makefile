@@ -4,8 +4,8 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
-# Knobs (all optional): MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1, PUBLIC=1, JUDGE_URL,
-# JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
+# Knobs (all optional): CHAIN (for `make status`), MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1,
+# PUBLIC=1, JUDGE_URL, JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
 DATA_OUT ?= outputs/data
@@ -18,12 +18,14 @@ MTBENCH_CONFIG ?= eval/mtbench.yaml
 # The stage chains read these from the environment (multi-GPU / multi-node through accelerate); DRY_RUN=1 and
 # SMAUG_SKIP_PREFLIGHT=1 become flags, as DRY_RUN does for `make publish`.
 export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+# Experiment tracking: WANDB_PROJECT=… / MLFLOW_TRACKING_URI=… make smaug-34b (from the environment; not
+# exported here, so that an unset one stays unset); TensorBoard is on by default (SMAUG_TENSORBOARD=0: off).
 CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKIP_PREFLIGHT)),--skip-preflight)
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
-        recipes recipes-check
+        status recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status
 
 setup: $(VENV)/.installed
 
@@ -51,6 +53,7 @@ mistral-7b-fig2: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS)
 mistral-7b-fig3: setup ; smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
 mistral-7b-losses: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS) && smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
 smaug-tiny: setup ; smaug chain run tiny $(CHAIN_FLAGS)
+status: setup ; smaug chain status $(CHAIN)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
 
@@ -90,3 +93,5 @@ bench-loss: setup
 
 bench-data: setup
 	taskset -c 0 python benchmarks/bench_data_build.py
+
+bench-status: setup ; python benchmarks/bench_chain_status.py

@@ -3,6 +3,8 @@ run end to end through the real `axolotl train`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -48,10 +50,12 @@ def test_dry_run_prints_stages_commands_and_memory(capsys):
     out = capsys.readouterr().out
     assert out.index("stage 1/2: recipes/smaug34b_sft.yml") < out.index("stage 2/2: recipes/smaug34b_dpop.yml")
     sft, dpop = _section(out, "stage 1/2"), _section(out, "stage 2/2")
-    for part, recipe in ((sft, "smaug34b_sft.yml"), (dpop, "smaug34b_dpop.yml")):
-        assert (f"command: AXOLOTL_DO_NOT_TRACK=1 axolotl train recipes/{recipe} --launcher accelerate -- "
-                "--num_processes 8 --num_machines 1 --machine_rank 0 --main_process_ip 127.0.0.1 "
-                "--main_process_port 29500 --multi_gpu") in part
+    for part, recipe in ((sft, "smaug34b_sft"), (dpop, "smaug34b_dpop")):
+        # the recipe as committed, plus the chain's own axolotl keys (TensorBoard; a prepared-data folder per inputs)
+        assert re.search(rf"command: AXOLOTL_DO_NOT_TRACK=1 axolotl train recipes/{recipe}.yml --use-tensorboard "
+                         rf"--dataset-prepared-path=outputs/prepared/{recipe.replace('_', '-')}/inputs-\w+ "
+                         "--launcher accelerate -- --num_processes 8 --num_machines 1 --machine_rank 0 "
+                         "--main_process_ip 127.0.0.1 --main_process_port 29500 --multi_gpu", part)
     # the estimate reads the recipe's DeepSpeed json (ZeRO-3, optimizer offloaded) and the model table
     weights = 34.39e9 * 2 / 8 / memory.GIB
     assert re.search(rf"weights, bf16 \(2 B/param\)\s+{weights:.1f} GiB", sft)
@@ -143,8 +147,16 @@ def test_make_dry_run_variable_selects_the_dry_run(monkeypatch, capsys):
     assert "stage 2/2: recipes/smaug34b_dpop.yml" in capsys.readouterr().out
 
 
+def write_weights(folder: Path) -> None:
+    """A whole (tiny) safetensors model file and its config.json, as save_pretrained leaves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    (folder / "config.json").write_text("{}")
+
+
 def _mark_done(stage, digest=None):
-    stage.output_dir.mkdir(parents=True, exist_ok=True)
+    write_weights(stage.output_dir)
     stage.marker.write_text(json.dumps({"recipe": stage.name, "sha256": digest or stage.digest}))
 
 
@@ -162,18 +174,20 @@ def test_done_stages_are_skipped_without_starting_anything(tmp_path, capsys):
 def test_a_stage_done_with_another_recipe_version_stops(tmp_path):
     stage = C.plan_chain("tiny", tmp_path).stages[0]
     _mark_done(stage, digest="0" * 64)
-    assert stage.status() == "stale"
-    with pytest.raises(UserError, match="different version of recipes/cpu/tiny_sft.yml"):
+    assert C.assess_stage(C.plan_chain("tiny", tmp_path), stage, []).kind == "stale"
+    with pytest.raises(UserError, match=r"tiny_sft.yml .* is stale: the recipe changed.*to retrain it: mv "):
         C.run_chain("tiny", tmp_path)
 
 
 def test_half_written_checkpoints_are_set_aside(tmp_path):
-    good, half = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
+    good, half, torn = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4", tmp_path / "checkpoint-6"
     good.mkdir()
-    (good / "trainer_state.json").write_text("{}")
+    (good / "trainer_state.json").write_text('{"global_step": 2, "max_steps": 8}')
     half.mkdir()
+    torn.mkdir()
+    (torn / "trainer_state.json").write_text('{"global_step": 6, "max_st')  # killed while writing it
     moved = C.set_aside_incomplete_checkpoints(tmp_path)
-    assert [p.name for p in moved] == ["incomplete-checkpoint-4"]
+    assert sorted(p.name for p in moved) == ["incomplete-checkpoint-4", "incomplete-checkpoint-6"]
     assert C.complete_checkpoints(tmp_path) == [good]
 
 
@@ -217,7 +231,7 @@ def test_a_stage_that_is_not_resumable_is_rejected(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the CPU twin, end to end
+# the CPU twin, end to end: one chain run through kills, shared by the tests below
 
 
 def _children_running_axolotl() -> list[int]:
@@ -227,74 +241,260 @@ def _children_running_axolotl() -> list[int]:
             if any("axolotl" in part for part in p.cmdline())]
 
 
-def _run_until_checkpoint_then_kill(root: Path, stage) -> int:
-    """Run the chain in a thread; once `stage` has a complete checkpoint, SIGKILL the axolotl process (a crash
-    or a pre-empted node). Returns the step of the last complete checkpoint."""
-    result = {}
-    runner = threading.Thread(target=lambda: result.setdefault("code", C.run_chain("tiny", root)))
-    runner.start()
-    deadline = time.monotonic() + 240
-    while not C.complete_checkpoints(stage.output_dir):
-        assert runner.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared in {stage.output_dir}"
-        time.sleep(0.2)
+def _kill_axolotl() -> None:
     for pid in _children_running_axolotl():
         os.kill(pid, signal.SIGKILL)
-    runner.join(60)
-    assert result["code"] != 0 and not stage.marker.is_file()
-    step = int(C.complete_checkpoints(stage.output_dir)[-1].name.split("-")[-1])
-    assert step < stage.recipe["max_steps"], "killed before the end"
-    return step
 
 
-def _resumed_correctly(stage, log_before: str, killed_at: int) -> None:
+class _Output(io.StringIO):
+    """What a chain run prints (axolotl's output included, line by line); ``kill_on`` SIGKILLs axolotl the moment
+    a line containing it is echoed, before the process can go on."""
+
+    def __init__(self, kill_on: str | None = None):
+        super().__init__()
+        self.kill_on = kill_on
+
+    def write(self, text: str) -> int:
+        if self.kill_on and self.kill_on in text:
+            _kill_axolotl()
+            self.kill_on = None
+        return super().write(text)
+
+
+def _run(root: Path, env: dict | None = None, kill_on: str | None = None, kill_when=None) -> tuple[int, str]:
+    """Run the tiny chain in a thread; kill axolotl when a line with ``kill_on`` is printed, or once
+    ``kill_when()`` is true (polled). Returns (exit code, what it printed)."""
+    out, result = _Output(kill_on), {}
+
+    def target():
+        with contextlib.redirect_stdout(out):
+            try:
+                result["code"] = C.run_chain("tiny", root, env=env or {})
+            except BaseException as err:  # noqa: BLE001 - reported below
+                result["error"] = err
+
+    runner = threading.Thread(target=target)
+    runner.start()
+    deadline = time.monotonic() + 300
+    while kill_when is not None and not kill_when():
+        assert runner.is_alive() and time.monotonic() < deadline, f"never ready to kill:\n{out.getvalue()[-3000:]}"
+        time.sleep(0.2)
+    if kill_when is not None:
+        _kill_axolotl()
+    runner.join(300)
+    assert "error" not in result, result.get("error")
+    return result["code"], out.getvalue()
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
+def _log_after(stage, offset: int) -> str:
+    return (stage.output_dir / C.STAGE_LOG).read_text()[offset:]
+
+
+def _log_size(stage) -> int:
+    return len((stage.output_dir / C.STAGE_LOG).read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny chain: (1) SFT killed after its first checkpoint; (2) SFT resumes, finishes, and is killed right
+    after axolotl's "Model successfully saved", before the done-marker; (3) SFT is finished without training,
+    DPOP is killed after its first checkpoint, and `smaug chain status` shows the mixed state; (4) DPOP resumes
+    and finishes, with TensorBoard (default) and W&B offline; (5) nothing is left to do."""
+    root = tmp_path_factory.mktemp("tiny-chain") / "out"
+    sft, dpop = C.plan_chain("tiny", root).stages
+    seen: dict = {"root": root, "sft": sft, "dpop": dpop}
+
+    code, _ = _run(root, kill_when=lambda: C.complete_checkpoints(sft.output_dir))
+    seen["sft_killed_at"] = _step(C.complete_checkpoints(sft.output_dir)[-1])
+    assert code != 0 and not sft.marker.exists() and seen["sft_killed_at"] < sft.recipe["max_steps"]
+    seen["sft_offset"] = _log_size(sft)
+
+    seen["run2_code"], seen["run2"] = _run(root, kill_on="Model successfully saved")
+    seen["sft_weights"] = (sft.output_dir / "model.safetensors").read_bytes()
+    seen["sft_log_after_kill"] = _log_size(sft)
+    seen["status_finished"] = C.status_report(C.plan_chain("tiny", root))
+
+    code, seen["run3"] = _run(root, kill_when=lambda: C.complete_checkpoints(dpop.output_dir))
+    seen["dpop_killed_at"] = _step(C.complete_checkpoints(dpop.output_dir)[-1])
+    assert code != 0 and not dpop.marker.exists() and seen["dpop_killed_at"] < dpop.recipe["max_steps"]
+    seen["sft_log_after_run3"] = _log_size(sft)
+    seen["dpop_offset"] = _log_size(dpop)
+    started = time.perf_counter()
+    seen["status_mixed"] = C.status_report(C.plan_chain("tiny", root))
+    seen["status_seconds"] = time.perf_counter() - started
+
+    wandb = {"WANDB_PROJECT": "smaug-tiny-test", "WANDB_MODE": "offline"}
+    seen["run4_code"], seen["run4"] = _run(root, env=wandb)
+    seen["logs_before_run5"] = [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)]
+    started = time.monotonic()
+    seen["run5_code"], seen["run5"] = _run(root, env={"WANDB_PROJECT": "another", "SMAUG_TENSORBOARD": "0"})
+    seen["run5_seconds"] = time.monotonic() - started
+    return seen
+
+
+def _resumed_correctly(stage, rerun_log: str, killed_at: int) -> None:
     """axolotl's log of the rerun says it resumed from that checkpoint, and only the remaining steps ran."""
-    rerun_log = (stage.output_dir / C.STAGE_LOG).read_text()[len(log_before):]
     match = re.search(r"resume from checkpoint at (\S+)/checkpoint-(\d+)", rerun_log)
     assert match, f"axolotl did not auto-resume {stage.name}"
     assert Path(match.group(1)) == stage.output_dir and int(match.group(2)) == killed_at
     assert rerun_log.count("{'loss'") == stage.recipe["max_steps"] - killed_at
     final = C.complete_checkpoints(stage.output_dir)[-1]
     assert json.loads((final / "trainer_state.json").read_text())["global_step"] == stage.recipe["max_steps"]
-    assert json.loads(stage.marker.read_text())["sha256"] == stage.digest
 
 
 @pytest.mark.slow
-def test_tiny_chain_resumes_killed_stages_and_skips_done_ones(tmp_path, capsys):
-    root = tmp_path / "out"
-    sft, dpop = C.plan_chain("tiny", root).stages
-
-    # run 1: the SFT stage is killed after its first checkpoint
-    sft_killed_at = _run_until_checkpoint_then_kill(root, sft)
-    sft_log = (sft.output_dir / C.STAGE_LOG).read_text()
-    capsys.readouterr()
-
-    # run 2: SFT resumes and finishes; the DPOP stage starts from it and is killed after a checkpoint
-    dpop_killed_at = _run_until_checkpoint_then_kill(root, dpop)
-    assert f"stage 1/2 recipes/cpu/tiny_sft.yml: resuming from {sft.output_dir}/checkpoint-{sft_killed_at}" \
-        in capsys.readouterr().out
-    _resumed_correctly(sft, sft_log, sft_killed_at)
-    dpop_log = (dpop.output_dir / C.STAGE_LOG).read_text()
-
-    # run 3: SFT is skipped; DPOP resumes from its last checkpoint and finishes
-    assert C.run_chain("tiny", root) == 0
-    out = capsys.readouterr().out
-    assert "stage 1/2 recipes/cpu/tiny_sft.yml: done, skipped" in out
-    assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resuming from {dpop.output_dir}/checkpoint-{dpop_killed_at}" in out
-    _resumed_correctly(dpop, dpop_log, dpop_killed_at)
+def test_a_killed_stage_resumes_from_its_last_checkpoint(tiny_run):
+    sft, dpop = tiny_run["sft"], tiny_run["dpop"]
+    assert (f"stage 1/2 recipes/cpu/tiny_sft.yml: resuming from {sft.output_dir}/checkpoint-{tiny_run['sft_killed_at']}"
+            in tiny_run["run2"])
+    run2_log = (sft.output_dir / C.STAGE_LOG).read_text()[tiny_run["sft_offset"]:tiny_run["sft_log_after_kill"]]
+    _resumed_correctly(sft, run2_log, tiny_run["sft_killed_at"])
+    assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resuming from {dpop.output_dir}/checkpoint-" in tiny_run["run4"]
+    _resumed_correctly(dpop, _log_after(dpop, tiny_run["dpop_offset"]), tiny_run["dpop_killed_at"])
+    assert tiny_run["run4_code"] == 0
+    for stage in (sft, dpop):
+        assert json.loads(stage.marker.read_text())["sha256"] == stage.digest
     assert (dpop.output_dir / "model.safetensors").is_file()
     provenance = json.loads((dpop.output_dir / "smaug_provenance.json").read_text())
     assert provenance["training"]["dpop_lambda"] == 50 and provenance["training"]["rl_beta"] == 0.3
-    assert provenance["parent"]["base_model"] == str(root / "tiny" / "base-model")
+    assert provenance["parent"]["base_model"] == str(tiny_run["root"] / "tiny" / "base-model")
     assert provenance["recipe"] == "recipes/cpu/tiny_dpop.yml"
     # the lineage ends at the tiny model we created, so the final model gets a card with its licence
     from smaug.release.cards import render_card
 
-    card = render_card(dpop.output_dir, auto_evals=False)
-    assert card.data.license == "apache-2.0"
+    assert render_card(dpop.output_dir, auto_evals=False).data.license == "apache-2.0"
 
-    # run 4: nothing to do, nothing started
-    logs_before = [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)]
-    started = time.monotonic()
-    assert C.run_chain("tiny", root) == 0
-    assert capsys.readouterr().out.count("done, skipped") == 2 and time.monotonic() - started < 5
-    assert [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)] == logs_before
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_last_checkpoint_is_finished_without_training_again(tiny_run):
+    """Issue 16.4: killed after "Model successfully saved", before the done-marker; the rerun used to resume and
+    train step max_steps+1 over the finished model."""
+    sft = tiny_run["sft"]
+    assert tiny_run["run2_code"] != 0 and "Model successfully saved" in tiny_run["run2"]
+    assert "finished at checkpoint-6 but not marked done (final weights complete)" in tiny_run["status_finished"]
+    assert "next run: finish without training: write the done-marker" in tiny_run["status_finished"]
+    assert ("stage 1/2 recipes/cpu/tiny_sft.yml: training had finished at checkpoint-6; marked done without "
+            "training") in tiny_run["run3"]
+    assert tiny_run["sft_log_after_run3"] == tiny_run["sft_log_after_kill"], "axolotl was not started for SFT"
+    assert (sft.output_dir / "model.safetensors").read_bytes() == tiny_run["sft_weights"]
+    assert [_step(c) for c in C.complete_checkpoints(sft.output_dir)][-1] == 6
+    assert not (sft.output_dir / "checkpoint-7").exists()
+    marker = json.loads(sft.marker.read_text())
+    inputs = json.loads((sft.output_dir / ".smaug_stage_inputs").read_text())
+    assert marker["run_id"] == inputs["run_id"] and marker["inputs"] == inputs["inputs"]
+
+
+@pytest.mark.slow
+def test_status_of_the_tiny_chain_with_one_stage_done_and_one_resumable(tiny_run):
+    text, dpop = tiny_run["status_mixed"], tiny_run["dpop"]
+    step = tiny_run["dpop_killed_at"]
+    print(text)
+    assert "stage 1/2 recipes/cpu/tiny_sft.yml: done\n" in text and "  next run: skip (done)" in text
+    assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resumable from checkpoint-{step}\n  output: {dpop.output_dir}" in text
+    state = json.loads((dpop.output_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())
+    loss = [e for e in state["log_history"] if "loss" in e][-1]
+    assert f"  last logged: step {loss['step']} of 8, loss {loss['loss']:.4f} (checkpoint-{step})" in text
+    assert f"  next run: resume from checkpoint-{step} (step {step} of 8)" in text
+    assert tiny_run["status_seconds"] < 5
+
+
+@pytest.mark.slow
+def test_done_stages_are_skipped_whatever_the_tracking(tiny_run):
+    assert tiny_run["run5_code"] == 0 and tiny_run["run5"].count("done, skipped") == 2
+    assert tiny_run["run5_seconds"] < 5
+    assert [(s.output_dir / C.STAGE_LOG).read_text() for s in (tiny_run["sft"], tiny_run["dpop"])] == \
+        tiny_run["logs_before_run5"]
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """tag -> step -> value over every event file under ``folder`` (a resumed run writes a second one; the
+    latest value of a step wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, dict[int, tuple[float, float]]] = {}
+    for events in sorted(folder.glob("runs/*/events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            for event in acc.Scalars(tag):
+                old = scalars.setdefault(tag, {}).get(event.step)
+                if old is None or event.wall_time >= old[0]:
+                    scalars[tag][event.step] = (event.wall_time, event.value)
+    return {tag: {step: value for step, (_, value) in steps.items()} for tag, steps in scalars.items()}
+
+
+def _logged(stage) -> list[dict]:
+    state = json.loads((C.complete_checkpoints(stage.output_dir)[-1] / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_every_stage_logs_to_tensorboard_under_its_folder_with_the_trainers_values(tiny_run):
+    """Issue 14.1: on by default through axolotl's `use_tensorboard` (the recipes do not set it); the event
+    files under <output_dir>/runs/ hold every value of trainer_state.json's log_history, DPOP's under
+    train/dpop/... and train/logps/..."""
+    for recipe in ("tiny_sft.yml", "tiny_dpop.yml"):
+        assert "use_tensorboard" not in yaml.safe_load((RECIPES_DIR / "cpu" / recipe).read_text())
+    for stage in (tiny_run["sft"], tiny_run["dpop"]):
+        scalars = _tensorboard_scalars(stage.output_dir)
+        logged = _logged(stage)
+        assert [e["step"] for e in logged] == list(range(1, stage.recipe["max_steps"] + 1))
+        for entry in logged:
+            for key, value in entry.items():
+                if key in ("step", "epoch"):
+                    continue
+                assert scalars[f"train/{key}"][entry["step"]] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    dpop_tags = set(_tensorboard_scalars(tiny_run["dpop"].output_dir))
+    assert {"train/dpop/penalty", "train/dpop/active_fraction", "train/logps/chosen", "train/logps/rejected",
+            "train/rewards/margins", "train/loss"} <= dpop_tags
+
+
+def _wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of an offline W&B run file: a LevelDB-format log of `Record` protobufs (7-byte file
+    header; 32 KiB blocks; records split into FULL/FIRST/MIDDLE/LAST chunks with 7-byte headers)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos = run_file.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B"
+    records, chunks = [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        chunks += data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            records.append(chunks)
+            chunks = b""
+    rows = []
+    for raw in records:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+@pytest.mark.slow
+def test_wandb_offline_gets_the_same_values_when_asked_for(tiny_run):
+    """WANDB_PROJECT (+ WANDB_MODE=offline) switches W&B on through axolotl's `wandb_*` keys; the offline run is
+    written under the stage's folder and holds the trainer's values. Runs 1-3 did not ask: no W&B there."""
+    dpop = tiny_run["dpop"]
+    assert ("--use-tensorboard --wandb-project=smaug-tiny-test --wandb-mode=offline --wandb-name=tiny/tiny_dpop"
+            in _log_after(dpop, tiny_run["dpop_offset"]))
+    (run_file,) = dpop.output_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows = {row["train/global_step"]: row for row in _wandb_history(run_file) if "train/loss" in row}
+    resumed = [e for e in _logged(dpop) if e["step"] > tiny_run["dpop_killed_at"]]
+    assert sorted(rows) == [e["step"] for e in resumed]
+    for entry in resumed:
+        for key in ("loss", "dpop/penalty", "dpop/active_fraction", "logps/chosen", "logps/rejected"):
+            assert rows[entry["step"]][f"train/{key}"] == pytest.approx(entry[key], rel=1e-6, abs=1e-7)
+    assert not (tiny_run["sft"].output_dir / "wandb").exists()

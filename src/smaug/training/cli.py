@@ -1,8 +1,10 @@
-"""`smaug recipes list|validate|generate` and `smaug chain run|list` (what `make smaug-34b` calls)."""
+"""`smaug recipes list|validate|generate` and `smaug chain run|status|list` (what `make smaug-34b` and
+`make status CHAIN=...` call)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -29,6 +31,11 @@ def register(subparsers) -> None:
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not check the GPUs first (make: SMAUG_SKIP_PREFLIGHT=1)")
     run.set_defaults(func=_cmd_run)
+    status = sub.add_parser("status", help="where each stage of a chain stands and what the next run would do "
+                                           "(reads files only; make: make status CHAIN=NAME)")
+    status.add_argument("name", help="chain name, e.g. smaug-34b, tiny")
+    status.add_argument("--output-root", type=Path, default=None, help="the --output-root the chain runs with")
+    status.set_defaults(func=_cmd_status)
     lst = sub.add_parser("list", help="the chains and their stages")
     lst.set_defaults(func=_cmd_list_chains)
 
@@ -80,9 +87,29 @@ def _cmd_list_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from smaug.common.errors import UserError
     from smaug.training.chains import run_chain
 
-    return run_chain(args.name, args.output_root, dry_run=args.dry_run, skip_preflight=args.skip_preflight)
+    try:
+        return run_chain(args.name, args.output_root, dry_run=args.dry_run, skip_preflight=args.skip_preflight)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run `smaug chain run {args.name}` again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    except OSError as err:  # an unwritable or full output folder, a vanished file: say which, no traceback
+        raise UserError(f"{err.filename or 'the chain'}: {err.strerror or err}; check that folder's permissions and "
+                        "free space (or choose another --output-root), then run again") from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from smaug.common.errors import UserError
+    from smaug.training.chains import plan_chain, status_report
+
+    try:
+        print(status_report(plan_chain(args.name, args.output_root)))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the state of chain {args.name}: {err}") from None
+    return 0
 
 
 def _cmd_list_chains(args: argparse.Namespace) -> int:

@@ -130,9 +130,11 @@ def validate_offline(
     recipe: str | Path | dict[str, Any],
     capabilities: dict | None = None,
     env_capabilities: dict | None = None,
+    name: str | None = None,
 ):
     """Run axolotl's own validation (plugins registered first, as `axolotl train` does) without a GPU or the
     Hub, against a described node (default: 8x H100). Returns axolotl's validated config (a DictDefault).
+    ``name`` names a dict recipe in errors (e.g. the chain stage it belongs to).
 
     `load_cfg` cannot be used offline because it fetches the model's config; this is the part of it that
     checks the YAML: `prepare_plugins(cfg)` (the DPOP plugin maps `rl: dpop` onto axolotl's DPO) and then
@@ -142,7 +144,7 @@ def validate_offline(
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
 
-    name = "<dict>" if isinstance(recipe, dict) else rel(resolve_recipe_path(recipe))
+    name = name or ("<dict>" if isinstance(recipe, dict) else rel(resolve_recipe_path(recipe)))
     data = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
     cfg = DictDefault(data)
     try:
@@ -153,4 +155,16 @@ def validate_offline(
             env_capabilities=env_capabilities or CUDA_ENV_CAPABILITIES,
         )
     except (ValueError, TypeError, ImportError, AttributeError) as err:
-        raise UserError(f"{name}: axolotl rejects this recipe: {err}") from None
+        raise UserError(f"{name}: axolotl rejects this recipe: {_one_line(err)}") from None
+
+
+def _one_line(err: Exception) -> str:
+    """pydantic's multi-line report as `field: message; ...` (other errors: their lines joined)."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        try:
+            return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'config'}: {e.get('msg')}"
+                             for e in errors())
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
