@@ -5,12 +5,18 @@ axolotl's `rl:` is a closed enum, so `register` (which sees the raw YAML before 
 own DPO path runs — datasets and `type:`s, LoRA/QLoRA, precomputed reference log-probs, DeepSpeed —
 and only the loss differs. Without `rl: dpop` the plugin changes no training behaviour; it only writes
 `smaug_provenance.json` next to the trained weights.
+
+With `rl: dpop`, `dpop_chunked_logps: true` computes the log-probs with a token-chunked head (see
+`axolotl_dpop.chunked_logps`), and `precompute_ref_log_probs: true` on a full fine-tune keeps no reference
+model at all (axolotl 0.19 would load one anyway) and caches the reference log-probs on disk
+(`axolotl_dpop.ref_cache`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
@@ -21,16 +27,36 @@ LOG = get_logger(__name__)
 TRAINER_CLS = "axolotl_dpop.trainer.DPOPTrainer"
 # DPO options that change the loss DPOP replaces; a value here is a config mistake, not a preference.
 _CONFLICTING_OPTIONS = ("dpo_use_weighting", "dpo_use_liger_kernel", "dpo_label_smoothing", "dpo_ld_alpha")
+_DPOP_ONLY_OPTIONS = ("dpop_chunked_logps", "dpop_logps_chunk_size", "dpop_ref_logps_cache_dir")
 
 
 class DPOPPlugin(BasePlugin):
     def get_input_args(self) -> str:
         return "axolotl_dpop.args.DPOPArgs"
 
+    def get_training_args_mixin(self) -> str:
+        return "axolotl_dpop.args.DPOPTrainingArgs"
+
+    def get_training_args(self, cfg) -> dict | None:
+        if not cfg.get("dpop"):
+            return None
+        from axolotl_dpop.args import DPOPTrainingArgs
+
+        defaults = DPOPTrainingArgs()
+        cache_dir = cfg.get("dpop_ref_logps_cache_dir") or str(
+            Path(cfg.get("dataset_prepared_path") or "last_run_prepared") / "dpop_ref_logps")
+        return {"dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
+                "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or defaults.dpop_logps_chunk_size,
+                "dpop_ref_logps_cache_dir": cache_dir if cfg.get("precompute_ref_log_probs") else None}
+
     def register(self, cfg: dict):
-        if cfg.get("rl") != "dpop":
-            return
         where = cfg.get("axolotl_config_path") or "the axolotl config"
+        if cfg.get("rl") != "dpop":
+            stray = [key for key in _DPOP_ONLY_OPTIONS if cfg.get(key) is not None]
+            if stray:
+                raise ValueError(f"{where}: {stray} only apply to rl: dpop; set `rl: dpop` or remove them.")
+            return
+        _check_chunked_logps_options(cfg, where)
         lam = cfg.get("dpop_lambda")
         if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float))
                                 or not math.isfinite(lam) or lam < 0):
@@ -48,6 +74,10 @@ class DPOPPlugin(BasePlugin):
         cfg["rl"] = "dpo"
         cfg["dpop"] = True
         cfg["trainer_cls"] = TRAINER_CLS
+
+    def pre_model_load(self, cfg):
+        if cfg.get("dpop") and cfg.get("precompute_ref_log_probs") and not cfg.get("adapter"):
+            _load_no_reference_model()
 
     def load_datasets(self, cfg, preprocess: bool = False):
         """Check every row before any model is loaded, then load as axolotl would and drop identical pairs."""
@@ -81,6 +111,49 @@ class DPOPPlugin(BasePlugin):
             from axolotl_dpop.provenance import write_provenance
 
             write_provenance(cfg)
+
+
+def _check_chunked_logps_options(cfg: dict, where: str) -> None:
+    chunked = cfg.get("dpop_chunked_logps")
+    if chunked is not None and not isinstance(chunked, bool):
+        raise ValueError(f"{where}: dpop_chunked_logps must be true or false, got {chunked!r}.")
+    size = cfg.get("dpop_logps_chunk_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}: dpop_logps_chunk_size must be a whole number of tokens >= 1 "
+                             f"(e.g. 1024), got {size!r}.")
+        if not chunked:
+            raise ValueError(f"{where}: dpop_logps_chunk_size only applies with dpop_chunked_logps: true.")
+    if chunked and (cfg.get("fsdp") or cfg.get("fsdp_config")):
+        raise ValueError(f"{where}: dpop_chunked_logps reads the output projection's weight directly, which "
+                         "FSDP shards; use DeepSpeed (ZeRO-3 is supported) or set dpop_chunked_logps: false.")
+    cache_dir = cfg.get("dpop_ref_logps_cache_dir")
+    if cache_dir is not None:
+        if not isinstance(cache_dir, str) or not cache_dir.strip():
+            raise ValueError(f"{where}: dpop_ref_logps_cache_dir must be a folder path, got {cache_dir!r}.")
+        if not cfg.get("precompute_ref_log_probs"):
+            raise ValueError(f"{where}: dpop_ref_logps_cache_dir only applies with precompute_ref_log_probs: true.")
+
+
+def _load_no_reference_model() -> None:
+    """axolotl 0.19 loads a second copy of the model as the reference for every full fine-tune, even when
+    TRL precomputes the reference log-probs and never uses it (TRL keeps no reference model then: at step
+    0 the policy is the reference). Skip that load; the model is the only copy in memory."""
+    import axolotl.train as axolotl_train
+
+    if not hasattr(axolotl_train, "setup_reference_model"):
+        raise RuntimeError("axolotl_dpop: axolotl.train.setup_reference_model is gone (axolotl changed); "
+                           "update DPOPPlugin.pre_model_load.")
+    if getattr(axolotl_train.setup_reference_model, "_dpop_skips_reference", False):
+        return
+
+    def setup_no_reference_model(cfg, *args, **kwargs):
+        LOG.info("DPOP: precompute_ref_log_probs on a full fine-tune: no reference model is loaded; the "
+                 "reference log-probs come from the initial policy before training.")
+        return None
+
+    setup_no_reference_model._dpop_skips_reference = True
+    axolotl_train.setup_reference_model = setup_no_reference_model
 
 
 def _place_multiprocess_cpu_models_on_cpu(cfg) -> None:
