@@ -6,9 +6,7 @@ and every parameter's gradient within 1e-6 relative (norm of the difference over
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from torch import nn
 
 from axolotl_dpop.chunked_logps import ChunkedLinearLogps, HeadStats, check_chunkable, completion_logps
 from tests.axolotl_runner import write_pairs
+from tests.dpop_trainers import make_trainer
 
 REL = 1e-6
 
@@ -131,60 +130,10 @@ def test_models_that_transform_their_logits_are_refused():
 
 # --- DPOPTrainer: chunked vs unchunked on the same batch ---------------------------------------------------
 
-def _training_args_cls():
-    from axolotl.core.trainers.dpo.args import AxolotlDPOConfig
-
-    from axolotl_dpop.args import DPOPTrainingArgs
-
-    # axolotl merges DPOPTrainingArgs into its config class when the plugin is registered; do it by hand.
-    @dataclasses.dataclass
-    class Args(DPOPTrainingArgs, AxolotlDPOConfig):
-        pass
-
-    return Args
-
-
 @pytest.fixture(scope="module")
 def pair_rows(tmp_path_factory):
     path = write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", n=8)
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def make_trainer(tmp_path, model_dir, rows, *, chunked, variant="full", precompute=False, cache_dir=None,
-                 chunk_size=8, tie=False):
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from axolotl_dpop.trainer import DPOPTrainer
-
-    def load():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        if tie:
-            model.config.tie_word_embeddings = True
-            model.lm_head.weight = model.model.embed_tokens.weight
-        return model
-
-    torch.manual_seed(0)  # LoRA's A matrices are drawn at random
-    model = load()
-    ref = None if variant == "lora" or precompute else load()
-    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "lm_head"]
-                             ) if variant == "lora" else None
-    args = _training_args_cls()(
-        output_dir=str(tmp_path / f"out-{chunked}"), per_device_train_batch_size=4, max_length=96, beta=0.3,
-        report_to=[], use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0, remove_unused_columns=False,
-        precompute_ref_log_probs=precompute, dpop_chunked_logps=chunked, dpop_logps_chunk_size=chunk_size,
-        dpop_ref_logps_cache_dir=str(cache_dir) if cache_dir else None)
-    trainer = DPOPTrainer(model, ref, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=peft_config)
-    trainer.dpop_lambda = 50.0
-    # Move the policy away from the reference (after any precompute pass), so that the DPOP penalty is on.
-    with torch.no_grad():
-        for index, (name, p) in enumerate(trainer.model.named_parameters()):
-            if variant != "lora" or "lora_B" in name:
-                p.add_(0.02 * torch.sin(torch.arange(p.numel(), dtype=torch.float32) + index).view_as(p))
-    trainer.model.train()
-    return trainer
 
 
 def loss_metrics_grads(trainer, batch):

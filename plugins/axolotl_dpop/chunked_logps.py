@@ -11,11 +11,12 @@ so that at most one chunk of logits (``chunk_size × vocab``) is alive at a time
   that same buffer, so a chunk costs one ``chunk × vocab`` fp32 buffer in backward and two in forward.
   The TRL metrics that need the full logits — entropy, mean logit, top-1 accuracy — come out of the same
   forward pass for the price of two reductions per chunk.
-* Any other head (a LoRA-wrapped ``lm_head``, PEFT's ``modules_to_save`` copy, a quantised layer) goes
-  through ``torch.utils.checkpoint`` per chunk, calling the module itself, so adapters and hooks apply.
-* Under DeepSpeed ZeRO-3 a partitioned head weight is an empty shard outside its module's forward;
-  :func:`gathered` gathers it with ``deepspeed.zero.GatheredParameters`` around the forward and again in
-  backward, only for parameters that carry a ZeRO status.
+* Any other head (a LoRA-wrapped ``lm_head``, PEFT's ``modules_to_save`` copy, a quantised layer) and any
+  head under DeepSpeed ZeRO-3 goes through ``torch.utils.checkpoint`` (non-reentrant) per chunk, calling the
+  module itself: adapters apply, and ZeRO-3's own module hooks gather the partitioned weight (an empty shard
+  outside its module's forward) for each call and reduce its gradient. Reading ``lm_head.weight`` directly
+  under ZeRO-3 would need a gather around forward *and* around the gradient's accumulation, which autograd
+  runs after a custom Function's backward returns; the module call is what DeepSpeed supports.
 
 Only completion tokens are sent through the head (prompt and padding tokens contribute nothing to the
 sums), which the full-logits path cannot skip.
@@ -27,7 +28,6 @@ parameter's gradient within 1e-6 relative). In bf16 the head matmul runs in bf16
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -50,21 +50,6 @@ class HeadStats:
     entropy: torch.Tensor  # [N] Shannon entropy of the token's distribution (nats)
     logit_mean: torch.Tensor  # [N] mean over the vocabulary of the token's logits
     correct: torch.Tensor  # [N] bool, argmax of the logits == the label
-
-
-def gathered(*params):
-    """Gather ZeRO-3-partitioned parameters for reading (a no-op for ordinary tensors and when they are
-    already gathered, e.g. a tied weight that its embedding's forward holds)."""
-    to_gather = {id(p): p for p in params if p is not None and hasattr(p, "ds_id")}
-    if to_gather:
-        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-        to_gather = {k: p for k, p in to_gather.items() if p.ds_status != ZeroParamStatus.AVAILABLE}
-    if not to_gather:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(to_gather.values()), modifier_rank=None)
 
 
 def _softmax_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -96,9 +81,8 @@ class ChunkedLinearLogps(torch.autograd.Function):
     """``log_softmax(hidden @ weight.T + bias)[labels]`` per row of ``hidden`` [N, H], chunk by chunk.
 
     Returns ``(logps [N], entropy [N], logit_mean [N], argmax [N])``; the last three are detached (empty
-    when ``with_stats`` is False). Gradients flow to ``hidden``, ``weight`` and ``bias``. Under ZeRO-3 call
-    it inside :func:`gathered` (the autograd graph records the gathered weight's shape); backward gathers
-    again by itself."""
+    when ``with_stats`` is False). Gradients flow to ``hidden``, ``weight`` and ``bias``, through autograd's
+    one accumulation per parameter (so DDP and ZeRO-1/2 gradient hooks see one gradient, as usual)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_size: int, with_stats: bool):
@@ -122,10 +106,8 @@ class ChunkedLinearLogps(torch.autograd.Function):
                 entropy[start:end] = chunk_entropy
                 logit_mean[start:end] = chunk_mean
                 argmax[start:end] = chunk_argmax
-        ctx.save_for_backward(hidden, labels, lse)
-        # The parameters themselves, not save_for_backward: under ZeRO-3 their .data is swapped for an empty
-        # shard between forward and backward, and backward gathers them again.
-        ctx.weight, ctx.bias, ctx.chunk_size = weight, bias, chunk_size
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.chunk_size = chunk_size
         if not with_stats:
             empty = hidden.new_empty(0, dtype=acc)
             entropy, logit_mean, argmax = empty, empty, labels.new_empty(0)
@@ -134,28 +116,26 @@ class ChunkedLinearLogps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logps, *_unused):
-        hidden, labels, lse = ctx.saved_tensors
-        weight, bias, chunk_size = ctx.weight, ctx.bias, ctx.chunk_size
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        with gathered(weight, bias):
-            grad_weight = torch.zeros_like(weight) if want_weight else None
-            grad_bias = torch.zeros_like(bias) if want_bias else None
-            for start in range(0, hidden.shape[0], chunk_size):
-                end = min(start + chunk_size, hidden.shape[0])
-                h, g = hidden[start:end], grad_logps[start:end].to(lse.dtype)
-                x = F.linear(h, weight, bias).to(lse.dtype)
-                # d logp / d logits = onehot(label) - softmax, scaled by the incoming gradient; in place.
-                x.sub_(lse[start:end].unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
-                x.scatter_add_(-1, labels[start:end].unsqueeze(-1), g.unsqueeze(-1))
-                grad_x = x.to(weight.dtype)
-                del x
-                if want_hidden:
-                    grad_hidden[start:end] = grad_x @ weight
-                if want_weight:
-                    grad_weight.addmm_(grad_x.t(), h)
-                if want_bias:
-                    grad_bias.add_(grad_x.sum(dim=0))
+        grad_weight = torch.zeros_like(weight) if want_weight else None
+        grad_bias = torch.zeros_like(bias) if want_bias else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            end = min(start + ctx.chunk_size, hidden.shape[0])
+            h, g = hidden[start:end], grad_logps[start:end].to(lse.dtype)
+            x = F.linear(h, weight, bias).to(lse.dtype)
+            # d logp / d logits = onehot(label) - softmax, scaled by the incoming gradient; in place.
+            x.sub_(lse[start:end].unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
+            x.scatter_add_(-1, labels[start:end].unsqueeze(-1), g.unsqueeze(-1))
+            grad_x = x.to(weight.dtype)
+            del x
+            if want_hidden:
+                grad_hidden[start:end] = grad_x @ weight
+            if want_weight:
+                grad_weight.addmm_(grad_x.t(), h)
+            if want_bias:
+                grad_bias.add_(grad_x.sum(dim=0))
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
@@ -165,6 +145,8 @@ def _module_chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Ten
     logps = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
     if not with_stats:
         return (logps,)
+    # After the last op that saves a tensor for backward: checkpoint's recomputation stops before here
+    # (early stop), so the stats cost the first forward only.
     with torch.no_grad():
         p = torch.softmax(x, dim=-1)
         entropy = lse - (p * x).sum(dim=-1)
@@ -175,15 +157,20 @@ def _is_plain_linear(head: nn.Module) -> bool:
     return isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward
 
 
+def _zero3_partitioned(head: nn.Module) -> bool:
+    return any(hasattr(p, "ds_id") for p in head.parameters())
+
+
 def token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int,
                 with_stats: bool = False):
     """Per-row ``log p(label)`` under ``head`` for ``hidden`` [N, H]; with stats also entropy, mean logit and
     argmax per row (detached). A plain ``nn.Linear`` head takes :class:`ChunkedLinearLogps`; any other
-    module is called per chunk under ``torch.utils.checkpoint`` (recomputed in backward)."""
-    if _is_plain_linear(head):
-        with gathered(head.weight, head.bias):
-            logps, entropy, logit_mean, argmax = ChunkedLinearLogps.apply(
-                hidden, head.weight, head.bias, labels, chunk_size, with_stats)
+    module, and any head whose parameters ZeRO-3 partitions, is called per chunk under
+    ``torch.utils.checkpoint`` (recomputed in backward), so that PEFT adapters apply and DeepSpeed's module
+    hooks gather the weight for each call and reduce its gradient."""
+    if _is_plain_linear(head) and not _zero3_partitioned(head):
+        logps, entropy, logit_mean, argmax = ChunkedLinearLogps.apply(
+            hidden, head.weight, head.bias, labels, chunk_size, with_stats)
         return (logps, entropy, logit_mean, argmax) if with_stats else (logps,)
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):

@@ -24,6 +24,7 @@ apart. The plugin does not use it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -38,6 +39,21 @@ _CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "use_cache", "a
                         "label2id", "problem_type"}
 # PEFT wraps base layers; the same base weights must hash alike with and without the wrapper.
 _PEFT_NAME_PARTS = re.compile(r"^base_model\.model\.|\.base_layer(?=\.)|\.original_module(?=\.)")
+
+
+def gathered(*params):
+    """Gather ZeRO-3-partitioned parameters for reading, with DeepSpeed's own API (a no-op for ordinary
+    tensors and for parameters already gathered)."""
+    to_gather = {id(p): p for p in params if p is not None and hasattr(p, "ds_id")}
+    if to_gather:
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        to_gather = {k: p for k, p in to_gather.items() if p.ds_status != ZeroParamStatus.AVAILABLE}
+    if not to_gather:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(to_gather.values()), modifier_rank=None)
 
 
 def _digest_tensor(tensor: torch.Tensor) -> str:
@@ -62,8 +78,6 @@ def weights_digest(named_tensors, rank: int = 0, world_size: int = 1, all_gather
     """SHA-256 over (name, dtype, shape, bytes) of each tensor, in name order. With several processes each
     rank hashes every ``world_size``-th tensor and the digests are exchanged with ``all_gather_object``.
     ZeRO-3-partitioned parameters are gathered one at a time (a collective, so every rank takes part)."""
-    from axolotl_dpop.chunked_logps import gathered
-
     mine = {}
     for index, (name, tensor) in enumerate(sorted(named_tensors, key=lambda item: item[0])):
         with gathered(tensor):

@@ -48,6 +48,7 @@ class DPOPTrainer(AxolotlDPOTrainer):
         if self.dpop_chunked_logps:
             model = kwargs["model"] if "model" in kwargs else args[0]
             check_chunkable(model)
+            LOG.info(f"DPOP: chunked log-probs, {self.dpop_logps_chunk_size} completion tokens per chunk of logits.")
         super().__init__(*args, **kwargs)
         unsupported = {
             "loss_type": list(self.loss_types) != ["sigmoid"],
