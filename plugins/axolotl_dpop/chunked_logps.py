@@ -136,21 +136,42 @@ class ChunkedLinearLogps(torch.autograd.Function):
                 grad_weight.addmm_(grad_x.t(), h)
             if want_bias:
                 grad_bias.add_(grad_x.sum(dim=0))
+            del grad_x  # before the next chunk's logits exist
         return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+class _LogSoftmaxGather(torch.autograd.Function):
+    """``log_softmax(x)[labels]`` keeping only ``x`` and the log-sum-exp for backward, which writes
+    ``g·(onehot − softmax)`` into one new buffer (autograd's logsumexp + gather keep three)."""
+
+    @staticmethod
+    def forward(ctx, x, labels):
+        lse = torch.logsumexp(x, dim=-1)
+        ctx.save_for_backward(x, labels, lse)
+        return x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse, lse
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_lse):
+        x, labels, lse = ctx.saved_tensors
+        g = grad_logps.unsqueeze(-1)
+        grad_x = (x - lse.unsqueeze(-1)).exp_().mul_(-g)
+        grad_x.scatter_add_(-1, labels.unsqueeze(-1), g)
+        return grad_x, None
 
 
 def _module_chunk_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, with_stats: bool):
     x = head(hidden).to(_softmax_dtype(hidden))
-    lse = torch.logsumexp(x, dim=-1)
-    logps = x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+    logps, lse = _LogSoftmaxGather.apply(x, labels)
     if not with_stats:
         return (logps,)
     # After the last op that saves a tensor for backward: checkpoint's recomputation stops before here
     # (early stop), so the stats cost the first forward only.
     with torch.no_grad():
-        p = torch.softmax(x, dim=-1)
-        entropy = lse - (p * x).sum(dim=-1)
-        return logps, entropy, x.mean(dim=-1), x.argmax(dim=-1)
+        m, argmax = x.max(dim=-1)
+        e = (x - m.unsqueeze(-1)).exp_()
+        weighted = torch.bmm(e.unsqueeze(1), x.unsqueeze(2)).view(-1)  # sum over V of e * x, no [c, V] temp
+        entropy = lse - weighted / e.sum(dim=-1)
+        return logps, entropy, x.mean(dim=-1), argmax
 
 
 def _is_plain_linear(head: nn.Module) -> bool:
