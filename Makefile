@@ -18,7 +18,7 @@ export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREF
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-memory
 
 setup: $(VENV)/.installed
 
@@ -83,3 +83,5 @@ bench-loss: setup
 
 bench-data: setup
 	taskset -c 0 python benchmarks/bench_data_build.py
+
+bench-memory: setup ; nice python benchmarks/bench_chunked_logps.py

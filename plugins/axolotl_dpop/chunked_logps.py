@@ -10,7 +10,7 @@ so that at most one chunk of logits (``chunk_size × vocab``) is alive at a time
   the chunk's logits once (one more head matmul than autograd's path) and writes ``softmax − onehot`` into
   that same buffer, so a chunk costs one ``chunk × vocab`` fp32 buffer in backward and two in forward.
   The TRL metrics that need the full logits — entropy, mean logit, top-1 accuracy — come out of the same
-  forward pass for the price of two reductions per chunk.
+  forward pass for the price of one exp and a few reductions per chunk.
 * Any other head (a LoRA-wrapped ``lm_head``, PEFT's ``modules_to_save`` copy, a quantised layer) and any
   head under DeepSpeed ZeRO-3 goes through ``torch.utils.checkpoint`` (non-reentrant) per chunk, calling the
   module itself: adapters apply, and ZeRO-3's own module hooks gather the partitioned weight (an empty shard

@@ -76,7 +76,15 @@ class DPOPPlugin(BasePlugin):
         cfg["trainer_cls"] = TRAINER_CLS
 
     def pre_model_load(self, cfg):
-        if cfg.get("dpop") and cfg.get("precompute_ref_log_probs") and not cfg.get("adapter"):
+        if not cfg.get("dpop"):
+            return
+        if cfg.get("seed") is not None:
+            # axolotl 0.19 seeds only when the Trainer is built, after a LoRA adapter's A matrices were drawn
+            # at random: two runs of one config then train different adapters. Seed before the model loads.
+            from transformers import set_seed
+
+            set_seed(int(cfg.seed))
+        if cfg.get("precompute_ref_log_probs") and not cfg.get("adapter"):
             _load_no_reference_model()
 
     def load_datasets(self, cfg, preprocess: bool = False):
