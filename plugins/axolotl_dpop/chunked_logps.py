@@ -237,6 +237,8 @@ def completion_logps(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Ten
 
 def check_chunkable(model: nn.Module) -> None:
     """Refuse models the chunked head would compute wrongly or cannot reach; one line saying why."""
+    if hasattr(model, "get_base_model"):  # PEFT: its forward passes **kwargs on to the transformers model
+        model = model.get_base_model()
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     for name in _LOGIT_TRANSFORMS:
