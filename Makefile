@@ -25,7 +25,7 @@ CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKI
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
         status recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory
 
 setup: $(VENV)/.installed
 
@@ -95,3 +95,4 @@ bench-data: setup
 	taskset -c 0 python benchmarks/bench_data_build.py
 
 bench-status: setup ; python benchmarks/bench_chain_status.py
+bench-memory: setup ; nice python benchmarks/bench_chunked_logps.py

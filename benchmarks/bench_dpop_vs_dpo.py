@@ -15,44 +15,9 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
-import weakref
 
-os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Tracks bytes of tensor storages alive (created inside the mode) and their peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                key = storage.data_ptr()
-                if key and key not in self._seen:
-                    self._seen.add(key)
-                    size = storage.nbytes()
-                    self.live += size
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, size)
-        return out
-
-    def _free(self, key, size):
-        self._seen.discard(key)
-        self.live -= size
+import torch
+from bench_common import peak_bytes, timed_steps
 
 
 def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: float):
@@ -79,38 +44,6 @@ def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: fl
 def one_batch(trainer):
     batch = next(iter(trainer.get_train_dataloader()))
     return {k: v.to(trainer.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def step(trainer, batch):
-    trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-
-
-def timed_steps(trainer, batch, n: int) -> list[tuple[float, float]]:
-    """(wall, process CPU) seconds per step; CPU time is the steadier number on a shared machine."""
-    times = []
-    for _ in range(n):
-        wall, cpu = time.perf_counter(), time.process_time()
-        step(trainer, batch)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return times
-
-
-def peak_bytes(trainer, batch) -> int:
-    step(trainer, batch)  # warm: optimizer-free, grads allocated once
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(trainer, batch)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with LiveTensorBytes() as tracker:
-        step(trainer, batch)
-    return tracker.peak
 
 
 def main() -> None:

@@ -14,6 +14,13 @@ TRL_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", 
             "logps/chosen", "logps/rejected", "logits/chosen"}
 
 
+# Runs that the chunked-head tests below repeat with dpop_chunked_logps: true and compare step by step.
+LORA = {"adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True,
+        "gradient_accumulation_steps": 2, "micro_batch_size": 2}
+PRECOMPUTE = {"precompute_ref_log_probs": True, "gradient_checkpointing": True, "gradient_accumulation_steps": 2,
+              "micro_batch_size": 2}
+
+
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
@@ -25,6 +32,22 @@ def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, **override
     proc = run_axolotl_train(cfg, tmp_path / name, launcher_args=launcher_args)
     assert_ok(proc)
     return out, log_history(out), proc
+
+
+@pytest.fixture(scope="module")
+def ref_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ref-logps-cache")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, pairs):
+    return _train(tmp_path_factory.mktemp("runs"), tiny_model_dir, pairs, "lora", **LORA)
+
+
+@pytest.fixture(scope="module")
+def precompute_run(tmp_path_factory, tiny_model_dir, pairs, ref_cache_dir):
+    return _train(tmp_path_factory.mktemp("runs"), tiny_model_dir, pairs, "precompute",
+                  dpop_ref_logps_cache_dir=str(ref_cache_dir), **PRECOMPUTE)
 
 
 def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(tmp_path, tiny_model_dir, pairs):
@@ -49,10 +72,8 @@ def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(tmp_path, ti
     assert provenance["base_model"] == str(tiny_model_dir)
 
 
-def test_lora_reference_is_the_adapter_disabled(tmp_path, tiny_model_dir, pairs):
-    out, logs, _ = _train(tmp_path, tiny_model_dir, pairs, "lora", adapter="lora", lora_r=4, lora_alpha=8,
-                          lora_dropout=0.0, lora_target_linear=True, gradient_accumulation_steps=2,
-                          micro_batch_size=2)
+def test_lora_reference_is_the_adapter_disabled(lora_run):
+    out, logs, _ = lora_run
     assert all(DPOP_KEYS <= entry.keys() for entry in logs)
     # LoRA's B matrix starts at zero: at step 1 the policy IS the adapter-disabled reference
     assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["rewards/rejected"] == 0.0
@@ -64,9 +85,13 @@ def test_lora_reference_is_the_adapter_disabled(tmp_path, tiny_model_dir, pairs)
     assert model.peft_config["default"].r == 4
 
 
-def test_precomputed_reference_log_probs(tmp_path, tiny_model_dir, pairs):
-    _, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "precompute", precompute_ref_log_probs=True)
-    assert "Computing reference log probs" in proc.stdout + proc.stderr
+def test_precomputed_reference_log_probs(precompute_run, ref_cache_dir):
+    _, logs, proc = precompute_run
+    output = proc.stdout + proc.stderr
+    assert "Computing reference log probs" in output
+    # a full fine-tune with precomputed reference log-probs keeps no second copy of the model
+    assert "no reference model is loaded" in output
+    assert len(list(ref_cache_dir.glob("*.safetensors"))) == 1
     assert all(DPOP_KEYS <= entry.keys() for entry in logs)
     assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
@@ -121,3 +146,36 @@ def test_slic_loss_is_the_papers_formula_on_the_logged_log_probs_without_a_refer
     assert f"SLIC: beta={beta} lambda={lam}; reference model: None" in log
     provenance = json.loads((out / "smaug_provenance.json").read_text())
     assert provenance["training"]["rl"] == "slic" and provenance["training"]["slic_lambda"] == lam
+
+
+# --- dpop_chunked_logps: the same runs with the token-chunked head, compared step by step -----------------
+
+def _assert_same_steps(chunked, unchunked):
+    """Step by step after AdamW updates: the last digits of the gradients differ (summation order), and
+    Adam's normalisation passes that on, so the tolerance is 1e-6 relative + 1e-5 absolute (margins and
+    penalties are differences of ~190-nat log-probs)."""
+    assert len(chunked) == len(unchunked) >= 3
+    for key in ("loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/margins", "dpop/penalty",
+                "entropy", "logits/chosen", "mean_token_accuracy"):
+        assert [e[key] for e in chunked] == pytest.approx([e[key] for e in unchunked], rel=1e-6, abs=1e-5), key
+    assert unchunked[-1]["loss"] != unchunked[0]["loss"]
+
+
+def test_chunked_head_with_precompute_hits_the_cache_and_matches(tmp_path, tiny_model_dir, pairs, precompute_run,
+                                                                  ref_cache_dir):
+    """Full fine-tune, gradient accumulation and checkpointing, precomputed reference: the second run (same
+    reference model, data and tokenisation) reads the first run's reference log-probs from the cache."""
+    _, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "precompute-chunked", dpop_chunked_logps=True,
+                           dpop_logps_chunk_size=16, dpop_ref_logps_cache_dir=str(ref_cache_dir), **PRECOMPUTE)
+    output = proc.stdout + proc.stderr
+    assert "chunked log-probs, 16 completion tokens per chunk" in output
+    assert "read from the cache" in output and "Computing reference log probs" not in output
+    _assert_same_steps(logs, precompute_run[1])
+
+
+def test_chunked_head_with_lora_matches(tmp_path, tiny_model_dir, pairs, lora_run):
+    """Also shows that two LoRA runs of one config draw the same adapter (the plugin seeds before loading)."""
+    _, logs, proc = _train(tmp_path, tiny_model_dir, pairs, "lora-chunked", dpop_chunked_logps=True,
+                           dpop_logps_chunk_size=16, **LORA)
+    assert "chunked log-probs" in proc.stdout + proc.stderr
+    _assert_same_steps(logs, lora_run[1])

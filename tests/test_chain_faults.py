@@ -623,9 +623,9 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write_only_i
 
 
 def test_the_plugins_provenance_writer_names_and_cleans_its_temp_files_the_same_way(tmp_path):
-    from axolotl_dpop import provenance as plugin
+    from axolotl_dpop import atomic, provenance as plugin
 
-    name = plugin._temp_prefix(tmp_path / plugin.PROVENANCE_FILE) + "abc123.tmp"
+    name = atomic._temp_prefix(tmp_path / plugin.PROVENANCE_FILE) + "abc123.tmp"
     assert TEMP_NAME.match(name)["name"] == plugin.PROVENANCE_FILE
     stale = tmp_path / f".{plugin.PROVENANCE_FILE}.{host_name()}.{dead_pid()}.abc123.tmp"
     stale.write_text("{")

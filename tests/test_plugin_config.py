@@ -103,3 +103,31 @@ def test_rl_dpop_without_the_plugin_message_is_in_the_readme(tmp_path):
     troubleshooting = readme[readme.index("## Troubleshooting"):]
     assert message_line in troubleshooting
     assert re.search(r"plugins:\s*\n\s*- axolotl_dpop\.DPOPPlugin", troubleshooting)
+
+
+def test_chunked_logps_options_reach_the_trainer_arguments(tmp_path):
+    from axolotl_dpop.plugin import DPOPPlugin
+
+    cfg = validated(tmp_path, dpop_chunked_logps=True, dpop_logps_chunk_size=512, precompute_ref_log_probs=True)
+    assert cfg.dpop_chunked_logps is True and cfg.dpop_logps_chunk_size == 512
+    args = DPOPPlugin().get_training_args(cfg)
+    assert args == {"dpop_chunked_logps": True, "dpop_logps_chunk_size": 512,
+                    "dpop_ref_logps_cache_dir": str(tmp_path / "out-prepared" / "dpop_ref_logps")}
+    # without precompute there is nothing to cache; without the switch the default chunk size is carried
+    plain = DPOPPlugin().get_training_args(validated(tmp_path))
+    assert plain["dpop_chunked_logps"] is False and plain["dpop_ref_logps_cache_dir"] is None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": 0}, "dpop_logps_chunk_size must be a whole number"),
+    ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": "1k"}, "dpop_logps_chunk_size must be a whole number"),
+    ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": True}, "dpop_logps_chunk_size must be a whole number"),
+    ({"dpop_logps_chunk_size": 256}, "dpop_logps_chunk_size only applies with dpop_chunked_logps: true"),
+    ({"dpop_chunked_logps": "yes"}, "dpop_chunked_logps must be true or false"),
+    ({"dpop_chunked_logps": True, "fsdp_config": {"fsdp_version": 2}}, "FSDP shards"),
+    ({"dpop_ref_logps_cache_dir": "cache"}, "only applies with precompute_ref_log_probs: true"),
+    ({"rl": "dpo", "dpop_lambda": None, "dpop_chunked_logps": True}, r"only apply to rl: dpop"),
+])
+def test_bad_chunked_logps_options_are_refused_naming_the_file(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=r"my_recipe\.yml: .*" + message):
+        validated(tmp_path, **overrides)

@@ -1,52 +1,87 @@
 """DPOPPlugin: adds `rl: dpop` (and the Smaug paper's `rl: slic`) to axolotl.
 
-axolotl's `rl:` is a closed enum, so `register` (which sees the raw YAML before validation) turns
-`rl: dpop` into `rl: dpo` + `dpop: true` and points `trainer_cls` at DPOPTrainer (`rl: slic`: `slic: true`,
-SLiCTrainer). From there axolotl's own DPO path runs — datasets and `type:`s, LoRA/QLoRA, precomputed
-reference log-probs, DeepSpeed — and only the loss differs (SLiC also loads no reference model). Without
-`rl: dpop` / `rl: slic` the plugin changes no training behaviour; it only writes `smaug_provenance.json`
-next to the trained weights.
+axolotl's `rl:` is a closed enum, so `register` (which sees the raw YAML before validation) checks the plugin's
+options (`validate_plugin_config`, the one place they are checked) and turns `rl: dpop` into `rl: dpo` +
+`dpop: true` with `trainer_cls` DPOPTrainer (`rl: slic`: `slic: true`, SLiCTrainer). From there axolotl's own
+DPO path runs — datasets and `type:`s, LoRA/QLoRA, precomputed reference log-probs, DeepSpeed — and only the
+loss differs. Without `rl: dpop` / `rl: slic` the plugin changes no training behaviour; it only writes
+`smaug_provenance.json` next to the trained weights.
+
+With `rl: dpop`, `dpop_chunked_logps: true` computes the log-probs with a token-chunked head
+(`axolotl_dpop.chunked_logps`), and `precompute_ref_log_probs: true` on a full fine-tune keeps no reference
+model at all (axolotl 0.19 would load one anyway) and caches the reference log-probs on disk
+(`axolotl_dpop.ref_cache`). `rl: slic` has no reference model at all.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from axolotl_dpop import data_checks
+from axolotl_dpop.args import DEFAULT_DPOP_LAMBDA, DEFAULT_SLIC_LAMBDA
 
 LOG = get_logger(__name__)
 TRAINER_CLS = "axolotl_dpop.trainer.DPOPTrainer"
-# The RL types this plugin adds: the trainer each one runs and its lambda option (name, what the paper uses).
+# The RL types this plugin adds: the trainer each one runs, its lambda option and that option's default.
 PLUGIN_RL = {
-    "dpop": {"trainer_cls": TRAINER_CLS, "lambda": "dpop_lambda", "lambda_hint": "the paper uses 50"},
+    "dpop": {"trainer_cls": TRAINER_CLS, "lambda": "dpop_lambda", "default": DEFAULT_DPOP_LAMBDA,
+             "lambda_hint": "the paper uses 50"},
     "slic": {"trainer_cls": "axolotl_dpop.trainer.SLiCTrainer", "lambda": "slic_lambda",
-             "lambda_hint": "default 0.1"},
+             "default": DEFAULT_SLIC_LAMBDA, "lambda_hint": "default 0.1"},
 }
 # DPO options that change the loss DPOP/SLiC replace; a value here is a config mistake, not a preference.
 _CONFLICTING_OPTIONS = ("dpo_use_weighting", "dpo_use_liger_kernel", "dpo_label_smoothing", "dpo_ld_alpha")
 # SLiC has no reference model: options that configure one are mistakes too.
 _REFERENCE_OPTIONS = ("precompute_ref_log_probs", "rl_adapter_ref_model")
+_DPOP_ONLY_OPTIONS = ("dpop_chunked_logps", "dpop_logps_chunk_size", "dpop_ref_logps_cache_dir")
 
 
 class DPOPPlugin(BasePlugin):
     def get_input_args(self) -> str:
         return "axolotl_dpop.args.DPOPArgs"
 
+    def get_training_args_mixin(self) -> str:
+        return "axolotl_dpop.args.DPOPTrainingArgs"
+
+    def get_training_args(self, cfg) -> dict | None:
+        if not cfg.get("dpop"):
+            return None
+        from axolotl_dpop.args import DPOPTrainingArgs
+
+        defaults = DPOPTrainingArgs()
+        cache_dir = cfg.get("dpop_ref_logps_cache_dir") or str(
+            Path(cfg.get("dataset_prepared_path") or "last_run_prepared") / "dpop_ref_logps")
+        return {"dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
+                "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or defaults.dpop_logps_chunk_size,
+                "dpop_ref_logps_cache_dir": cache_dir if cfg.get("precompute_ref_log_probs") else None}
+
     def register(self, cfg: dict):
+        validate_plugin_config(cfg)
         rl = cfg.get("rl")
         if rl not in PLUGIN_RL:
             return
-        validate_plugin_rl(cfg, rl)
+        spec = PLUGIN_RL[rl]
         cfg["rl"] = "dpo"
         cfg[rl] = True
-        cfg["trainer_cls"] = PLUGIN_RL[rl]["trainer_cls"]
+        cfg["trainer_cls"] = spec["trainer_cls"]
+        if cfg.get(spec["lambda"]) is None:
+            cfg[spec["lambda"]] = spec["default"]
 
     def pre_model_load(self, cfg):
-        if cfg.get("slic"):
+        if _plugin_rl(cfg) is None:
+            return
+        if cfg.get("seed") is not None:
+            # axolotl 0.19 seeds only when the Trainer is built, after a LoRA adapter's A matrices were drawn
+            # at random: two runs of one config then train different adapters. Seed before the model loads.
+            from transformers import set_seed
+
+            set_seed(int(cfg.seed))
+        if _keeps_no_reference_model(cfg):
             _skip_axolotl_reference_model()
 
     def load_datasets(self, cfg, preprocess: bool = False):
@@ -88,7 +123,7 @@ class DPOPPlugin(BasePlugin):
 
 
 def _plugin_rl(cfg) -> str | None:
-    """`dpop` / `slic` when the (validated) config runs one of the plugin's RL types, else None."""
+    """`dpop` / `slic` when the (registered) config runs one of the plugin's RL types, else None."""
     return next((rl for rl in PLUGIN_RL if cfg.get(rl)), None)
 
 
@@ -96,10 +131,20 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def validate_plugin_rl(cfg: dict, rl: str) -> None:
-    """Every check of an `rl: dpop` / `rl: slic` config, on the raw YAML, before anything loads: one clear
-    ValueError naming the file and the field."""
+def validate_plugin_config(cfg: dict) -> None:
+    """Every check of the plugin's options, on the raw YAML, before anything loads: one ValueError naming the
+    file and the field. The only place they are checked (args.DPOPArgs only declares them)."""
     where = cfg.get("axolotl_config_path") or "the axolotl config"
+    rl = cfg.get("rl")
+    if rl not in PLUGIN_RL:
+        for own_rl, spec in PLUGIN_RL.items():
+            if cfg.get(spec["lambda"]) is not None:
+                raise ValueError(f"{where}: {spec['lambda']} is set but rl is not {own_rl}: set `rl: {own_rl}`, "
+                                 f"or remove {spec['lambda']}.")
+        stray = [key for key in _DPOP_ONLY_OPTIONS if cfg.get(key) is not None]
+        if stray:
+            raise ValueError(f"{where}: {stray} only apply to rl: dpop; set `rl: dpop` or remove them.")
+        return
     spec = PLUGIN_RL[rl]
     lam_name = spec["lambda"]
     lam = cfg.get(lam_name)
@@ -107,6 +152,8 @@ def validate_plugin_rl(cfg: dict, rl: str) -> None:
         raise ValueError(f"{where}: {lam_name} must be a number >= 0 ({spec['lambda_hint']}), got {lam!r}.")
     others = [PLUGIN_RL[other]["lambda"] for other in PLUGIN_RL
               if other != rl and cfg.get(PLUGIN_RL[other]["lambda"]) is not None]
+    if rl != "dpop":
+        others += [key for key in _DPOP_ONLY_OPTIONS if cfg.get(key) is not None]
     if others:
         raise ValueError(f"{where}: {others[0]} is not an option of rl: {rl}; remove it (rl: {rl} uses {lam_name}).")
     beta = cfg.get("rl_beta")
@@ -126,24 +173,61 @@ def validate_plugin_rl(cfg: dict, rl: str) -> None:
     if cfg.get("trainer_cls") not in (None, spec["trainer_cls"]):
         raise ValueError(f"{where}: rl: {rl} sets trainer_cls itself; remove trainer_cls "
                          f"({cfg.get('trainer_cls')!r}) or subclass {spec['trainer_cls']}.")
+    if rl == "dpop":
+        _check_chunked_logps_options(cfg, where)
+
+
+def _check_chunked_logps_options(cfg: dict, where: str) -> None:
+    chunked = cfg.get("dpop_chunked_logps")
+    if chunked is not None and not isinstance(chunked, bool):
+        raise ValueError(f"{where}: dpop_chunked_logps must be true or false, got {chunked!r}.")
+    size = cfg.get("dpop_logps_chunk_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}: dpop_logps_chunk_size must be a whole number of tokens >= 1 "
+                             f"(e.g. 1024), got {size!r}.")
+        if not chunked:
+            raise ValueError(f"{where}: dpop_logps_chunk_size only applies with dpop_chunked_logps: true.")
+    if chunked and (cfg.get("fsdp") or cfg.get("fsdp_config")):
+        raise ValueError(f"{where}: dpop_chunked_logps reads the output projection's weight directly, which "
+                         "FSDP shards; use DeepSpeed (ZeRO-3 is supported) or set dpop_chunked_logps: false.")
+    cache_dir = cfg.get("dpop_ref_logps_cache_dir")
+    if cache_dir is not None:
+        if not isinstance(cache_dir, str) or not cache_dir.strip():
+            raise ValueError(f"{where}: dpop_ref_logps_cache_dir must be a folder path, got {cache_dir!r}.")
+        if not cfg.get("precompute_ref_log_probs"):
+            raise ValueError(f"{where}: dpop_ref_logps_cache_dir only applies with precompute_ref_log_probs: true.")
+
+
+def _keeps_no_reference_model(cfg) -> bool:
+    """SLiC has none; a full fine-tune whose reference log-probs are precomputed (by the initial policy, which
+    at step 0 is the reference) needs none. A LoRA run's reference is the adapter-disabled model anyway."""
+    return bool(cfg.get("slic") or (cfg.get("dpop") and cfg.get("precompute_ref_log_probs")
+                                    and not cfg.get("adapter")))
 
 
 def _skip_axolotl_reference_model() -> None:
     """axolotl 0.19 loads a second copy of the model as the DPO reference (`axolotl.train.setup_reference_model`,
-    called after the policy loads). SLiC has none, so the plugin answers None there for `slic` configs. If axolotl
-    moves that function, the reference is loaded as before (memory only) and SLiCTrainer still drops it."""
+    called after the policy loads) even where none is used. Answer None there for configs that keep no reference
+    model (`_keeps_no_reference_model`); every other config gets axolotl's own behaviour."""
     import axolotl.train as axolotl_train
 
     original = getattr(axolotl_train, "setup_reference_model", None)
-    if original is None or getattr(original, "skips_slic_reference", False):
-        if original is None:
-            LOG.warning("SLiC: axolotl.train.setup_reference_model not found; a reference model may be loaded.")
+    if original is None:
+        raise RuntimeError("axolotl_dpop: axolotl.train.setup_reference_model is gone (axolotl changed); "
+                           "update DPOPPlugin.pre_model_load.")
+    if getattr(original, "dpop_skips_reference", False):
         return
 
     def setup_reference_model(cfg, *args, **kwargs):
-        return None if cfg.get("slic") else original(cfg, *args, **kwargs)
+        if not _keeps_no_reference_model(cfg):
+            return original(cfg, *args, **kwargs)
+        LOG.info("no reference model is loaded: " + ("rl: slic has none" if cfg.get("slic") else
+                 "precompute_ref_log_probs on a full fine-tune takes the reference log-probs from the initial "
+                 "policy before training"))
+        return None
 
-    setup_reference_model.skips_slic_reference = True
+    setup_reference_model.dpop_skips_reference = True
     axolotl_train.setup_reference_model = setup_reference_model
 
 

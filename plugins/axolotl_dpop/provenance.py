@@ -7,17 +7,16 @@ with the weights. (This module stays importable without axolotl and without the 
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
 import re
-import socket
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from axolotl_dpop.atomic import atomic_write
 
 PROVENANCE_FILE = "smaug_provenance.json"
 SCHEMA_VERSION = 1
@@ -142,43 +141,9 @@ def provenance_record(*, base_model: str | None, license: str | None = None, rec
 
 
 def write_provenance(folder: str | os.PathLike, record: dict) -> Path:
-    """Write ``record`` to `<folder>/smaug_provenance.json` atomically (temp file + os.replace)."""
-    path = Path(folder) / PROVENANCE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, default=str)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-# Temp names as smaug.common.files writes them (`.<name>.<host>.<pid>.<random>.tmp`, the host without dots), so
-# that a writer killed mid-write leaves a file the next write, or the stage chain, removes once its process is
-# dead; tests/test_chain_faults.py checks the two agree. A copy because the plugin must not need smaug.
-def _temp_prefix(target: Path) -> str:
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
-    return f".{target.name}.{host}.{os.getpid()}."
-
-
-def _remove_stale_temps(target: Path) -> None:
-    prefix = _temp_prefix(target).rsplit(".", 2)[0] + "."  # `.<name>.<host>.`
-    for leftover in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = leftover.name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # the writer is dead: its temp file will never be moved into place
-            leftover.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+    """Write ``record`` to `<folder>/smaug_provenance.json` atomically."""
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    return atomic_write(Path(folder) / PROVENANCE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def training_record(cfg) -> dict:
