@@ -47,9 +47,10 @@ def test_dry_run_prints_stages_commands_and_memory(capsys):
     assert out.index("stage 1/2: recipes/smaug34b_sft.yml") < out.index("stage 2/2: recipes/smaug34b_dpop.yml")
     sft, dpop = _section(out, "stage 1/2"), _section(out, "stage 2/2")
     for part, recipe in ((sft, "smaug34b_sft.yml"), (dpop, "smaug34b_dpop.yml")):
+        # a DeepSpeed recipe goes through accelerate's DeepSpeed launcher (--multi_gpu would wrap ZeRO-3 in DDP)
         assert (f"command: AXOLOTL_DO_NOT_TRACK=1 axolotl train recipes/{recipe} --launcher accelerate -- "
                 "--num_processes 8 --num_machines 1 --machine_rank 0 --main_process_ip 127.0.0.1 "
-                "--main_process_port 29500 --multi_gpu") in part
+                "--main_process_port 29500 --use_deepspeed\n") in part
     # the estimate reads the recipe's DeepSpeed json (ZeRO-3, optimizer offloaded) and the model table
     weights = 34.39e9 * 2 / 8 / memory.GIB
     assert re.search(rf"weights, bf16 \(2 B/param\)\s+{weights:.1f} GiB", sft)
@@ -64,7 +65,7 @@ def test_dry_run_passes_multi_node_variables_to_accelerate(capsys):
     assert C.run_chain("smaug-72b", dry_run=True, env=env) == 0
     out = capsys.readouterr().out
     assert ("--num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.1.2.3 "
-            "--main_process_port 6000 --multi_gpu") in out
+            "--main_process_port 6000 --use_deepspeed --deepspeed_multinode_launcher standard") in out
     assert "world size 16" in out and "weights, bf16 (2 B/param) -> CPU" in out
 
 
@@ -289,3 +290,14 @@ def test_tiny_chain_resumes_killed_stages_and_skips_done_ones(tmp_path, capsys):
     assert C.run_chain("tiny", root) == 0
     assert capsys.readouterr().out.count("done, skipped") == 2 and time.monotonic() - started < 5
     assert [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)] == logs_before
+
+
+def test_launcher_flag_follows_the_recipes_deepspeed_setting():
+    def command(chain, env):
+        plan = C.plan_chain(chain)
+        return C.train_command(plan.stages[0], C.Launch.from_env(plan.hardware, env), "cuda")
+
+    qlora = command("smaug-72b-qlora", {"NUM_GPUS": "2"})  # no DeepSpeed: DDP over the GPUs
+    assert qlora[-1] == "--multi_gpu" and "--use_deepspeed" not in qlora
+    assert not {"--multi_gpu", "--use_deepspeed"} & set(command("smaug-72b", {"NUM_GPUS": "1"}))
+    assert command("smaug-72b", {"NUM_GPUS": "8"})[-1] == "--use_deepspeed"

@@ -6,7 +6,10 @@ recipes/chains.yaml names the stages of each chain and the hardware it needs. Fo
   - otherwise runs `axolotl train RECIPE --launcher accelerate -- ...` from the venv, and a stage killed
     midway resumes from its last complete checkpoint (the recipes set `save_steps` and
     `auto_resume_from_checkpoints: true`; half-written checkpoints are set aside first);
-  - merges a LoRA stage (`axolotl merge-lora`) before a later stage starts from it.
+  - merges a LoRA stage (`axolotl merge-lora` into `<output_dir>/merged`) before marking it done, so a later
+    stage, `make eval` and `smaug card` start from full weights.
+On several nodes (NNODES > 1, outputs on shared storage) every node runs the same chain; only node 0 merges
+and writes done-markers, and the other nodes wait for node 0's marker before they go on to the next stage.
 Before any GPU time, preflight compares the chain's `hardware:` with the GPUs torch finds and stops with
 what to run instead; `--dry-run` prints the plan, the exact commands and a per-GPU memory estimate, and
 needs no GPU and no network.
@@ -22,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +184,7 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             recipe = {k: (_rebase(v, root) if k in _PATH_KEYS else v) for k, v in recipe.items()}
         output_dir = _absolute(recipe["output_dir"])
         run_config = output_dir / RESOLVED_CONFIG if rebase else path
-        stages.append(Stage(index, path, recipe, output_dir, run_config, rebase))
+        stages.append(Stage(index, path, recipe, output_dir, run_config, rebase, merge_lora=bool(recipe.get("adapter"))))
 
     # A stage that starts from an earlier LoRA stage must start from its merged weights.
     for later in stages:
@@ -191,8 +195,6 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             if base == earlier.output_dir:
                 raise UserError(f"{later.name}: base_model points at the LoRA adapter folder of {earlier.name}; "
                                 f"point it at {earlier.recipe['output_dir']}/merged (the chain merges it)")
-            if base == earlier.output_dir / "merged":
-                earlier.merge_lora = True
 
     prepare = []
     for step in spec.get("prepare") or []:
@@ -235,7 +237,15 @@ def train_command(stage: Stage, launch: Launch, accelerator: str) -> list[str]:
             "--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
             "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
             "--main_process_port", str(launch.master_port)]
-    if launch.world_size > 1:
+    if stage.recipe.get("deepspeed"):
+        if launch.world_size > 1:
+            # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP);
+            args.append("--use_deepspeed")
+        if launch.nnodes > 1:
+            # one launcher per node (torchrun, started on every node like this chain), not DeepSpeed's
+            # default pdsh/ssh launcher that starts all nodes from node 0.
+            args += ["--deepspeed_multinode_launcher", "standard"]
+    elif launch.world_size > 1:
         args.append("--multi_gpu")
     return args
 
@@ -279,9 +289,61 @@ def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
     for path in output_dir.glob("checkpoint-*"):
         if path.is_dir() and path.name.split("-")[-1].isdigit() and not (path / "trainer_state.json").is_file():
             target = path.with_name(f"incomplete-{path.name}")
-            os.replace(path, target)
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:  # another node (shared storage) set it aside first
+                continue
             moved.append(target)
     return moved
+
+
+# --------------------------------------------------------------------------------------------------------------
+# finishing a stage (several nodes share the outputs folder)
+
+NODE0_WAIT_ENV = "SMAUG_NODE0_WAIT_S"  # how long other nodes wait for node 0's done-marker (default 6 h)
+NODE0_POLL_S = 10.0
+
+
+def stage_log(stage: Stage, launch: Launch) -> Path:
+    """Each node appends to its own log: several nodes writing one file on shared storage would interleave."""
+    return stage.output_dir / (STAGE_LOG if launch.node_rank == 0 else f"smaug_stage.node{launch.node_rank}.log")
+
+
+def write_merged_provenance(stage: Stage) -> Path:
+    """The merged folder carries the adapter stage's provenance (same lineage and settings), so `smaug card`
+    and a later stage that starts from it can follow the lineage."""
+    from axolotl_dpop.provenance import PROVENANCE_FILE, read_provenance
+
+    provenance = read_provenance(stage.output_dir)
+    if provenance is None:
+        raise UserError(f"{stage.output_dir}: no {PROVENANCE_FILE} after training {stage.name}; is "
+                        "axolotl_dpop.DPOPPlugin listed under `plugins:`?")
+    provenance["merged_lora"] = {"adapter_dir": str(stage.output_dir), "command": "axolotl merge-lora"}
+    target = stage.output_dir / "merged" / PROVENANCE_FILE
+    write_text_atomic(target, json.dumps(provenance, indent=2, default=str) + "\n")
+    return target
+
+
+def finish_stage(stage: Stage, launch: Launch, wait_s: float | None = None) -> None:
+    """Node 0 writes the done-marker. Every other node waits until node 0 has written it (node 0 may still be
+    saving or merging after the distributed run ended) instead of going on to a stage whose input is not there yet."""
+    if launch.node_rank == 0:
+        write_text_atomic(stage.marker, json.dumps({
+            "recipe": stage.name, "sha256": stage.digest, "output_dir": str(stage.output_dir),
+            "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }, indent=2) + "\n")
+        return
+    wait_s = float(os.environ.get(NODE0_WAIT_ENV) or 6 * 3600) if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while (status := stage_status(stage)) != "done":
+        if status == "stale":
+            raise UserError(f"{stage.marker} was written for a different version of {stage.name}: node 0 and "
+                            f"node {launch.node_rank} run different recipes; run the same checkout on every node")
+        if time.monotonic() >= deadline:
+            raise UserError(f"node {launch.node_rank}: {stage.name} ended here, but node 0 has not marked it done "
+                            f"({stage.marker}) after {wait_s:.0f} s; see node 0's log {stage.output_dir / STAGE_LOG} "
+                            f"({NODE0_WAIT_ENV} sets the wait)")
+        time.sleep(NODE0_POLL_S)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,7 +429,7 @@ def describe(chain: Chain, launch: Launch) -> str:
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
         lines.append(f"  command: {_display(train_command(stage, launch, chain.hardware.get('accelerator', 'cuda')))}")
         if stage.merge_lora:
-            lines.append(f"  then:    {_display(merge_command(stage))}")
+            lines.append(f"  then:    {_display(merge_command(stage))}" + ("   (node 0 only)" if launch.nnodes > 1 else ""))
         base = str(recipe["base_model"])
         inherited = shapes.get(_absolute(base)) if _looks_local(base) else None
         shape = memory.model_shape(base, inherited)
@@ -476,19 +538,19 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
                                                 "(written by smaug chain; edit the recipe, not this file)\n"
                               + yaml.safe_dump(stage.recipe, sort_keys=False))
         env_vars = stage_env(stage)
-        log_path = stage.output_dir / STAGE_LOG
+        log_path = stage_log(stage, launch)
         code = _run_logged(train_command(stage, launch, accelerator), env_vars, log_path)
-        if code == 0 and stage.merge_lora:
+        if code == 0 and stage.merge_lora and launch.node_rank == 0:  # one node writes the merged weights
             code = _run_logged(merge_command(stage), env_vars, log_path)
+            if code == 0:
+                write_merged_provenance(stage)
         if code != 0:
             print(f"{label}: failed with exit code {code}; log: {log_path}. Run the same command again to resume "
                   "from the last checkpoint.", file=sys.stderr)
             return code
-        if launch.node_rank == 0:
-            write_text_atomic(stage.marker, json.dumps({
-                "recipe": stage.name, "sha256": stage.digest, "output_dir": str(stage.output_dir),
-                "finished_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }, indent=2) + "\n")
+        if launch.node_rank != 0:
+            print(f"{label}: finished on node {launch.node_rank}; waiting for node 0 to mark it done", flush=True)
+        finish_stage(stage, launch)
         print(f"{label}: done ({stage.marker})", flush=True)
     return 0
 
@@ -504,8 +566,9 @@ def register(subparsers) -> None:
     run.add_argument("name", help="chain name, e.g. smaug-34b, smaug-72b, smaug-7b, tiny")
     run.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "").lower() in _TRUE,
                      help="print the plan, commands and a GPU memory estimate; run nothing (env DRY_RUN=1)")
-    run.add_argument("--output-root", type=Path, default=None,
-                     help=f"write every stage under this folder instead of {DEFAULT_OUTPUT_ROOT}")
+    run.add_argument("--output-root", type=Path, default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
+                     help=f"write every stage under this folder instead of {DEFAULT_OUTPUT_ROOT} "
+                          "(env SMAUG_OUTPUT_ROOT; on several nodes: a folder on shared storage)")
     run.add_argument("--skip-preflight", action="store_true",
                      default=os.environ.get("SMAUG_SKIP_PREFLIGHT", "").lower() in _TRUE,
                      help="do not check the GPUs first (env SMAUG_SKIP_PREFLIGHT=1)")
