@@ -14,11 +14,11 @@ SEED ?= 0
 PYTEST_ARGS ?=
 
 # The stage chains read these from the environment (multi-GPU / multi-node through accelerate).
-export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREFLIGHT
+export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT DRY_RUN SMAUG_SKIP_PREFLIGHT SMAUG_OUTPUT_ROOT
 
-.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny recipes recipes-check
+.PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-losses smaug-tiny smaug-tiny-qlora recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-memory-plan
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,7 @@ smaug-72b-qlora: setup ; smaug chain run smaug-72b-qlora
 smaug-7b: setup ; smaug chain run smaug-7b
 mistral-7b-losses: setup ; smaug chain run mistral-7b-losses
 smaug-tiny: setup ; smaug chain run tiny
+smaug-tiny-qlora: setup ; smaug chain run tiny-qlora
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
 
@@ -83,3 +84,5 @@ bench-loss: setup
 
 bench-data: setup
 	taskset -c 0 python benchmarks/bench_data_build.py
+
+bench-memory-plan: setup ; python benchmarks/bench_memory_plan.py

@@ -28,13 +28,17 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Tracks bytes of tensor storages alive (created inside the mode) and their peak."""
+    """Tracks bytes of tensor storages alive (created inside the mode) and their peak. With `classify`
+    (tensor -> name), also per class: `live_by[name]` and `peak_by[name]` (benchmarks/bench_memory_plan.py)."""
 
-    def __init__(self):
+    def __init__(self, classify=None):
         super().__init__()
         self.live = 0
         self.peak = 0
         self._seen: set[int] = set()
+        self.classify = classify
+        self.live_by: dict[str, int] = {}
+        self.peak_by: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -47,12 +51,22 @@ class LiveTensorBytes(TorchDispatchMode):
                     size = storage.nbytes()
                     self.live += size
                     self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, size)
+                    name = self.classify(tensor) if self.classify else None
+                    if name is not None:
+                        self.live_by[name] = self.live_by.get(name, 0) + size
+                        self.peak_by[name] = max(self.peak_by.get(name, 0), self.live_by[name])
+                    weakref.finalize(storage, self._free, key, size, name)
         return out
 
-    def _free(self, key, size):
+    def reset_peaks(self):
+        self.peak = self.live
+        self.peak_by = dict(self.live_by)
+
+    def _free(self, key, size, name=None):
         self._seen.discard(key)
         self.live -= size
+        if name is not None:
+            self.live_by[name] -= size
 
 
 def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: float):

@@ -381,7 +381,7 @@ def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None
         problems.append(f"each GPU needs >= {need_gib:.0f} GiB; found {', '.join(small)} ({found})")
     if problems:
         raise UserError(
-            f"chain {chain.name} needs {hardware.get('label') or ''} ({need_total} GPUs, >= {need_gib:.0f} GiB "
+            f"chain {chain.name} needs {hardware_text(hardware)} ({need_total} GPUs, >= {need_gib:.0f} GiB "
             f"each) and stops before using any GPU time: " + "; ".join(problems) + ".\n"
             f"  See the plan, exact commands and a GPU memory estimate (no GPU needed): "
             f"DRY_RUN=1 make {chain.name}   (smaug chain run {chain.name} --dry-run)\n"
@@ -395,10 +395,34 @@ def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None
 # dry run
 
 
+def hardware_text(hardware: dict[str, Any]) -> str:
+    """What a chain needs, as the dry run and the READMEs show it: its label and the host RAM it states."""
+    text = str(hardware.get("label") or hardware.get("accelerator", "?"))
+    ram = hardware.get("host_ram_gb")
+    if ram:
+        text += f", ~{ram / 1000:g} TB host RAM" if ram >= 1000 else f", ~{ram:g} GB host RAM"
+    return text
+
+
+def host_ram_check(hardware: dict[str, Any], est: memory.Estimate) -> list[str]:
+    """The estimate's host RAM per node next to what recipes/chains.yaml states for the chain."""
+    need_gb = est.host_gib * memory.GIB / 1e9
+    stated = hardware.get("host_ram_gb")
+    if stated is None:
+        verdict = "recipes/chains.yaml states no host_ram_gb for this chain: add it"
+    elif need_gb <= float(stated):
+        verdict = f"recipes/chains.yaml states {stated:g} GB: ok"
+    else:
+        verdict = f"MORE than the {stated:g} GB recipes/chains.yaml states: correct host_ram_gb there"
+    lines = [f"    host RAM per node for offloaded states (estimate): {need_gb:.0f} GB ({est.host_gib:.0f} GiB); {verdict}"]
+    lines += [f"      {what:<76s} {gib * memory.GIB / 1e9:7.0f} GB" for what, gib in est.host_rows]
+    return lines
+
+
 def describe(chain: Chain, launch: Launch) -> str:
     hw = chain.hardware
     lines = [f"chain {chain.name}: {chain.description}",
-             f"hardware: {hw.get('label', hw.get('accelerator', '?'))}"
+             f"hardware: {hardware_text(hw)}"
              + (f" ({hw.get('gpus')} GPUs in total, >= {hw.get('min_gpu_memory_gib')} GiB each)"
                 if hw.get("accelerator") == "cuda" else ""),
              f"launch: NUM_GPUS={launch.num_gpus} NNODES={launch.nnodes} NODE_RANK={launch.node_rank} "
@@ -447,7 +471,7 @@ def describe(chain: Chain, launch: Launch) -> str:
             verdict = "  -> fits" if est.total_gib <= float(budget) else f"  -> does NOT fit in {budget} GiB"
         lines.append(f"    {'total (+ allocator/NCCL overhead, typically a few GiB)':<78s} {est.total_gib:7.1f} GiB{verdict}")
         if est.host_gib:
-            lines.append(f"    host RAM per node for offloaded states: ~{est.host_gib:.0f} GiB")
+            lines += host_ram_check(hw, est)
         lines.append("    assumptions: " + "; ".join(est.assumptions))
     return "\n".join(lines)
 
@@ -583,5 +607,5 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     for name, spec in load_chains().items():
-        print(f"{name}: {' -> '.join(spec['stages'])}  [{(spec.get('hardware') or {}).get('label', '')}]")
+        print(f"{name}: {' -> '.join(spec['stages'])}  [{hardware_text(spec.get('hardware') or {})}]")
     return 0
