@@ -27,7 +27,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
@@ -35,7 +35,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(Path(__file__).resolve().parent)]
 
-PARTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits")
+from smaug.memory import PART_NAMES as PARTS  # noqa: E402  (weights, gradients, optimizer, reference, ...)
+
 TOLERANCE = 0.25
 
 

@@ -1,8 +1,10 @@
-"""A back-of-the-envelope GPU memory estimate per device for one training stage (for `--dry-run`).
+"""The memory plan of one training stage (for `--dry-run`): GPU memory per device and host RAM per node.
 
-Rough by design: it should tell "fits on 8x80 GB" from "needs offload" before anyone pays for GPUs, and it
-states its assumptions so a reader can redo the sum. Not a profiler: allocator fragmentation, NCCL buffers
-and DeepSpeed's bucket sizes come on top.
+It should tell "fits on 8x80 GB" from "needs offload", and how much host RAM the offload needs, before anyone
+pays for GPUs, and it states its assumptions so a reader can redo the sum. Each part (weights, gradients,
+optimizer states, reference model, activations, logits) is checked against memory measured on CPU runs
+under each ZeRO setting of recipes/deepspeed/ (benchmarks/bench_memory_plan.py, benchmarks/README.md).
+Not a profiler: allocator fragmentation, NCCL buffers and DeepSpeed's bucket sizes come on top.
 """
 
 from __future__ import annotations
