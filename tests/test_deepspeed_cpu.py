@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-3 the way the Smaug recipes use it (plain, optimizer offload, full CPU offload), rehearsed on
 two CPU processes (gloo) through the real `axolotl train` CLI: a full fine-tune with `rl: dpop` and a separate
-frozen reference model, compared step by step with one process without DeepSpeed on the same global batch.
+frozen reference model, compared step by step with one process without DeepSpeed on the same global batch;
+and two "nodes" on this machine started with the stage chain's own multi-node command.
 
 The DeepSpeed configs are the committed files with only what a CPU needs changed (tests/cpu_deepspeed.py:
 bf16 off); the hyperparameters come from the recipe that uses each config. Sizes and steps are tiny.
@@ -9,13 +10,18 @@ bf16 off); the hyperparameters come from the recipe that uses each config. Sizes
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
 import pytest
 import torch
 
+from smaug import chain as C
 from smaug import recipes as R
 from smaug.paths import RECIPES_DIR, REPO_ROOT
-from tests.axolotl_runner import assert_ok, log_history, run_axolotl_train, tiny_config, write_pairs
+from tests.axolotl_runner import (assert_ok, axolotl_env, log_history, run_axolotl_train, tiny_config, write_config,
+                                  write_pairs)
 from tests.cpu_deepspeed import CPU_CHANGES, PLUGIN, REPORT, cpu_variant
 
 # The full fine-tune DPOP recipes: between them they use every ZeRO config in recipes/deepspeed/.
@@ -130,9 +136,7 @@ def _weights(out):
     return load_file(str(out / "model.safetensors"))
 
 
-@pytest.mark.slow
-def test_zero3_losses_and_weights_match_one_process(zero3, one_process, tiny_model_dir):
-    name, out, _ = zero3
+def _assert_matches_one_process(out, one_process, base_dir, what):
     ds_logs, ref_logs = log_history(out), log_history(one_process)
     assert len(ds_logs) == len(ref_logs) == STEPS
     tolerance = {"loss": LOSS_ATOL, "logps/chosen": LOGP_ATOL, "logps/rejected": LOGP_ATOL,
@@ -142,11 +146,52 @@ def test_zero3_losses_and_weights_match_one_process(zero3, one_process, tiny_mod
     assert any(e["dpop/penalty"] > 0 for e in ref_logs), "the DPOP penalty was active in some step"
     assert ds_logs[-1]["loss"] != ds_logs[0]["loss"]
 
-    trained, reference, base = _weights(out), _weights(one_process), _weights(tiny_model_dir)
+    trained, reference, base = _weights(out), _weights(one_process), _weights(base_dir)
     assert trained.keys() == reference.keys()
     worst = max((trained[k] - reference[k]).abs().max().item() for k in reference)
-    assert worst <= WEIGHT_ATOL, f"{name}: final weights differ from one process by up to {worst:.2e}"
+    assert worst <= WEIGHT_ATOL, f"{what}: final weights differ from one process by up to {worst:.2e}"
     # the update each run made (w - w0) agrees as a whole, not just within an absolute bound
     update = torch.cat([(reference[k] - base[k]).flatten() for k in reference])
     gap = torch.cat([(trained[k] - reference[k]).flatten() for k in reference])
     assert update.norm() > 0 and gap.norm() <= UPDATE_RTOL * update.norm()
+
+
+@pytest.mark.slow
+def test_zero3_losses_and_weights_match_one_process(zero3, one_process, tiny_model_dir):
+    name, out, _ = zero3
+    _assert_matches_one_process(out, one_process, tiny_model_dir, name)
+
+
+@pytest.mark.slow
+def test_two_nodes_started_with_the_chains_arguments(tmp_path_factory, tiny_model_dir, pairs, one_process):
+    """Two "nodes" on this machine, one process each, each started with exactly the command the stage chain runs
+    on node 0 and node 1 of a 2-node job (accelerate's per-node DeepSpeed launcher, rendezvous on 127.0.0.1)."""
+    name = DPOP_RECIPES[0]
+    work = tmp_path_factory.mktemp("two-nodes")
+    ds_json = work / "deepspeed.json"
+    ds_json.write_text(json.dumps(cpu_variant(REPO_ROOT / _ds_file(name))))
+    cfg = _config(name, tiny_model_dir, pairs, work / "out", micro=MICRO, deepspeed=str(ds_json),
+                  plugins=["axolotl_dpop.DPOPPlugin", PLUGIN])
+    config = write_config(cfg, work)
+    stage = C.Stage(0, RECIPES_DIR / name, cfg, work / "out", config, rebased=True)
+    commands = [C.train_command(stage, C.Launch(num_gpus=1, nnodes=2, node_rank=node, master_addr="127.0.0.1",
+                                                master_port=29619), "cuda") for node in (0, 1)]
+    assert [cmd[cmd.index("--machine_rank") + 1] for cmd in commands] == ["0", "1"]
+    assert commands[0][-3:] == commands[1][-3:] == ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
+    env = axolotl_env({"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)})
+    logs = [work / f"node{node}.log" for node in (0, 1)]  # files, not pipes: an unread pipe would stall a rank
+    nodes = [subprocess.Popen(cmd, cwd=work, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True) for cmd, log in zip(commands, logs)]
+    try:
+        for node in nodes:
+            node.wait(timeout=600)
+    finally:
+        for node in nodes:
+            if node.poll() is None:  # a rank that waits for a dead peer: stop its whole process group
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    for node, log in zip(nodes, logs):
+        assert node.returncode == 0, log.read_text()[-6000:]
+    reports = [json.loads((work / "out" / REPORT.format(rank=r)).read_text()) for r in range(2)]
+    assert [(r["rank"], r["world_size"], r["zero_stage"]) for r in reports] == [(0, 2, 3), (1, 2, 3)]
+    _assert_matches_one_process(work / "out", one_process, tiny_model_dir, "two nodes")
