@@ -1,7 +1,8 @@
 """DeepSpeed ZeRO-3 the way the Smaug recipes use it (plain, optimizer offload, full CPU offload), rehearsed on
 two CPU processes (gloo) through the real `axolotl train` CLI: a full fine-tune with `rl: dpop` and a separate
-frozen reference model, compared step by step with one process without DeepSpeed on the same global batch;
-and two "nodes" on this machine started with the stage chain's own multi-node command.
+frozen reference model, compared step by step with one process without DeepSpeed on the same global batch.
+The ranks are started with the stage chain's own commands: one node with two processes, and (for plain ZeRO-3)
+two "nodes" on this machine with one process each, each with its node's command.
 
 The DeepSpeed configs are the committed files with only what a CPU needs changed (tests/cpu_deepspeed.py:
 bf16 off); the hyperparameters come from the recipe that uses each config. Sizes and steps are tiny.
@@ -87,20 +88,44 @@ def one_process(tmp_path_factory, tiny_model_dir, pairs):
     return work / "out"
 
 
-@pytest.fixture(scope="module", params=DPOP_RECIPES)
+# How the two ranks are started: by the stage chain's own command (`smaug.chain.train_command`) for one node
+# with two processes, or for two "nodes" on this machine with one process each (node 0 and node 1 commands).
+LAUNCHES = {"smaug7b_dpop.yml": 2, "smaug34b_dpop.yml": 1, "smaug72b_dpop.yml": 1}  # recipe -> nodes
+
+
+def _run_chain_commands(stage, nodes: int, port: int, work) -> None:
+    launches = [C.Launch(num_gpus=RANKS // nodes, nnodes=nodes, node_rank=node, master_addr="127.0.0.1",
+                         master_port=port) for node in range(nodes)]
+    commands = [C.train_command(stage, launch, "cuda") for launch in launches]
+    assert all(cmd[-3:] == ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"] if nodes > 1
+               else cmd[-1] == "--use_deepspeed" for cmd in commands)
+    env = axolotl_env({"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)})  # the test plugin lives in tests/
+    logs = [work / f"node{node}.log" for node in range(nodes)]  # files, not pipes: an unread pipe stalls a rank
+    procs = [subprocess.Popen(cmd, cwd=work, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True) for cmd, log in zip(commands, logs)]
+    try:
+        for proc in procs:
+            proc.wait(timeout=600)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # a rank waiting for a dead peer: stop its whole process group
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log.read_text()[-6000:]
+
+
+@pytest.fixture(scope="module", params=DPOP_RECIPES, ids=lambda n: f"{n}-{LAUNCHES[n]}node")
 def zero3(request, tmp_path_factory, tiny_model_dir, pairs):
-    """Two gloo ranks under `accelerate launch --use_deepspeed` with the recipe's ZeRO config (CPU variant)."""
+    """Two gloo ranks under accelerate's DeepSpeed launcher with the recipe's ZeRO config (CPU variant)."""
     name = request.param
     work = tmp_path_factory.mktemp(name.removesuffix(".yml"))
     ds_json = work / "deepspeed.json"
     ds_json.write_text(json.dumps(cpu_variant(REPO_ROOT / _ds_file(name))))
     cfg = _config(name, tiny_model_dir, pairs, work / "out", micro=MICRO, deepspeed=str(ds_json),
                   plugins=["axolotl_dpop.DPOPPlugin", PLUGIN])
-    launcher = ["--", "--use_deepspeed", "--num_processes", str(RANKS), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(PORTS[name])]
-    env = {"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}  # the test plugin lives in tests/
-    proc = run_axolotl_train(cfg, work, launcher_args=launcher, env=env)
-    assert_ok(proc)
+    stage = C.Stage(0, RECIPES_DIR / name, cfg, work / "out", write_config(cfg, work), rebased=True)
+    _run_chain_commands(stage, LAUNCHES[name], PORTS[name], work)
     reports = [json.loads((work / "out" / REPORT.format(rank=r)).read_text()) for r in range(RANKS)]
     return name, work / "out", reports
 
@@ -160,38 +185,3 @@ def _assert_matches_one_process(out, one_process, base_dir, what):
 def test_zero3_losses_and_weights_match_one_process(zero3, one_process, tiny_model_dir):
     name, out, _ = zero3
     _assert_matches_one_process(out, one_process, tiny_model_dir, name)
-
-
-@pytest.mark.slow
-def test_two_nodes_started_with_the_chains_arguments(tmp_path_factory, tiny_model_dir, pairs, one_process):
-    """Two "nodes" on this machine, one process each, each started with exactly the command the stage chain runs
-    on node 0 and node 1 of a 2-node job (accelerate's per-node DeepSpeed launcher, rendezvous on 127.0.0.1)."""
-    name = DPOP_RECIPES[0]
-    work = tmp_path_factory.mktemp("two-nodes")
-    ds_json = work / "deepspeed.json"
-    ds_json.write_text(json.dumps(cpu_variant(REPO_ROOT / _ds_file(name))))
-    cfg = _config(name, tiny_model_dir, pairs, work / "out", micro=MICRO, deepspeed=str(ds_json),
-                  plugins=["axolotl_dpop.DPOPPlugin", PLUGIN])
-    config = write_config(cfg, work)
-    stage = C.Stage(0, RECIPES_DIR / name, cfg, work / "out", config, rebased=True)
-    commands = [C.train_command(stage, C.Launch(num_gpus=1, nnodes=2, node_rank=node, master_addr="127.0.0.1",
-                                                master_port=29619), "cuda") for node in (0, 1)]
-    assert [cmd[cmd.index("--machine_rank") + 1] for cmd in commands] == ["0", "1"]
-    assert commands[0][-3:] == commands[1][-3:] == ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
-    env = axolotl_env({"DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)})
-    logs = [work / f"node{node}.log" for node in (0, 1)]  # files, not pipes: an unread pipe would stall a rank
-    nodes = [subprocess.Popen(cmd, cwd=work, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True) for cmd, log in zip(commands, logs)]
-    try:
-        for node in nodes:
-            node.wait(timeout=600)
-    finally:
-        for node in nodes:
-            if node.poll() is None:  # a rank that waits for a dead peer: stop its whole process group
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
-    for node, log in zip(nodes, logs):
-        assert node.returncode == 0, log.read_text()[-6000:]
-    reports = [json.loads((work / "out" / REPORT.format(rank=r)).read_text()) for r in range(2)]
-    assert [(r["rank"], r["world_size"], r["zero_stage"]) for r in reports] == [(0, 2, 3), (1, 2, 3)]
-    _assert_matches_one_process(work / "out", one_process, tiny_model_dir, "two nodes")
