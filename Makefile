@@ -17,15 +17,16 @@ MTBENCH_CONFIG ?= eval/mtbench.yaml
 
 # The stage chains read these from the environment (multi-GPU / multi-node through accelerate); DRY_RUN=1 and
 # SMAUG_SKIP_PREFLIGHT=1 become flags, as DRY_RUN does for `make publish`.
-export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT
+export NUM_GPUS NNODES NODE_RANK MASTER_ADDR MASTER_PORT SMAUG_OUTPUT_ROOT
 # Experiment tracking: WANDB_PROJECT=… / MLFLOW_TRACKING_URI=… make smaug-34b (from the environment; not
 # exported here, so that an unset one stays unset); TensorBoard is on by default (SMAUG_TENSORBOARD=0: off).
 CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKIP_PREFLIGHT)),--skip-preflight)
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
-        status recipes recipes-check
+        smaug-tiny-qlora status recipes recipes-check
 .PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
-        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory
+        data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory \
+        bench-memory-plan
 
 setup: $(VENV)/.installed
 
@@ -53,6 +54,7 @@ mistral-7b-fig2: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS)
 mistral-7b-fig3: setup ; smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
 mistral-7b-losses: setup ; smaug chain run mistral-7b-fig2 $(CHAIN_FLAGS) && smaug chain run mistral-7b-fig3 $(CHAIN_FLAGS)
 smaug-tiny: setup ; smaug chain run tiny $(CHAIN_FLAGS)
+smaug-tiny-qlora: setup ; smaug chain run tiny-qlora $(CHAIN_FLAGS)
 status: setup ; smaug chain status $(CHAIN)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
@@ -96,3 +98,4 @@ bench-data: setup
 
 bench-status: setup ; python benchmarks/bench_chain_status.py
 bench-memory: setup ; nice python benchmarks/bench_chunked_logps.py
+bench-memory-plan: setup ; python benchmarks/bench_memory_plan.py

@@ -26,14 +26,20 @@ class LiveTensorBytes(TorchDispatchMode):
     and ``out=`` ops return their target untouched; views, ops without a meta kernel and ops whose output
     shape depends on values are computed for real). Which tensors exist, and when, does not depend on the
     values in the large ones (the masks that decide shapes are small inputs), so the peak is the same at a
-    fraction of the time; ``bench_chunked_logps.py`` checks that against a real run on every invocation."""
+    fraction of the time; ``bench_chunked_logps.py`` checks that against a real run on every invocation.
 
-    def __init__(self, skip_compute_above: int | None = None):
+    With ``classify`` (tensor -> name or None), also per class: ``live_by[name]`` and ``peak_by[name]``
+    (``bench_memory_plan.py`` splits logits from the rest this way)."""
+
+    def __init__(self, skip_compute_above: int | None = None, classify=None):
         super().__init__()
         self.live = 0
         self.peak = 0
         self.skip_compute_above = skip_compute_above
         self._seen: set[int] = set()
+        self.classify = classify
+        self.live_by: dict[str, int] = {}
+        self.peak_by: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -53,7 +59,11 @@ class LiveTensorBytes(TorchDispatchMode):
                     size = storage.nbytes()
                     self.live += size
                     self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, size)
+                    name = self.classify(tensor) if self.classify else None
+                    if name is not None:
+                        self.live_by[name] = self.live_by.get(name, 0) + size
+                        self.peak_by[name] = max(self.peak_by.get(name, 0), self.live_by[name])
+                    weakref.finalize(storage, self._free, key, size, name)
         return out
 
     def _without_compute(self, func, args, kwargs):
@@ -86,9 +96,15 @@ class LiveTensorBytes(TorchDispatchMode):
         return tree_map(lambda m: torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device=device)
                         if isinstance(m, torch.Tensor) else m, meta_out)
 
-    def _free(self, key, size):
+    def reset_peaks(self) -> None:
+        self.peak = self.live
+        self.peak_by = dict(self.live_by)
+
+    def _free(self, key, size, name=None):
         self._seen.discard(key)
         self.live -= size
+        if name is not None:
+            self.live_by[name] -= size
 
 
 def step(trainer, batch):

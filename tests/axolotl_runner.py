@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from smaug.training.runner import axolotl_env
+from smaug.training.runner import axolotl_env as runner_env
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -65,17 +65,27 @@ def tiny_config(model_dir: Path, data: Path, out_dir: Path, **overrides) -> dict
     return cfg
 
 
-def run_axolotl_train(cfg: dict, workdir: Path, launcher_args: list[str] | None = None,
-                      timeout: int = 600) -> subprocess.CompletedProcess:
-    """`axolotl train cfg.yml` in a subprocess, offline, with the venv's bin first on PATH."""
+def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the tests run `axolotl` in: the chain's (`smaug.training.runner.axolotl_env`), offline,
+    one thread per process; ``extra`` adds to it."""
+    return runner_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
+                      **(extra or {}))
+
+
+def write_config(cfg: dict, workdir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.yml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    env = axolotl_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [str(VENV_BIN / "axolotl"), "train", str(cfg_path)]
+    return cfg_path
+
+
+def run_axolotl_train(cfg: dict, workdir: Path, launcher_args: list[str] | None = None,
+                      timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`axolotl train cfg.yml` in a subprocess, offline, with the venv's bin first on PATH (`env` adds to it)."""
+    cmd = [str(VENV_BIN / "axolotl"), "train", str(write_config(cfg, workdir))]
     if launcher_args:
         cmd += launcher_args
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=workdir, env=axolotl_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 def log_history(out_dir: Path) -> list[dict]:

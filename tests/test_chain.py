@@ -55,12 +55,14 @@ def test_dry_run_prints_stages_commands_and_memory(capsys):
         assert re.search(rf"command: AXOLOTL_DO_NOT_TRACK=1 axolotl train recipes/{recipe}.yml --use-tensorboard "
                          rf"--dataset-prepared-path=outputs/prepared/{recipe.replace('_', '-')}/inputs-\w+ "
                          "--launcher accelerate -- --num_processes 8 --num_machines 1 --machine_rank 0 "
-                         "--main_process_ip 127.0.0.1 --main_process_port 29500 --multi_gpu", part)
+                         "--main_process_ip 127.0.0.1 --main_process_port 29500 --use_deepspeed\n", part)
+        # a DeepSpeed recipe goes through accelerate's DeepSpeed launcher (--multi_gpu would wrap ZeRO-3 in DDP)
     # the estimate reads the recipe's DeepSpeed json (ZeRO-3, optimizer offloaded) and the model table
     weights = 34.39e9 * 2 / 8 / memory.GIB
     assert re.search(rf"weights, bf16 \(2 B/param\)\s+{weights:.1f} GiB", sft)
     assert re.search(r"AdamW states.*-> CPU\s+0\.0 GiB", sft)
-    assert "frozen reference model" in dpop and "frozen reference model" not in sft
+    # the DPOP stage precomputes its reference log-probs: no reference model in memory (the SFT has none either)
+    assert "no reference model (reference log-probs precomputed)" in dpop and "reference" not in sft.split("GPU memory")[1]
     assert "ZeRO stage 3" in dpop and "34.39B parameters" in dpop
     assert "rl_beta=0.3, dpop_lambda=50, learning_rate=5e-05" in dpop
 
@@ -70,7 +72,7 @@ def test_dry_run_passes_multi_node_variables_to_accelerate(capsys):
     assert C.run_chain("smaug-72b", dry_run=True, env=env) == 0
     out = capsys.readouterr().out
     assert ("--num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.1.2.3 "
-            "--main_process_port 6000 --multi_gpu") in out
+            "--main_process_port 6000 --use_deepspeed --deepspeed_multinode_launcher standard") in out
     assert "world size 16" in out and "weights, bf16 (2 B/param) -> CPU" in out
 
 
@@ -90,8 +92,9 @@ def test_memory_estimate_follows_zero_stage_and_adapter():
     assert on_four["gradients, bf16 (2 B/param)"] == pytest.approx(2 * rows["gradients, bf16 (2 B/param)"])
     # the plugin's rl: slic has no reference model, but still puts chosen and rejected through the model
     slic = dict(memory.estimate({**recipe, "rl": "slic"}, shape, 8, 8, REPO_ROOT).rows)
-    assert "frozen reference model, bf16" not in slic
-    assert {k: v for k, v in rows.items() if k != "frozen reference model, bf16"} == slic
+    assert "frozen reference model, bf16" not in slic and slic["no reference model (rl: slic has none)"] == 0.0
+    assert {k: v for k, v in rows.items() if k != "frozen reference model, bf16"} == \
+        {k: v for k, v in slic.items() if not k.startswith("no reference model")}
 
     qlora = yaml.safe_load((RECIPES_DIR / "smaug72b_dpop_qlora.yml").read_text())
     big = memory.KNOWN_MODELS["moreh/MoMo-72B-lora-1.8.7-DPO"]
@@ -147,12 +150,14 @@ def test_make_dry_run_variable_selects_the_dry_run(monkeypatch, capsys):
     assert "stage 2/2: recipes/smaug34b_dpop.yml" in capsys.readouterr().out
 
 
-def write_weights(folder: Path) -> None:
-    """A whole (tiny) safetensors model file and its config.json, as save_pretrained leaves them."""
+def write_weights(folder: Path, adapter: bool = False) -> None:
+    """A whole (tiny) safetensors model file and its config.json (a LoRA adapter's with ``adapter``), as
+    save_pretrained leaves them."""
     folder.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
-    (folder / "config.json").write_text("{}")
+    prefix = "adapter_" if adapter else ""
+    (folder / f"{prefix}model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    (folder / f"{prefix}config.json").write_text("{}")
 
 
 def _mark_done(stage, digest=None):
@@ -498,3 +503,14 @@ def test_wandb_offline_gets_the_same_values_when_asked_for(tiny_run):
         for key in ("loss", "dpop/penalty", "dpop/active_fraction", "logps/chosen", "logps/rejected"):
             assert rows[entry["step"]][f"train/{key}"] == pytest.approx(entry[key], rel=1e-6, abs=1e-7)
     assert not (tiny_run["sft"].output_dir / "wandb").exists()
+
+
+def test_launcher_flag_follows_the_recipes_deepspeed_setting():
+    def command(chain, env):
+        plan = C.plan_chain(chain)
+        return C.train_command(plan.stages[0], C.Launch.from_env(plan.hardware, env), "cuda")
+
+    qlora = command("smaug-72b-qlora", {"NUM_GPUS": "2"})  # no DeepSpeed: DDP over the GPUs
+    assert qlora[-1] == "--multi_gpu" and "--use_deepspeed" not in qlora
+    assert not {"--multi_gpu", "--use_deepspeed"} & set(command("smaug-72b", {"NUM_GPUS": "1"}))
+    assert command("smaug-72b", {"NUM_GPUS": "8"})[-1] == "--use_deepspeed"

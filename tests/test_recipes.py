@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
+from smaug.training import chains as C
 from smaug.training import generate as G
 from smaug.training import recipes as R
 from smaug.training.template_tokens import template_summary
@@ -212,7 +213,10 @@ def test_gpu_recipe_header_hardware_template_and_revision(path):
     recipe = yaml.safe_load(text)
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
     assert re.search(r"#\s+1\. ", header) and re.search(r"#\s+2\. ", header), "numbered steps at the top"
-    assert re.search(r"H100|80 GB", header), "the header says what hardware it needs"
+    # hardware needs are stated once, in recipes/chains.yaml; the header points at its chain's entry
+    chain = re.search(r"`hardware:` of chain (\S+) in recipes/chains\.yaml", header)
+    assert chain and rel(path).removeprefix("recipes/") in C.load_chains()[chain.group(1)]["stages"]
+    assert not re.search(r"\d\s*(GB|TB|GiB|TiB) (of )?host RAM", header), "host RAM is stated in chains.yaml only"
     if is_raw_text(recipe):  # no template: every dataset passes its strings through unchanged (base models)
         assert "chat_template" not in recipe and "raw text" in header
     else:
@@ -264,7 +268,8 @@ def test_72b_full_recipe_offloads_and_qlora_states_its_hardware():
     qlora_text = (RECIPES_DIR / "smaug72b_dpop_qlora.yml").read_text()
     qlora = yaml.safe_load(qlora_text)
     assert qlora["adapter"] == "qlora" and qlora["load_in_4bit"] is True
-    assert "Hardware: ONE GPU with >= 80 GB" in qlora_text
+    assert "`hardware:` of chain smaug-72b-qlora in recipes/chains.yaml" in qlora_text
+    assert C.load_chains()["smaug-72b-qlora"]["hardware"]["gpus"] == 1
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -14,8 +14,12 @@ run and `smaug chain status` act on that. A run
   - finishes a stage whose training had finished (killed before its done-marker) without training again;
   - otherwise runs `axolotl train RECIPE --launcher accelerate -- ...` through `training.runner`, resuming a
     killed stage from its last complete checkpoint (half-written ones are set aside first);
-  - merges a LoRA stage (`axolotl merge-lora`) before a later stage starts from it;
+  - merges a LoRA stage (`axolotl merge-lora` into `<output_dir>/merged`) before marking it done, so a later
+    stage, `make eval` and `smaug release card` start from full weights;
   - writes a done-marker recording what the stage consumed (`training.state`).
+On several nodes (NNODES > 1, outputs on shared storage, e.g. `scripts/slurm/smaug.sbatch`) every node runs the
+same chain; only node 0 sets checkpoints aside, merges and writes records and done-markers, and the other
+nodes wait for node 0's marker before they go on to the next stage.
 The chain adds to each run, through axolotl's own config keys on the command line (the recipes stay as they
 are, and these keys are not part of a recipe's hash): TensorBoard logging under the stage's folder, W&B or
 MLflow when WANDB_PROJECT or MLFLOW_TRACKING_URI is set, and a prepared-dataset folder per set of inputs.
@@ -31,6 +35,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from smaug.common.errors import UserError
 from smaug.common.files import atomic_directory, copy_file_atomic, remove_stale_temps
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel, repo_path
 from smaug.training import lock, memory, runner, template_tokens
-from smaug.training.preflight import preflight
+from smaug.training.preflight import hardware_text, preflight
 from smaug.training.recipes import is_preference, load_recipe, resolve_recipe_path, write_derived_recipe
 from smaug.training.state import (
     DONE_MARKER,
@@ -253,7 +258,8 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             recipe = {k: (_rebase(v, root) if k in _PATH_KEYS else v) for k, v in recipe.items()}
         output_dir = _real(repo_path(recipe["output_dir"]))
         run_config = output_dir / RESOLVED_CONFIG if rebase else path
-        stages.append(ChainStage(index, path, recipe, output_dir, run_config, rebase, committed=committed))
+        stages.append(ChainStage(index, path, recipe, output_dir, run_config, rebase, committed=committed,
+                                 merge_lora=bool(recipe.get("adapter"))))
 
     # A stage that starts from an earlier LoRA stage must start from its merged weights.
     for later in stages:
@@ -264,8 +270,6 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             if base == earlier.output_dir:
                 raise UserError(f"{later.name}: base_model points at the LoRA adapter folder of {earlier.name}; "
                                 f"point it at {earlier.recipe['output_dir']}/merged (the chain merges it)")
-            if base == earlier.output_dir / "merged":
-                earlier.merge_lora = True
 
     prepare = []
     for step in spec.get("prepare") or []:
@@ -746,7 +750,15 @@ def train_command(stage: ChainStage, launch: Launch, accelerator: str,
     args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
             "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
             "--main_process_port", str(launch.master_port)]
-    if launch.world_size > 1:
+    if stage.recipe.get("deepspeed"):
+        if launch.world_size > 1:
+            # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP)
+            args.append("--use_deepspeed")
+        if launch.nnodes > 1:
+            # one launcher per node (torchrun, started on every node like this chain), not DeepSpeed's
+            # default pdsh/ssh launcher that starts all nodes from node 0
+            args += ["--deepspeed_multinode_launcher", "standard"]
+    elif launch.world_size > 1:
         args.append("--multi_gpu")
     return runner.train_command(config, launcher_args=args, overrides=overrides)
 
@@ -767,13 +779,29 @@ def stage_env(stage: ChainStage, tracking: dict[str, Any] | None = None) -> dict
 # dry run and status
 
 
+def host_ram_check(hardware: dict[str, Any], est: memory.Estimate) -> list[str]:
+    """The estimate's host RAM per node next to what recipes/chains.yaml states for the chain."""
+    need_gb = est.host_gib * memory.GIB / 1e9
+    stated = hardware.get("host_ram_gb")
+    if stated is None:
+        verdict = "recipes/chains.yaml states no host_ram_gb for this chain: add it"
+    elif need_gb <= float(stated):
+        verdict = f"recipes/chains.yaml states {stated:g} GB: ok"
+    else:
+        verdict = f"MORE than the {stated:g} GB recipes/chains.yaml states: correct host_ram_gb there"
+    lines = [f"    host RAM per node for offloaded states (estimate): {need_gb:.0f} GB ({est.host_gib:.0f} GiB); "
+             f"{verdict}"]
+    lines += [f"      {what:<76s} {gib * memory.GIB / 1e9:7.0f} GB" for what, gib in est.host_rows]
+    return lines
+
+
 def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] | None = None,
              states: list[StageState] | None = None) -> str:
     tracking = tracking or {}
     states = states or assess_chain(chain)
     hw = chain.hardware
     lines = [f"chain {chain.name}: {chain.description}",
-             f"hardware: {hw.get('label', hw.get('accelerator', '?'))}"
+             f"hardware: {hardware_text(hw)}"
              + (f" ({hw.get('gpus')} GPUs in total, >= {hw.get('min_gpu_memory_gib')} GiB each)"
                 if hw.get("accelerator") == "cuda" else ""),
              f"launch: NUM_GPUS={launch.num_gpus} NNODES={launch.nnodes} NODE_RANK={launch.node_rank} "
@@ -814,7 +842,7 @@ def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] |
             lines.append(f"  ({PENDING_PREPARED}: inputs-<digest of its data files and base>, known once the stage "
                          "it starts from has run)")
         if stage.merge_lora:
-            lines.append(f"  then:    {runner.display(merge_command(stage))}")
+            lines.append(f"  then:    {runner.display(merge_command(stage))}" + ("   (node 0 only)" if launch.nnodes > 1 else ""))
         base = str(recipe["base_model"])
         inherited = shapes.get(stage.base_path) if stage.base_path else None
         shape = memory.model_shape(base, inherited)
@@ -832,7 +860,7 @@ def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] |
             verdict = "  -> fits" if est.total_gib <= float(budget) else f"  -> does NOT fit in {budget} GiB"
         lines.append(f"    {'total (+ allocator/NCCL overhead, typically a few GiB)':<78s} {est.total_gib:7.1f} GiB{verdict}")
         if est.host_gib:
-            lines.append(f"    host RAM per node for offloaded states: ~{est.host_gib:.0f} GiB")
+            lines += host_ram_check(hw, est)
         lines.append("    assumptions: " + "; ".join(est.assumptions))
     return "\n".join(lines)
 
@@ -1013,20 +1041,64 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
         write_derived_recipe(stage.run_config, stage.recipe, stage.recipe_path,
                              f"its paths under {chain.output_root}")
     env_vars = stage_env(stage, tracking)
-    log_path = stage.output_dir / STAGE_LOG
+    log_path = stage_log(stage, launch)
     offset = log_path.stat().st_size if log_path.exists() else 0
     accelerator = chain.hardware.get("accelerator", "cuda")
     overrides = {**tracking, "dataset_prepared_path": rel(prepared)}
     code = runner.run_logged(train_command(stage, launch, accelerator, overrides), env_vars, log_path, pass_fds=held)
-    if code == 0 and stage.merge_lora:
+    if code == 0 and stage.merge_lora and launch.node_rank == 0:  # one node writes the merged weights
         code = runner.run_logged(merge_command(stage), env_vars, log_path, pass_fds=held)
+        if code == 0:
+            write_merged_provenance(stage)
     if code != 0:
         _report_failure(chain, stage, state, earlier, code, log_path, offset, label)
         return code
     if launch.node_rank == 0:
         write_done_marker(stage.output_dir, record)
+    else:
+        wait_for_node0(chain, stage, earlier, launch, label)
     print(f"{label}: done ({stage.marker})", flush=True)
     return 0
+
+
+def stage_log(stage: ChainStage, launch: Launch) -> Path:
+    """Each node appends to its own log: several nodes writing one file on shared storage would interleave."""
+    return stage.output_dir / (STAGE_LOG if launch.node_rank == 0 else f"smaug_stage.node{launch.node_rank}.log")
+
+
+def write_merged_provenance(stage: ChainStage) -> Path:
+    """The merged folder carries the adapter stage's provenance (same lineage and settings), so `smaug release
+    card` and a later stage that starts from it can follow the lineage."""
+    from axolotl_dpop.provenance import PROVENANCE_FILE, read_provenance, write_provenance
+
+    provenance = read_provenance(stage.output_dir)
+    if provenance is None:
+        raise UserError(f"{stage.output_dir}: no {PROVENANCE_FILE} after training {stage.name}; is "
+                        "axolotl_dpop.DPOPPlugin listed under `plugins:`?")
+    provenance["merged_lora"] = {"adapter_dir": str(stage.output_dir), "command": "axolotl merge-lora"}
+    return write_provenance(stage.output_dir / "merged", provenance)
+
+
+NODE0_WAIT_ENV = "SMAUG_NODE0_WAIT_S"  # how long other nodes wait for node 0's done-marker (default 6 h)
+NODE0_POLL_S = 10.0
+
+
+def wait_for_node0(chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch, label: str,
+                   wait_s: float | None = None) -> None:
+    """Every node but 0 waits until node 0 has marked the stage done (node 0 may still be saving or merging after
+    the distributed run ended) instead of going on to a stage whose input is not there yet."""
+    print(f"{label}: finished on node {launch.node_rank}; waiting for node 0 to mark it done", flush=True)
+    wait_s = float(os.environ.get(NODE0_WAIT_ENV) or 6 * 3600) if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while (state := assess_stage(chain, stage, earlier)).kind != "done":
+        if state.kind in ("stale", "unreadable"):
+            raise UserError(f"{stage.marker}: {state_text(state)}: node 0 and node {launch.node_rank} do not run the "
+                            "same recipes and inputs; run the same checkout on every node")
+        if time.monotonic() >= deadline:
+            raise UserError(f"node {launch.node_rank}: {stage.name} ended here, but node 0 has not marked it done "
+                            f"({stage.marker}) after {wait_s:.0f} s; see node 0's log {stage.output_dir / STAGE_LOG} "
+                            f"({NODE0_WAIT_ENV} sets the wait)")
+        time.sleep(NODE0_POLL_S)
 
 
 def _report_failure(chain: Chain, stage: ChainStage, before: StageState, earlier: list[StageState], code: int,
@@ -1053,6 +1125,7 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
     out = stage.output_dir
     if launch.node_rank != 0:
         print(f"{label}: training had finished; node 0 completes the stage")
+        wait_for_node0(chain, stage, earlier, launch, label)
         return 0
     if state.restore_from is not None and state.weights:
         for source in weight_files(state.restore_from):
@@ -1068,6 +1141,7 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
         if code != 0:
             print(f"{label}: axolotl merge-lora failed with exit code {code}; log: {log_path}", file=sys.stderr)
             return code
+        write_merged_provenance(stage)
     _write_missing_provenance(stage, validated.get(stage.index), launch, state)
     record = state.record
     if record is None or (state.kind == "finished" and not isinstance(record.get("inputs"), dict)):

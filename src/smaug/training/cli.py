@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,15 +27,17 @@ def register(subparsers) -> None:
     run.add_argument("name", help="chain name, e.g. smaug-34b, smaug-72b, smaug-7b, tiny")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan, commands and a GPU memory estimate; run nothing (make: DRY_RUN=1)")
-    run.add_argument("--output-root", type=Path, default=None,
-                     help="write every stage under this folder instead of ./outputs")
+    run.add_argument("--output-root", type=Path, default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
+                     help="write every stage under this folder instead of ./outputs (env SMAUG_OUTPUT_ROOT; on "
+                          "several nodes: a folder on shared storage)")
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not check the GPUs first (make: SMAUG_SKIP_PREFLIGHT=1)")
     run.set_defaults(func=_cmd_run)
     status = sub.add_parser("status", help="where each stage of a chain stands and what the next run would do "
                                            "(reads files only; make: make status CHAIN=NAME)")
     status.add_argument("name", help="chain name, e.g. smaug-34b, tiny")
-    status.add_argument("--output-root", type=Path, default=None, help="the --output-root the chain runs with")
+    status.add_argument("--output-root", type=Path, default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
+                        help="the --output-root the chain runs with (env SMAUG_OUTPUT_ROOT)")
     status.set_defaults(func=_cmd_status)
     lst = sub.add_parser("list", help="the chains and their stages")
     lst.set_defaults(func=_cmd_list_chains)
@@ -114,7 +117,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_list_chains(args: argparse.Namespace) -> int:
     from smaug.training.chains import load_chains
+    from smaug.training.preflight import hardware_text
 
     for name, spec in load_chains().items():
-        print(f"{name}: {' -> '.join(spec['stages'])}  [{(spec.get('hardware') or {}).get('label', '')}]")
+        print(f"{name}: {' -> '.join(spec['stages'])}  [{hardware_text(spec.get('hardware') or {})}]")
     return 0

@@ -3,13 +3,22 @@ it needs, what was found and what to run instead."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smaug.common.errors import UserError
 from smaug.training.memory import GIB
 
 if TYPE_CHECKING:
     from smaug.training.chains import Chain, Launch
+
+
+def hardware_text(hardware: dict[str, Any]) -> str:
+    """What a chain needs, as the dry run and the READMEs show it: its label and the host RAM it states."""
+    text = str(hardware.get("label") or hardware.get("accelerator", "?"))
+    ram = hardware.get("host_ram_gb")
+    if ram:
+        text += f", ~{ram / 1000:g} TB host RAM" if ram >= 1000 else f", ~{ram:g} GB host RAM"
+    return text
 
 
 def detect_gpus() -> tuple[list[float], str]:
@@ -43,7 +52,7 @@ def preflight(chain: "Chain", launch: "Launch", gpus: tuple[list[float], str] | 
         problems.append(f"each GPU needs >= {need_gib:.0f} GiB; found {', '.join(small)} ({found})")
     if problems:
         raise UserError(
-            f"chain {chain.name} needs {hardware.get('label') or ''} ({need_total} GPUs, >= {need_gib:.0f} GiB "
+            f"chain {chain.name} needs {hardware_text(hardware)} ({need_total} GPUs, >= {need_gib:.0f} GiB "
             f"each) and stops before using any GPU time: " + "; ".join(problems) + ".\n"
             f"  See the plan, exact commands and a GPU memory estimate (no GPU needed): "
             f"DRY_RUN=1 make {chain.name}   (smaug chain run {chain.name} --dry-run)\n"

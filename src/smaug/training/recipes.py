@@ -68,10 +68,10 @@ def list_recipes() -> list[Path]:
 
 
 def needs_gpu(recipe: dict[str, Any]) -> bool:
-    """Written for a CUDA node (flash-attention, DeepSpeed or bitsandbytes), so validated against one."""
+    """Written for a CUDA node (flash-attention or DeepSpeed), so validated against one. 4-bit/8-bit loading
+    alone does not need one: bitsandbytes runs those layers on the CPU too (recipes/cpu/tiny_dpop_qlora.yml)."""
     attn = str(recipe.get("attn_implementation") or "")
-    return bool(recipe.get("deepspeed") or recipe.get("flash_attention") or attn.startswith("flash")
-                or recipe.get("load_in_4bit") or recipe.get("load_in_8bit"))
+    return bool(recipe.get("deepspeed") or recipe.get("flash_attention") or attn.startswith("flash"))
 
 
 def is_preference(recipe: dict[str, Any]) -> bool:
