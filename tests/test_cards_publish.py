@@ -23,7 +23,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from smaug.common import paths
 from axolotl_dpop.provenance import PROVENANCE_FILE
 
-from smaug.release import cards, licenses, publish
+from smaug.release import cards, licenses, publish, upload_plan
 from smaug.common.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -296,7 +296,7 @@ def test_upload_plan_is_exactly_the_model_repo_files(tiny_model_copy):
     (model / "runs").mkdir()
     (model / "runs" / "events.out.tfevents.1").write_bytes(b"tb")
     (model / "LICENSE").write_text("licence text\n")
-    plan = publish.plan_upload(model)
+    plan = upload_plan.plan_upload(model)
     local = {p.name for p in tiny_model_copy.iterdir() if p.is_file()}
     expected = local - {"training_args.bin", "trainer_log.jsonl"}
     assert {rel for rel, _ in plan.files} == expected
@@ -403,7 +403,7 @@ def test_real_upload_to_local_hub_server(tiny_model_copy, tmp_path):
     model = _publishable(tiny_model_copy)
     (model / "checkpoint-3").mkdir()
     (model / "checkpoint-3" / "optimizer.pt").write_bytes(b"x")
-    expected = {rel for rel, _ in publish.plan_upload(model).files} | {"README.md"}
+    expected = {rel for rel, _ in upload_plan.plan_upload(model).files} | {"README.md"}
     hf_home = tmp_path / "hf_home"
     with HubServer(FAKE_TOKEN) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0",
@@ -586,13 +586,13 @@ def _shard(model: Path) -> dict:
 def test_sharded_checkpoint_is_loadable_only_when_index_and_shards_agree(tiny_model_copy):
     model = _publishable(tiny_model_copy)
     index = _shard(model)
-    plan = publish.plan_upload(model)
+    plan = upload_plan.plan_upload(model)
     assert plan.kind == "full model"
     assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= {r for r, _ in plan.files}
 
     def refused(problem):
         with pytest.raises(UserError, match="nobody could load") as err:
-            publish.plan_upload(model)
+            upload_plan.plan_upload(model)
         assert problem in str(err.value)
 
     tensor = next(iter(index["weight_map"]))
@@ -617,13 +617,13 @@ def test_adapter_repo_needs_its_config_weights_and_a_hub_base(tiny_model_copy):
     config = {"peft_type": "LORA", "base_model_name_or_path": "meta-llama/Llama-2-7b-chat-hf", "r": 8}
     (model / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="no adapter_model.safetensors"):
-        publish.plan_upload(model)
+        upload_plan.plan_upload(model)
     save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 4)}, model / "adapter_model.safetensors")
-    plan = publish.plan_upload(model)
+    plan = upload_plan.plan_upload(model)
     assert plan.kind == "adapter" and "adapter_model.safetensors" in dict(plan.files)
     (model / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(model.parent)}))
     with pytest.raises(UserError, match="base_model_name_or_path .* is not a Hub id"):
-        publish.plan_upload(model)
+        upload_plan.plan_upload(model)
 
 
 # ----------------------------------------------------------------------------------------------- secrets, any size
@@ -644,7 +644,7 @@ def test_token_escaped_in_json_is_refused(tiny_model_copy):
     (model / "tokenizer_config.json").write_text(json.dumps(config).replace("\\\\u0068", "\\u0068"))
     assert b"hf_" not in (model / "tokenizer_config.json").read_bytes()
     with pytest.raises(UserError, match=r"tokenizer_config.json \(contains what looks like a Hugging Face token"):
-        publish.plan_upload(model)
+        upload_plan.plan_upload(model)
 
 
 def test_token_at_the_end_of_an_uploaded_file_over_16_mib_is_refused(tiny_model_copy):
@@ -654,7 +654,7 @@ def test_token_at_the_end_of_an_uploaded_file_over_16_mib_is_refused(tiny_model_
         handle.write(FAKE_TOKEN.encode())
     assert (model / "LICENSE").stat().st_size > 16 * 1024 * 1024
     with pytest.raises(UserError, match=r"LICENSE \(contains what looks like a Hugging Face token"):
-        publish.plan_upload(model)
+        upload_plan.plan_upload(model)
 
 
 @pytest.mark.parametrize("chunk", [33, 34, 40, 64])
@@ -662,9 +662,9 @@ def test_token_scan_finds_a_token_across_every_chunk_boundary(tmp_path, chunk):
     path = tmp_path / "f"
     for offset in range(0, 2 * chunk + 1):
         path.write_bytes(b"-" * offset + FAKE_TOKEN.encode() + b"-" * 5)
-        assert publish.file_has_token(path, chunk_size=chunk), (chunk, offset)
+        assert upload_plan.file_has_token(path, chunk_size=chunk), (chunk, offset)
     path.write_bytes(b"-" * 50 + FAKE_TOKEN[:32].encode() + b"-" + FAKE_TOKEN[32:].encode())
-    assert not publish.file_has_token(path, chunk_size=chunk)
+    assert not upload_plan.file_has_token(path, chunk_size=chunk)
 
 
 def test_token_scan_memory_stays_at_one_chunk(tmp_path):
@@ -676,11 +676,11 @@ def test_token_scan_memory_stays_at_one_chunk(tmp_path):
             handle.write(b"x" * (1024 * 1024))
     tracemalloc.start()
     try:
-        assert not publish.file_has_token(path)
+        assert not upload_plan.file_has_token(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 * publish.SCAN_CHUNK, peak  # a 32 MiB file, at most a few chunks in memory
+    assert peak < 4 * upload_plan.SCAN_CHUNK, peak  # a 32 MiB file, at most a few chunks in memory
 
 
 # ----------------------------------------------------------------------------------------------- model-index
@@ -810,7 +810,7 @@ def test_network_failures_during_publish_are_one_line_and_rerunning_is_safe(tiny
     from tests.hub_server import HubServer
 
     model = _publishable(tiny_model_copy)
-    expected = {rel for rel, _ in publish.plan_upload(model).files} | {"README.md", ".gitattributes"}
+    expected = {rel for rel, _ in upload_plan.plan_upload(model).files} | {"README.md", ".gitattributes"}
     # A port of our own range (30000-30099) that is bound but never listens: connecting is refused.
     with socket.socket() as dead, HubServer(FAKE_TOKEN) as hub:
         dead.bind(("127.0.0.1", 30099))
@@ -858,7 +858,7 @@ def test_symlinks_are_never_followed_nor_uploaded(tiny_model_copy):
     (model / "checkpoint-1" / "gone.json").symlink_to(model / "no-such-file")  # dangling
     (model / "checkpoint-1" / "zeros.log").symlink_to("/dev/zero")  # endless if it were read
     (model / "NOTICE").symlink_to(model / "config.json")
-    plan = publish.plan_upload(model)
+    plan = upload_plan.plan_upload(model)
     assert {"checkpoint-1/gone.json", "checkpoint-1/zeros.log", "NOTICE"} <= {rel for rel, why in plan.skipped
                                                                             if why == "a symlink"}
     assert "NOTICE" not in dict(plan.files)

@@ -62,7 +62,7 @@ def two_stages(tmp_path: Path, base: Path) -> tuple[dict, dict]:
 def finish(chain: C.Chain, stage: C.ChainStage, earlier: list, run_id: str | None = None) -> S.StageState:
     """Leave what a finished run of the stage leaves: final weights and a done-marker with what it consumed."""
     write_weights(stage.output_dir)
-    record = S.stage_record(recipe_name=stage.name, digest=stage.digest, settings=C._json_settings(stage),
+    record = S.stage_record(recipe_name=stage.name, digest=stage.digest, settings=C.json_settings(stage),
                             run_id=run_id or S.new_run_id(), inputs=C.stage_inputs(chain, stage, earlier, None),
                             output_dir=stage.output_dir, prepared=None)
     S.write_done_marker(stage.output_dir, record)
@@ -82,7 +82,7 @@ def checkpoint(stage: C.ChainStage, step: int, max_steps: int, weights: bool = T
 def started(chain: C.Chain, stage: C.ChainStage, earlier: list) -> dict:
     """The run record the chain writes when it starts a stage."""
     inputs = C.stage_inputs(chain, stage, earlier, None)
-    record = S.stage_record(recipe_name=stage.name, digest=stage.digest, settings=C._json_settings(stage),
+    record = S.stage_record(recipe_name=stage.name, digest=stage.digest, settings=C.json_settings(stage),
                             run_id=S.new_run_id(), inputs=inputs, output_dir=stage.output_dir,
                             prepared=str(C.prepared_folder(stage, inputs)))
     S.write_inputs_record(stage.output_dir, record)
@@ -647,10 +647,10 @@ def test_tracking_is_switched_on_through_axolotls_own_keys_set_by_the_chain(monk
         "use_tensorboard": True, "wandb_project": "smaug", "wandb_entity": "lab", "wandb_mode": "offline",
         "wandb_name": "smaug-34b/smaug34b_sft"}
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: None if name == "mlflow" else real_find_spec(name))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mlflow" else real_find_spec(name))
     with pytest.raises(UserError, match="MLFLOW_TRACKING_URI is set but the `mlflow` package is not installed"):
         C.tracking_settings(chain, sft, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
-    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     assert C.tracking_settings(chain, sft, {"SMAUG_TENSORBOARD": "0", "MLFLOW_TRACKING_URI": "http://m:5000"}) == {
         "mlflow_tracking_uri": "http://m:5000", "mlflow_experiment_name": "smaug-34b",
         "mlflow_run_name": "smaug-34b/smaug34b_sft"}

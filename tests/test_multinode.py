@@ -18,6 +18,7 @@ import pytest
 from smaug.common.errors import UserError
 from smaug.common.paths import REPO_ROOT
 from smaug.training import chains as C
+from smaug.training.chains import run as chain_run
 from smaug.training.tiny_model import build_tiny_llama
 from tests.test_chain import _mark_done, write_weights
 
@@ -158,7 +159,7 @@ def _launch(node_rank: int) -> C.Launch:
 
 
 def test_other_nodes_wait_for_node_zeros_marker_and_never_write_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "NODE0_POLL_S", 0.05)
+    monkeypatch.setattr(chain_run, "NODE0_POLL_S", 0.05)
     chain = C.plan_chain("tiny", tmp_path)
     stage = chain.stages[0]
     stage.output_dir.mkdir(parents=True)
@@ -178,7 +179,7 @@ def test_other_nodes_wait_for_node_zeros_marker_and_never_write_it(tmp_path, mon
 
 
 def test_a_marker_from_another_recipe_version_stops_the_waiting_node(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "NODE0_POLL_S", 0.05)
+    monkeypatch.setattr(chain_run, "NODE0_POLL_S", 0.05)
     chain = C.plan_chain("tiny", tmp_path)
     stage = chain.stages[0]
     _mark_done(stage, digest="0" * 64)
@@ -193,7 +194,7 @@ def test_on_two_nodes_only_node_zero_merges_and_marks_a_lora_stage(tmp_path, mon
 
     from smaug.training import runner
 
-    monkeypatch.setattr(C, "NODE0_POLL_S", 0.05)
+    monkeypatch.setattr(chain_run, "NODE0_POLL_S", 0.05)
     root = tmp_path / "shared"
     stage = C.plan_chain("tiny-qlora", root).stages[0]
     base = root / "tiny" / "base-model"

@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`smaug ... | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UserError as err:  # a clear message, no traceback: the user can fix it
         print(f"error: {err}", file=sys.stderr)
         return 2

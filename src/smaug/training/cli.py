@@ -90,7 +90,6 @@ def _cmd_list_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from smaug.common.errors import UserError
     from smaug.training.chains import run_chain
 
     try:
@@ -99,9 +98,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: run `smaug chain run {args.name}` again to resume from the last checkpoint",
               file=sys.stderr)
         return 130
-    except OSError as err:  # an unwritable or full output folder, a vanished file: say which, no traceback
-        raise UserError(f"{err.filename or 'the chain'}: {err.strerror or err}; check that folder's permissions and "
-                        "free space (or choose another --output-root), then run again") from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,79 @@
+"""The commands a stage runs: `axolotl train` with the launcher arguments of the node and the recipe (DeepSpeed or
+DDP), `axolotl merge-lora`, their environment, and the experiment-tracking keys the chain adds."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from smaug.common.errors import UserError
+from smaug.common.paths import rel
+from smaug.training import runner
+from smaug.training.chains.plan import Chain, ChainStage, Launch
+
+
+def tracking_settings(chain: Chain, stage: ChainStage, env: dict[str, str]) -> dict[str, Any]:
+    """axolotl config keys for experiment tracking, added by the chain (the recipes stay as they are): TensorBoard
+    under the stage's folder by default (local; SMAUG_TENSORBOARD=0 turns it off), W&B when WANDB_PROJECT is set,
+    MLflow when MLFLOW_TRACKING_URI is set. A key the recipe sets itself is left alone."""
+    recipe, short = stage.recipe, Path(stage.name).stem
+    settings: dict[str, Any] = {}
+    if env.get("SMAUG_TENSORBOARD", "1") != "0" and "use_tensorboard" not in recipe:
+        settings["use_tensorboard"] = True
+    if env.get("WANDB_PROJECT") and "wandb_project" not in recipe:
+        _need_package("wandb", "WANDB_PROJECT")
+        settings["wandb_project"] = env["WANDB_PROJECT"]
+        for var, key in (("WANDB_ENTITY", "wandb_entity"), ("WANDB_MODE", "wandb_mode")):
+            if env.get(var) and key not in recipe:
+                settings[key] = env[var]
+        if "wandb_name" not in recipe:
+            settings["wandb_name"] = env.get("WANDB_NAME") or f"{chain.name}/{short}"
+    if env.get("MLFLOW_TRACKING_URI") and "mlflow_tracking_uri" not in recipe:
+        _need_package("mlflow", "MLFLOW_TRACKING_URI")
+        settings["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+        if "mlflow_experiment_name" not in recipe:  # axolotl logs to MLflow only when an experiment is named
+            settings["mlflow_experiment_name"] = env.get("MLFLOW_EXPERIMENT_NAME") or chain.name
+        if "mlflow_run_name" not in recipe:
+            settings["mlflow_run_name"] = f"{chain.name}/{short}"
+    return settings
+
+
+def _need_package(package: str, variable: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"{variable} is set but the `{package}` package is not installed, and axolotl logs to it "
+                        f"through that package: pip install {package} (or unset {variable})")
+
+
+def train_command(stage: ChainStage, launch: Launch, accelerator: str,
+                  overrides: dict[str, Any] | None = None) -> list[str]:
+    config = rel(stage.run_config)
+    if accelerator == "cpu":
+        return runner.train_command(config, overrides=overrides)
+    args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
+            "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
+            "--main_process_port", str(launch.master_port)]
+    if stage.recipe.get("deepspeed"):
+        if launch.world_size > 1:
+            # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP)
+            args.append("--use_deepspeed")
+        if launch.nnodes > 1:
+            # one launcher per node (torchrun, started on every node like this chain), not DeepSpeed's
+            # default pdsh/ssh launcher that starts all nodes from node 0
+            args += ["--deepspeed_multinode_launcher", "standard"]
+    elif launch.world_size > 1:
+        args.append("--multi_gpu")
+    return runner.train_command(config, launcher_args=args, overrides=overrides)
+
+
+def merge_command(stage: ChainStage) -> list[str]:
+    return runner.merge_command(rel(stage.run_config))
+
+
+def stage_env(stage: ChainStage, tracking: dict[str, Any] | None = None) -> dict[str, str]:
+    # The committed recipe, for provenance when axolotl gets a rebased copy; W&B files under the stage folder.
+    extra = {"SMAUG_RECIPE": stage.name}
+    if (tracking or {}).get("wandb_project") and not os.environ.get("WANDB_DIR"):
+        extra["WANDB_DIR"] = str(stage.output_dir)
+    return runner.axolotl_env(**extra)
