@@ -43,6 +43,7 @@ from smaug.data.rows import (
     qa_query,
     row_rng,
     sorted_counts,
+    source_records,
     text_field,
     typed_field,
 )
@@ -211,12 +212,7 @@ def build_metamath_pairs(
     counts: Counter = Counter()
     kinds: Counter = Counter()
     valid: list[tuple[int, str, str, str]] = []  # (row index, query, response, leak-group key)
-    for index, row in enumerate(rows):
-        if only is not None and index not in only:
-            continue
-        if not isinstance(row, dict):
-            counts["not_a_record"] += 1
-            continue
+    for index, row in source_records(rows, only, counts):
         query = text_field(row, "query", counts, index)
         if query is None:
             continue

@@ -21,6 +21,7 @@ from smaug.data.rows import (
     qa_example,
     qa_query,
     sorted_counts,
+    source_records,
     text_field,
     typed_field,
 )
@@ -95,12 +96,7 @@ def build_arc_pairs(
     correct choice's text, rejected = each other choice's text. Returns (pairs, skip counts by reason)."""
     counts: Counter = Counter()
     valid = []
-    for index, row in enumerate(rows):
-        if only is not None and index not in only:
-            continue
-        if not isinstance(row, dict):
-            counts["not_a_record"] += 1
-            continue
+    for index, row in source_records(rows, only, counts):
         question = text_field(row, "question", counts, index)
         if question is None:
             continue
@@ -192,12 +188,7 @@ def build_hellaswag_pairs(
     make_context, clean_ending = HELLASWAG_FORMATS[format]
     counts: Counter = Counter()
     valid = []
-    for index, row in enumerate(rows):
-        if only is not None and index not in only:
-            continue
-        if not isinstance(row, dict):
-            counts["not_a_record"] += 1
-            continue
+    for index, row in source_records(rows, only, counts):
         for name in ("activity_label", "ctx_a", "ctx_b", "ctx"):
             typed_field(row, name, index, (str,), "text")
         context = make_context(row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from smaug.common.errors import UserError
@@ -71,6 +71,18 @@ def text_field(row: dict[str, Any], name: str, counts: Counter, index: int) -> s
         counts[f"empty:{name}"] += 1
         return None
     return value
+
+
+def source_records(rows: Iterable[Any], only: Collection[int] | None, counts: Counter) -> Iterator[tuple[int, dict]]:
+    """(index, row) for each row a builder should look at: those in ``only`` (all when None) that are records;
+    anything else is counted as `not_a_record`."""
+    for index, row in enumerate(rows):
+        if only is not None and index not in only:
+            continue
+        if not isinstance(row, dict):
+            counts["not_a_record"] += 1
+            continue
+        yield index, row
 
 
 def few_shot_prompt(
