@@ -63,6 +63,32 @@ def skip_shared_memory_allreduce_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+def wait_on_collectives() -> None:
+    """Makes every asynchronous collective complete before it returns. DeepSpeed treats its CPU accelerator as a
+    "synchronized device" and skips the stream waits it relies on with NCCL, but gloo runs an async collective
+    on its own thread: ZeRO-3 then now and then reads a gather or reduce buffer before it is filled (measured:
+    2 of 4 two-rank runs of tests/zero3_chunked_worker.py ended with parameters of 1e10 or inf after the
+    step; 0 of 6 with this). GPU runs (NCCL, CUDA streams) take DeepSpeed's own waits. Must run before
+    DeepSpeed's communication backend starts: it keeps references to these functions."""
+    import torch.distributed as dist
+
+    def waited(collective):
+        def call(*args, **kwargs):
+            work = collective(*args, **kwargs)
+            if kwargs.get("async_op") and work is not None:
+                work.wait()
+            return work
+
+        call._waited = True
+        return call
+
+    for name in ("all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter", "all_reduce",
+                 "all_reduce_coalesced", "broadcast", "_all_gather_base", "_reduce_scatter_base"):
+        collective = getattr(dist, name, None)
+        if collective is not None and not getattr(collective, "_waited", False):
+            setattr(dist, name, waited(collective))
+
+
 # What a CPU needs changed in the recipes' DeepSpeed configs, and nothing else: bf16 off (transformers refuses
 # bf16 without CUDA unless `use_cpu`, which axolotl does not expose; the CPU twins train in fp32).
 CPU_CHANGES = {"bf16": {"enabled": False}}
@@ -136,6 +162,7 @@ class CPUDeepSpeedPlugin(BasePlugin):
         # Runs in every rank while the config loads, before axolotl sets up DeepSpeed's distributed state.
         patch_accelerate_backend()
         skip_shared_memory_allreduce_build()
+        wait_on_collectives()
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [EngineReport(trainer, cfg.output_dir)]

@@ -124,7 +124,7 @@ def zero3(request, tmp_path_factory, tiny_model_dir, pairs):
     ds_json.write_text(json.dumps(cpu_variant(REPO_ROOT / _ds_file(name))))
     cfg = _config(name, tiny_model_dir, pairs, work / "out", micro=MICRO, deepspeed=str(ds_json),
                   plugins=["axolotl_dpop.DPOPPlugin", PLUGIN])
-    stage = C.Stage(0, RECIPES_DIR / name, cfg, work / "out", write_config(cfg, work), rebased=True)
+    stage = C.ChainStage(0, RECIPES_DIR / name, cfg, work / "out", write_config(cfg, work), rebased=True)
     _run_chain_commands(stage, LAUNCHES[name], PORTS[name], work)
     reports = [json.loads((work / "out" / REPORT.format(rank=r)).read_text()) for r in range(RANKS)]
     return name, work / "out", reports
