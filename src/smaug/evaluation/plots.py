@@ -53,7 +53,7 @@ def plot_positional(result: dict, out_png: str | Path) -> Path:
 
 def find_trainer_state(path: str | Path) -> Path:
     """trainer_state.json itself, in a run folder, or in its latest complete ``checkpoint-N``."""
-    from smaug.training.state import complete_checkpoints
+    from smaug.training.checkpoints import complete_checkpoints
 
     path = Path(path)
     if path.is_file():

@@ -49,7 +49,7 @@ from smaug.training.chains.progress import NextStep, assess_chain, assess_stage,
 from smaug.training.chains.report import describe, host_ram_check, status_report
 from smaug.training.chains.run import run_chain, stage_log, wait_for_node0, write_merged_provenance
 from smaug.training.preflight import detect_gpus, hardware_text, preflight
-from smaug.training.state import complete_checkpoints, set_aside_incomplete_checkpoints
+from smaug.training.checkpoints import complete_checkpoints, set_aside_incomplete_checkpoints
 
 __all__ = [
     "CHAINS_FILE", "DEFAULT_OUTPUT_ROOT", "RESOLVED_CONFIG", "STAGE_LOG", "Chain", "ChainStage", "Launch", "NextStep",

@@ -31,14 +31,16 @@ from smaug.training.chains.progress import (
 from smaug.training.chains.report import describe
 from smaug.training.preflight import preflight
 from smaug.training.recipes import write_derived_recipe
-from smaug.training.state import (
-    StageState,
+from smaug.training.checkpoints import (
     complete_checkpoints,
-    new_run_id,
     set_aside_incomplete_checkpoints,
-    stage_record,
     weight_files,
     weights_problem,
+)
+from smaug.training.state import (
+    StageState,
+    new_run_id,
+    stage_record,
     write_done_marker,
     write_inputs_record,
 )
