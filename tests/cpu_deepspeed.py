@@ -68,7 +68,7 @@ def wait_on_collectives() -> None:
     "synchronized device" and skips the stream waits it relies on with NCCL, but gloo runs an async collective
     on its own thread: ZeRO-3 then now and then reads a gather or reduce buffer before it is filled (measured:
     2 of 4 two-rank runs of tests/zero3_chunked_worker.py ended with parameters of 1e10 or inf after the
-    step; 0 of 6 with this). GPU runs (NCCL, CUDA streams) take DeepSpeed's own waits. Must run before
+    step; 0 of 12 with this). GPU runs (NCCL, CUDA streams) take DeepSpeed's own waits. Must run before
     DeepSpeed's communication backend starts: it keeps references to these functions."""
     import torch.distributed as dist
 
