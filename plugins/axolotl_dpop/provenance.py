@@ -146,8 +146,10 @@ def write_provenance(folder: str | os.PathLike, record: dict) -> Path:
     return atomic_write(Path(folder) / PROVENANCE_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def training_record(cfg) -> dict:
-    """The record of an `axolotl train` run, from its validated config."""
+def training_record(cfg, *, recipe: str | None = None, world_size: int | None = None) -> dict:
+    """The record of an `axolotl train` run, from its validated config. ``recipe`` and ``world_size`` default
+    to what the run's environment says (SMAUG_RECIPE, WORLD_SIZE); the chain passes them when it writes the
+    record itself."""
     training = {key: cfg.get(key) for key in _TRAINING_KEYS}
     plugin_rl = next((rl for rl in ("dpop", "slic") if cfg.get(rl)), None)
     if plugin_rl:
@@ -162,10 +164,11 @@ def training_record(cfg) -> dict:
         for d in (cfg.get("datasets") or [])
     ]
     # The stage chain runs a per-run copy of the recipe and names the original in SMAUG_RECIPE.
-    recipe = os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
-                                                 if cfg.get("axolotl_config_path") else None)
+    recipe = recipe or os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
+                                                           if cfg.get("axolotl_config_path") else None)
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     return provenance_record(base_model=str(cfg.get("base_model")), recipe=recipe, training=training,
-                             datasets=datasets, hardware=_hardware(int(os.environ.get("WORLD_SIZE", "1"))),
+                             datasets=datasets, hardware=_hardware(world_size),
                              base_model_revision=cfg.get("revision_of_model"))
 
 

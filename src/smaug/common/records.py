@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+COMPACT_TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # for file names and run ids
 
 
 def package_versions(*names: str) -> dict[str, str | None]:
@@ -22,3 +23,8 @@ def package_versions(*names: str) -> dict[str, str | None]:
 def utc_timestamp() -> str:
     """Now, as `2026-01-31T12:00:00Z`."""
     return datetime.now(timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def compact_utc_timestamp() -> str:
+    """Now, as `20260131T120000Z` (fits a file name)."""
+    return datetime.now(timezone.utc).strftime(COMPACT_TIMESTAMP_FORMAT)

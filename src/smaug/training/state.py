@@ -22,12 +22,11 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from smaug.common.files import write_json_atomic
-from smaug.common.records import utc_timestamp
+from smaug.common.records import compact_utc_timestamp, utc_timestamp
 from smaug.training.checkpoints import (
     complete_checkpoints,
     finished_training,
@@ -50,7 +49,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return compact_utc_timestamp() + "-" + secrets.token_hex(3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -259,8 +258,9 @@ def assess(output_dir: Path, digest: str, settings: dict[str, Any],
 
     def final_problem() -> tuple[str | None, bool]:
         problem = weights_problem(output_dir, adapter)
-        if problem is None and merged and weights_problem(output_dir / "merged") is not None:
-            return f"merged/{weights_problem(output_dir / 'merged')}", True
+        merged_problem = weights_problem(output_dir / "merged") if problem is None and merged else None
+        if merged_problem is not None:
+            return f"merged/{merged_problem}", True
         return problem, False
 
     marker, problem = read_record(output_dir / DONE_MARKER)

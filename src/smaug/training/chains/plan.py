@@ -24,7 +24,8 @@ DEFAULT_OUTPUT_ROOT = REPO_ROOT / "outputs"
 STAGE_LOG = "smaug_stage.log"
 RESOLVED_CONFIG = "smaug_stage_config.yml"
 # Recipe keys that hold paths under the output root (rebased by --output-root).
-_PATH_KEYS = ("output_dir", "base_model", "dataset_prepared_path", "lora_model_dir", "tokenizer_config")
+_PATH_KEYS = ("output_dir", "base_model", "dataset_prepared_path", "lora_model_dir", "tokenizer_config",
+              "dpop_ref_logps_cache_dir")
 _OUTPUT_PREFIXES = ("./outputs/", "outputs/")
 # axolotl's own default when a recipe sets no dataset_prepared_path (relative to where it runs: the repo root).
 _AXOLOTL_PREPARED_DEFAULT = "last_run_prepared"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smaug.common.errors import UserError
+from smaug.common.records import compact_utc_timestamp
 from smaug.training.chains.inputs import stage_inputs
 from smaug.training.chains.plan import Chain, ChainStage, training_settings
 from smaug.training.state import (
@@ -43,7 +44,7 @@ class NextStep:
 
 def next_step(chain: Chain, stage: ChainStage, state: StageState) -> NextStep:
     out, kind = stage.output_dir, state.kind
-    retrain = f"to retrain it: mv {out} {out}.stale-{stamp()} && {chain.rerun()}"
+    retrain = f"to retrain it: mv {out} {out}.stale-{compact_utc_timestamp()} && {chain.rerun()}"
     if kind == "done":
         return NextStep("skip (done)")
     if kind == "stale":
@@ -72,7 +73,7 @@ def next_step(chain: Chain, stage: ChainStage, state: StageState) -> NextStep:
         return NextStep(f"resume from {state.checkpoint.name} (step {state.step} of {state.max_steps})")
     if kind == "occupied":
         return NextStep("stop before any training: the folder holds a model", True,
-                        f"move it aside to train this stage there: mv {out} {out}.old-{stamp()} && {chain.rerun()}")
+                        f"move it aside to train this stage there: mv {out} {out}.old-{compact_utc_timestamp()} && {chain.rerun()}")
     return NextStep("train from the start")
 
 
@@ -92,10 +93,6 @@ def _weights_fix(chain: Chain, stage: ChainStage, state: StageState, retrain: st
     return f"training did not finish at {ck.name}: put the weights back into {out}, or {retrain}"
 
 
-def stamp() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def state_text(state: StageState) -> str:

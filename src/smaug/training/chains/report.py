@@ -109,7 +109,9 @@ def _planned_prepared(chain: Chain, stage: ChainStage, state: StageState, states
     if recorded:
         return rel(recorded)
     try:
-        folder = prepared_folder(stage, stage_inputs(chain, stage, states[: stage.index], None))
+        # the recorded inputs let unchanged files be taken from their size and mtime (assess just hashed them)
+        inputs = stage_inputs(chain, stage, states[: stage.index], (state.record or {}).get("inputs"))
+        folder = prepared_folder(stage, inputs)
     except OSError:
         folder = None
     return rel(folder) if folder else rel(stage.prepared_root) + "/" + PENDING_PREPARED

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smaug.common.errors import UserError
+from smaug.common.records import compact_utc_timestamp
 from smaug.common.files import atomic_directory, copy_file_atomic, remove_stale_temps
 from smaug.common.paths import rel
 from smaug.training import lock, runner
@@ -25,7 +26,6 @@ from smaug.training.chains.progress import (
     blocked_error,
     json_settings,
     next_step,
-    stamp,
     state_text,
 )
 from smaug.training.chains.report import describe
@@ -133,17 +133,18 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
             _build_tiny_model(step["tiny_model"])
         states = []
         for stage in chain.stages:
-            code = _run_stage(chain, stage, states, launch, tracking.get(stage.index, {}), validated, held)
+            code, skipped = _run_stage(chain, stage, states, launch, tracking.get(stage.index, {}), validated, held)
             if code != 0:
                 return code
-            states.append(assess_stage(chain, stage, states))
+            states.append(skipped or assess_stage(chain, stage, states))
     return 0
 
 
 def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch,
-               tracking: dict[str, Any], validated: dict[int, Any], held: list[int]) -> int:
+               tracking: dict[str, Any], validated: dict[int, Any], held: list[int]) -> tuple[int, StageState | None]:
     """One stage, under the chain's locks; ``held`` (the lock files' descriptors) is passed on to axolotl, so that
-    the locks stay held while it runs even if this process is killed."""
+    the locks stay held while it runs even if this process is killed. Returns the exit code, and the stage's
+    state when it was done and skipped (nothing changed, so the next stage need not assess it again)."""
     label = f"stage {stage.index + 1}/{len(chain.stages)} {stage.name}"
     state = assess_stage(chain, stage, earlier)  # again, just before it runs: the folder is ours only now
     step = next_step(chain, stage, state)
@@ -151,9 +152,9 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
         raise blocked_error(chain, earlier + [state], [NextStep("")] * len(earlier) + [step])
     if state.kind == "done":
         print(f"{label}: done, skipped ({stage.marker})")
-        return 0
+        return 0, state
     if state.kind in ("finished", "weights-missing"):
-        return _finish_without_training(chain, stage, state, earlier, launch, validated, label, held)
+        return _finish_without_training(chain, stage, state, earlier, launch, validated, label, held), None
 
     stage.output_dir.mkdir(parents=True, exist_ok=True)
     if launch.node_rank == 0:
@@ -191,13 +192,13 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
             write_merged_provenance(stage)
     if code != 0:
         _report_failure(chain, stage, state, earlier, code, log_path, offset, label)
-        return code
+        return code, None
     if launch.node_rank == 0:
         write_done_marker(stage.output_dir, record)
     else:
         wait_for_node0(chain, stage, earlier, launch, label)
     print(f"{label}: done ({stage.marker})", flush=True)
-    return 0
+    return 0, None
 
 
 def stage_log(stage: ChainStage, launch: Launch) -> Path:
@@ -272,7 +273,7 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
         problem = weights_problem(out, bool(stage.recipe.get("adapter")))
         if problem:
             raise UserError(f"{label}: restoring the final weights from {state.restore_from} failed ({problem}); "
-                            f"mv {out} {out}.stale-{stamp()} && {chain.rerun()} to retrain")
+                            f"mv {out} {out}.stale-{compact_utc_timestamp()} && {chain.rerun()} to retrain")
         print(f"{label}: training had finished at {state.restore_from.name}; copied its weights to {out} (no training)")
     if stage.merge_lora and weights_problem(out / "merged") is not None:
         log_path = out / STAGE_LOG
@@ -303,16 +304,7 @@ def _write_missing_provenance(stage: ChainStage, cfg: Any, launch: Launch, state
 
     if cfg is None or (stage.output_dir / PROVENANCE_FILE).is_file():
         return
-    saved = {k: os.environ.get(k) for k in ("SMAUG_RECIPE", "WORLD_SIZE")}
-    os.environ.update(SMAUG_RECIPE=stage.name, WORLD_SIZE=str(launch.world_size))
-    try:
-        record = training_record(cfg)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    record = training_record(cfg, recipe=stage.name, world_size=launch.world_size)
     record["completed_by"] = (f"smaug chain: training finished at {state.checkpoint.name if state.checkpoint else '?'}"
                               " but the run ended before axolotl's post-train hook; written by the chain")
     write_provenance(stage.output_dir, record)
