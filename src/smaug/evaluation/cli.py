@@ -282,7 +282,8 @@ def _contamination(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
     if not 0 < args.k <= 1:
         raise UserError(f"--k {args.k}: must be a fraction in (0, 1]")
-    check_outputs({"--out": Path(args.out or RESULTS_DIR / "contamination" / model_slug(args.model)) / "contamination.json"}, {"--texts": args.texts})
+    out = Path(args.out or RESULTS_DIR / "contamination" / model_slug(args.model)) / "contamination.json"
+    check_outputs({"--out": out}, {"--texts": args.texts})
     if args.texts:
         texts = {args.name: load_texts_file(args.texts)}
     else:
@@ -291,8 +292,7 @@ def _contamination(args: argparse.Namespace) -> int:
         args.model, args.ref, texts, k=args.k, neighbours=args.neighbours, max_examples=args.max_examples or None,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed,
     )
-    out = args.out or RESULTS_DIR / "contamination" / model_slug(args.model)
-    path = write_json_atomic(Path(out) / "contamination.json", result)
+    path = write_json_atomic(out, result)
     print(f"{'benchmark':<12} {'score':>6} {'minK>ref':>9} {'minK model':>11} {'minK ref':>9}")
     for name, entry in result["benchmarks"].items():
         score = "n/a" if entry["score"] is None else f"{entry['score']:.2f}"
@@ -354,7 +354,8 @@ def _plot_training(args: argparse.Namespace) -> int:
     from smaug.common.files import check_outputs
     from smaug.evaluation.plots import find_trainer_state, plot_training
 
-    check_outputs({"--out": args.plot_out}, {label: find_trainer_state(run) for label, run in parse_runs(args.runs).items()})
-    out = plot_training(parse_runs(args.runs), args.plot_out)
+    runs = {label: find_trainer_state(run) for label, run in parse_runs(args.runs).items()}
+    check_outputs({"--out": args.plot_out}, runs)
+    out = plot_training(runs, args.plot_out)
     print(f"wrote {out}")
     return 0

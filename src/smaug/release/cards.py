@@ -60,11 +60,9 @@ METRIC_NAMES = {"acc_norm": "normalized accuracy", "acc": "accuracy", "mc2": "mc
 
 
 # ----------------------------------------------------------------------------------------------- evals
-def _suite_in_model_index(suite: Any) -> bool:
-    """eval/suites.yaml decides (`model_index: true`); a suite it does not define stays out of the metadata."""
-    from smaug.evaluation.suites import load_suites
-
-    known = load_suites()
+def _suite_in_model_index(suite: Any, known: dict[str, Any]) -> bool:
+    """eval/suites.yaml (``known``, loaded once) decides (`model_index: true`); a suite it does not define stays
+    out of the metadata."""
     return isinstance(suite, str) and suite in known and known[suite].model_index
 
 
@@ -84,13 +82,16 @@ def eval_results_from_summaries(summaries: list[dict[str, Any]]):
     dataset name, few-shot count or source, or the same metric, stays in the body table (with a note)."""
     from huggingface_hub import EvalResult
 
+    from smaug.evaluation.suites import load_suites
+
+    known = load_suites() if summaries else {}
     results, rows = [], []
     groups: dict[tuple, tuple[tuple, set[str], str]] = {}  # unique_identifier -> (group key, metrics, first row)
     for summary in summaries:
         lm_eval_version = (summary.get("versions") or {}).get("lm_eval", "unknown")
         source_name = f"Local lm-evaluation-harness {lm_eval_version} run (smaug eval, suite {summary.get('suite')})"
         source_url = f"https://github.com/EleutherAI/lm-evaluation-harness/tree/v{lm_eval_version}"
-        in_index = _suite_in_model_index(summary.get("suite"))
+        in_index = _suite_in_model_index(summary.get("suite"), known)
         for key, task in summary["tasks"].items():
             ds = task["dataset"]
             fewshot = task.get("num_fewshot")
@@ -232,13 +233,15 @@ def _stage_view(stage: LineageStage) -> dict[str, Any]:
 
 def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None = None, *,
                 model_name: str | None = None, auto_evals: bool = True, results_root: Path | None = None,
-                table_path: str | Path = LICENSE_TABLE, template_path: str | Path = CARD_TEMPLATE):
-    """Build the model card of ``model_dir`` (not written; see `write_card`). Refuses unknown licences."""
+                table_path: str | Path = LICENSE_TABLE, template_path: str | Path = CARD_TEMPLATE,
+                lineage: Lineage | None = None):
+    """Build the model card of ``model_dir`` (not written; see `write_card`). Refuses unknown licences.
+    ``lineage``: the model's already resolved licence lineage (publish has it), else resolved here."""
     import huggingface_hub
     from huggingface_hub import ModelCard, ModelCardData
 
     model_dir = Path(model_dir)
-    lineage = resolve_license(model_dir, table_path=table_path)
+    lineage = lineage or resolve_license(model_dir, table_path=table_path)
     summary_paths = [Path(p) for p in (eval_summaries or [])]
     if auto_evals:
         summary_paths += [p for p in find_summaries(model_dir, results_root) if p not in summary_paths]

@@ -22,7 +22,6 @@ def _human(size: int) -> str:
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return str(size)
 
 
 def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineage):
@@ -32,7 +31,7 @@ def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineag
     from smaug.release.cards import check_card, render_card
 
     if plan.card_missing:
-        return render_card(model_dir, evals, model_name=repo_id)
+        return render_card(model_dir, evals, model_name=repo_id, lineage=lineage)
     try:
         content = (model_dir / "README.md").read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -56,10 +55,12 @@ def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineag
     return None
 
 
-def _verify_remote(api, repo_id: str, plan: UploadPlan) -> list[str]:
-    """Compare the remote tree with the local files: path, size and content hash. Returns extra remote paths."""
+def _verify_remote(api, repo_id: str, plan: UploadPlan, uploaded_sha256: dict[str, str]) -> list[str]:
+    """Compare the remote tree with the local files: path, size and content hash. ``uploaded_sha256`` holds the
+    sha256 huggingface_hub computed for each file when the upload was prepared (LFS files are compared with it,
+    not hashed a second time: tens of GB at 34B/72B). Returns extra remote paths."""
     from huggingface_hub.hf_api import RepoFile
-    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+    from huggingface_hub.utils.sha import git_hash
 
     remote = {f.path: f for f in api.list_repo_tree(repo_id, recursive=True) if isinstance(f, RepoFile)}
     problems = []
@@ -73,9 +74,7 @@ def _verify_remote(api, repo_id: str, plan: UploadPlan) -> list[str]:
             continue
         local = plan.model_dir / rel
         if entry.lfs is not None:
-            with local.open("rb") as handle:
-                digest = sha_fileobj(handle).hex()
-            if entry.lfs.sha256 != digest:
+            if entry.lfs.sha256 != uploaded_sha256.get(rel):
                 problems.append(f"{rel}: sha256 on the Hub differs from the local file")
         elif entry.blob_id != git_hash(local.read_bytes()):
             problems.append(f"{rel}: git blob id on the Hub differs from the local file")
@@ -151,7 +150,8 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
             commit_message=commit_message or f"Upload {model_dir.resolve().name} with smaug release publish",
         )
         step = "verify"
-        extra = _verify_remote(api, repo_id, plan)
+        uploaded_sha256 = {op.path_in_repo: op.upload_info.sha256.hex() for op in operations}
+        extra = _verify_remote(api, repo_id, plan, uploaded_sha256)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - network failures become one line; anything else is a bug and re-raised
