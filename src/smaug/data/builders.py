@@ -13,7 +13,6 @@ with a generator seeded by `seed`, and neither split uses the other's rows as fe
 
 from __future__ import annotations
 
-import inspect
 import platform
 import random
 import time
@@ -26,7 +25,7 @@ from smaug.common.errors import UserError
 from smaug.common.files import check_outputs, write_json_atomic
 from smaug.common.hub import check_repo_id
 from smaug.common.records import package_versions, utc_timestamp
-from smaug.data.io import SourceRows, load_pairs, output_format, read_source, write_pairs
+from smaug.data.io import PAIR_COLUMNS, SourceRows, output_format, read_source, write_pairs
 from smaug.data.metamath import build_metamath_pairs, metamath_group
 from smaug.data.multiple_choice import HELLASWAG_FORMATS, build_arc_pairs, build_hellaswag_pairs
 from smaug.data.rows import SALT_EVAL_SPLIT, RowTypeError
@@ -187,7 +186,7 @@ def _check_schema(spec: Builder, source: SourceRows, src: str) -> None:
     others = [b.name for b in BUILDERS.values() if b is not spec and any(b.reads(row) for row in sample)]
     if others:
         hint = f"; these look like {others[0]} rows: `smaug data build {others[0]}`"
-    elif any(isinstance(row, dict) and {"prompt", "chosen", "rejected"} <= set(row) for row in sample):
+    elif any(isinstance(row, dict) and set(PAIR_COLUMNS) <= set(row) for row in sample):
         hint = "; these are pairs already (prompt/chosen/rejected): train on them or run `smaug data stats`"
     raise UserError(f"source {src} does not have the fields the {spec.name} builder reads ({spec.describe_fields()}; "
                     f"the {spec.hub_id} schema): its rows have {found}{hint}")
@@ -285,10 +284,8 @@ def build_dataset(
                             f"{len(members)} (--eval-rows {eval_rows}); lower --few-shot or change --eval-rows")
     details: dict[str, Any] = {}
     build_kwargs = dict(seed=seed, few_shot=few_shot, progress=progress, **resolved)
-    if "report" in inspect.signature(spec.build).parameters:
-        build_kwargs["report"] = details
     try:
-        pairs, skipped = spec.build(rows, only=train_only, **build_kwargs)
+        pairs, skipped = spec.build(rows, only=train_only, report=details, **build_kwargs)
         if not pairs:
             raise UserError(
                 f"no pairs could be built from {src} (skipped: {skipped or 'none'}); every row needs usable "
@@ -297,9 +294,7 @@ def build_dataset(
         eval_report = eval_pairs = None
         if eval_rows:
             eval_details: dict[str, Any] = {}
-            if "report" in build_kwargs:
-                build_kwargs["report"] = eval_details
-            eval_pairs, eval_skipped = spec.build(rows, only=held_out, **build_kwargs)
+            eval_pairs, eval_skipped = spec.build(rows, only=held_out, report=eval_details, **build_kwargs)
     except RowTypeError as err:
         raise UserError(err.describe(source_rows.where(err.index))) from None
     if eval_rows:
@@ -330,7 +325,7 @@ def build_dataset(
         "eval": eval_report,
         "output": str(out),
         "format": fmt,
-        "columns": ["prompt", "chosen", "rejected"],
+        "columns": list(PAIR_COLUMNS),
         "axolotl_type": "chatml.prompt_pairs",
         "card": None,
         "pushed_to": None,
@@ -348,25 +343,25 @@ def build_dataset(
         report["card"] = str(card_file)
     write_json_atomic(report_path(out), report, sort_keys=True)
     if push_to_hub:  # after the local files are complete, so a failed upload loses nothing
-        push_pairs(out, push_to_hub, private=private, eval_path=eval_file, card=dataset_card)
+        push_pairs(out, {"train": pairs, **({"eval": eval_pairs} if eval_rows else {})}, push_to_hub,
+                   private=private, card=dataset_card)
         report["pushed_to"] = push_to_hub
         write_json_atomic(report_path(out), report, sort_keys=True)
     return report
 
 
-def push_pairs(path: str | Path, repo_id: str, private: bool = False, *, eval_path: str | Path | None = None,
+def push_pairs(path: str | Path, splits: dict[str, list[dict[str, str]]], repo_id: str, private: bool = False, *,
                card: Any = None) -> None:
-    """Upload a written pair file to the Hub as dataset ``repo_id``: split `train`, and `eval` from
-    ``eval_path``, with `datasets`' `DatasetDict.push_to_hub`; the token comes from the environment (HF_TOKEN)
-    or the login cache. ``card`` (a `DatasetCard`) is uploaded first as the repo's README.md: `push_to_hub`
+    """Upload the pairs just written to ``path`` (``splits``: `train`, and `eval` when built) to the Hub as
+    dataset ``repo_id`` with `datasets`' `DatasetDict.push_to_hub`; the token comes from the environment
+    (HF_TOKEN) or the login cache. ``card`` (a `DatasetCard`) is uploaded first as the repo's README.md: `push_to_hub`
     then adds its `dataset_info` and `configs` to that card's metadata in the same commit as the data,
     keeping the card's text (it rewrites an existing README.md's metadata, never its body)."""
     import datasets
 
-    splits = {"train": path, **({"eval": eval_path} if eval_path is not None else {})}
     data = datasets.DatasetDict({
-        name: datasets.Dataset.from_list([{c: p[c] for c in ("prompt", "chosen", "rejected")} for p in load_pairs(file)])
-        for name, file in splits.items()
+        name: datasets.Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in pairs])
+        for name, pairs in splits.items()
     })
     try:
         if card is not None:

@@ -80,14 +80,14 @@ def check_card_target(path: Path, out: str | Path) -> None:
 
 def distance_summary(pairs: list[dict[str, str]], eval_pairs: list[dict[str, str]] | None) -> dict[str, Any]:
     """Normalised mean and median (and raw mean) of each card measure, per split."""
-    from smaug.data.stats import MEASURES, PAPER_MEASURE, stats_for_pairs
+    from smaug.data.stats import MEASURES, PAPER_MEASURE, distance_stats
 
     out: dict[str, Any] = {"paper_measure": PAPER_MEASURE,
                            "definitions": {name: MEASURES[name][2] for name in CARD_MEASURES}}
     for split, split_pairs in (("train", pairs), ("eval", eval_pairs)):
         if not split_pairs:
             continue
-        distances = stats_for_pairs(split_pairs)["distances"]
+        distances = distance_stats([p["chosen"] for p in split_pairs], [p["rejected"] for p in split_pairs])
         out[split] = {name: {"mean": distances[name]["normalised"]["mean"],
                              "median": distances[name]["normalised"]["median"],
                              "raw_mean": distances[name]["raw"]["mean"]} for name in CARD_MEASURES}

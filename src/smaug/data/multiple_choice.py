@@ -88,7 +88,7 @@ def _with_few_shot(
 
 def build_arc_pairs(
     rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
-    only: Collection[int] | None = None,
+    only: Collection[int] | None = None, report: dict | None = None,  # report: no details beyond the counts
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `allenai/ai2_arc` rows (`id`, `question`, `choices{text,label}`, `answerKey`).
 
@@ -175,7 +175,7 @@ HELLASWAG_FORMATS = {
 
 def build_hellaswag_pairs(
     rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
-    format: str = "raw", only: Collection[int] | None = None,
+    format: str = "raw", only: Collection[int] | None = None, report: dict | None = None,  # as build_arc_pairs
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `Rowan/hellaswag` rows (`activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `label`).
 
