@@ -123,9 +123,9 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
         if case.zero:
             import deepspeed
 
-            from tests.cpu_deepspeed import cpu_variant, skip_shared_memory_allreduce_build
+            from tests.cpu_deepspeed import cpu_variant, prepare_cpu_deepspeed
 
-            skip_shared_memory_allreduce_build()
+            prepare_cpu_deepspeed()
             deepspeed.init_distributed(dist_backend="gloo")
             ds_config = cpu_variant(REPO_ROOT / "recipes" / "deepspeed" / case.zero)
             # what the HF trainer fills in for "auto"

@@ -89,6 +89,13 @@ def wait_on_collectives() -> None:
             setattr(dist, name, waited(collective))
 
 
+def prepare_cpu_deepspeed() -> None:
+    """What every DeepSpeed start on the CPU here needs before `deepspeed.init_distributed`: no shared-memory
+    all-reduce build, and collectives that finish before they return."""
+    skip_shared_memory_allreduce_build()
+    wait_on_collectives()
+
+
 # What a CPU needs changed in the recipes' DeepSpeed configs, and nothing else: bf16 off (transformers refuses
 # bf16 without CUDA unless `use_cpu`, which axolotl does not expose; the CPU twins train in fp32).
 CPU_CHANGES = {"bf16": {"enabled": False}}
@@ -161,8 +168,7 @@ class CPUDeepSpeedPlugin(BasePlugin):
     def register(self, cfg: dict):
         # Runs in every rank while the config loads, before axolotl sets up DeepSpeed's distributed state.
         patch_accelerate_backend()
-        skip_shared_memory_allreduce_build()
-        wait_on_collectives()
+        prepare_cpu_deepspeed()
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         return [EngineReport(trainer, cfg.output_dir)]

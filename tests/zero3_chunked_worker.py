@@ -23,7 +23,7 @@ from trl.trainer.utils import selective_log_softmax
 from axolotl_dpop import ref_cache
 from axolotl_dpop.chunked_logps import completion_logps, last_hidden_states
 from axolotl_dpop.loss import dpop_loss
-from tests.cpu_deepspeed import wait_on_collectives
+from tests.cpu_deepspeed import prepare_cpu_deepspeed
 
 DS_CONFIG = {
     "train_micro_batch_size_per_gpu": 2,
@@ -88,7 +88,7 @@ def run(tied: bool, bias: bool, checkpointing: bool = False) -> dict:
     loss_of(logps(plain, plain.lm_head, chunked=False), reference).backward()
     plain_grads = {n: p.grad.clone() for n, p in plain.named_parameters()}
 
-    results, engines = {}, {}
+    results, engines = {}, {}  # engines: the first stays referenced while the second is built and run
     for chunked in (False, True):
         with deepspeed.zero.Init(config_dict_or_path=DS_CONFIG):
             model = build(config, bias, checkpointing)
@@ -148,7 +148,7 @@ def digests() -> dict:
 
 
 def main() -> None:
-    wait_on_collectives()  # DeepSpeed on gloo reads unfinished async collectives otherwise (see there)
+    prepare_cpu_deepspeed()  # DeepSpeed on gloo reads unfinished async collectives otherwise (see there)
     deepspeed.init_distributed(dist_backend="gloo")
     report = {"world_size": dist.get_world_size(),
               "untied_with_bias": run(tied=False, bias=True),

@@ -24,6 +24,7 @@ from axolotl.utils.logging import get_logger
 
 from axolotl_dpop import data_checks
 from axolotl_dpop.args import DEFAULT_DPOP_LAMBDA, DEFAULT_SLIC_LAMBDA
+from axolotl_dpop.chunked_logps import DEFAULT_CHUNK_SIZE
 
 LOG = get_logger(__name__)
 TRAINER_CLS = "axolotl_dpop.trainer.DPOPTrainer"
@@ -51,13 +52,12 @@ class DPOPPlugin(BasePlugin):
     def get_training_args(self, cfg) -> dict | None:
         if not cfg.get("dpop"):
             return None
-        from axolotl_dpop.args import DPOPTrainingArgs
+        from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
 
-        defaults = DPOPTrainingArgs()
         cache_dir = cfg.get("dpop_ref_logps_cache_dir") or str(
-            Path(cfg.get("dataset_prepared_path") or "last_run_prepared") / "dpop_ref_logps")
+            Path(cfg.get("dataset_prepared_path") or DEFAULT_DATASET_PREPARED_PATH) / "dpop_ref_logps")
         return {"dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
-                "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or defaults.dpop_logps_chunk_size,
+                "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or DEFAULT_CHUNK_SIZE,
                 "dpop_ref_logps_cache_dir": cache_dir if cfg.get("precompute_ref_log_probs") else None}
 
     def register(self, cfg: dict):

@@ -37,6 +37,11 @@ LOG = get_logger(__name__)
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
+def _model_kwargs(inputs: dict) -> dict:
+    """The batch's tensors the model's forward takes (no KV cache: one forward over whole sequences)."""
+    return {**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}, "use_cache": False}
+
+
 class PreferenceLoss(NamedTuple):
     losses: torch.Tensor            # [batch], differentiable
     chosen_rewards: torch.Tensor    # [batch], detached: TRL's rewards/* metrics
@@ -101,18 +106,13 @@ class DPOPTrainer(AxolotlDPOTrainer):
                                "`plugins:`.")
         mode = "train" if self.model.training else "eval"
 
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
+        model_kwargs = _model_kwargs(inputs)
         if self.aux_loss_enabled:
             model_kwargs["output_router_logits"] = True
 
         # The batch is [chosen; rejected]; positions t predict token t+1.
         if self.dpop_chunked_logps:
-            outputs, hidden = last_hidden_states(model, model_kwargs)
-            head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            logps, stats = completion_logps(head, hidden, inputs["input_ids"], inputs["completion_mask"],
-                                            self.dpop_logps_chunk_size, with_stats=True)
-            del hidden
+            outputs, logps, stats = self._chunked_logps(model, model_kwargs, inputs, with_stats=True)
             logit_sums = _logit_sums_from_stats(stats, half=inputs["input_ids"].shape[0] // 2)
         else:
             outputs = model(**model_kwargs)
@@ -139,24 +139,24 @@ class DPOPTrainer(AxolotlDPOTrainer):
         """TRL's reference pass (used live and by the precompute pass); chunked with dpop_chunked_logps."""
         if not self.dpop_chunked_logps:
             return super().compute_ref_log_probs(model, inputs)
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
+        model_kwargs = _model_kwargs(inputs)
         with torch.no_grad(), trl_dpo.disable_gradient_checkpointing(self.model,
                                                                       self.args.gradient_checkpointing_kwargs):
             if self.ref_model is None and trl_dpo.is_peft_model(self.model):
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 with trl_dpo.use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    logps = self._chunked_reference_logps(model, model_kwargs, inputs)
+                    _, logps, _ = self._chunked_logps(model, model_kwargs, inputs)
             else:
-                logps = self._chunked_reference_logps(model, model_kwargs, inputs)
+                _, logps, _ = self._chunked_logps(model, model_kwargs, inputs)
         return logps.chunk(2, dim=0)
 
-    def _chunked_reference_logps(self, model, model_kwargs, inputs):
-        _, hidden = last_hidden_states(model, model_kwargs)
+    def _chunked_logps(self, model, model_kwargs, inputs, with_stats: bool = False):
+        """(model outputs, summed completion log-probs, head stats) through the token-chunked head."""
+        outputs, hidden = last_hidden_states(model, model_kwargs)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        logps, _ = completion_logps(head, hidden, inputs["input_ids"], inputs["completion_mask"],
-                                    self.dpop_logps_chunk_size)
-        return logps
+        logps, stats = completion_logps(head, hidden, inputs["input_ids"], inputs["completion_mask"],
+                                        self.dpop_logps_chunk_size, with_stats=with_stats)
+        return outputs, logps, stats
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         """TRL 1.9's precompute pass (a private method, pinned version), with the on-disk cache of
