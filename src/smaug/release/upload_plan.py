@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from smaug.common.errors import UserError
 from smaug.common.hub import looks_like_hub_id
+from smaug.common.safetensors import safetensors_header
 
 # Top-level files a model repo may hold (exact names, then patterns).
 UPLOAD_NAMES = {
@@ -46,12 +46,6 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetens
 VOCABULARIES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("*.tiktoken",))
 # safetensors' format: an 8-byte little-endian header length, a JSON header (at most this big, the library's
 # own limit), then the tensors' bytes, each tensor at data_offsets [begin, end) relative to the data start.
-SAFETENSORS_HEADER_LIMIT = 100_000_000
-DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-              "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-              "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
-
-
 def _is_secret_name(name: str) -> bool:
     lower = name.lower()
     if lower == ".env" or lower.startswith(".env.") or lower.endswith(".env"):
@@ -106,13 +100,6 @@ def _has_token_in_strings(value: Any) -> bool:
     return any(TOKEN_RE.search(text.encode("utf-8", "surrogatepass")) for text in _strings(value))
 
 
-def _no_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def read_json_file(path: Path) -> tuple[Any, str | None]:
     """(value, None), or (None, why it is not JSON a loader would read)."""
     try:
@@ -125,65 +112,6 @@ def read_json_file(path: Path) -> tuple[Any, str | None]:
         return None, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
     except RecursionError:
         return None, "nested too deeply to be a config"
-
-
-def safetensors_header(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(header, None) for a well-formed safetensors file, else (None, the problem). Well-formed: the header
-    length fits in the file, the header is a JSON object of tensors (dtype, shape, data_offsets) plus an
-    optional `__metadata__` of strings, each tensor's byte size matches its dtype and shape, and the tensors
-    tile the data section exactly: contiguous, not overlapping, ending at the end of the file."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                return None, f"{size} bytes, shorter than a safetensors header (empty or truncated)"
-            length = int.from_bytes(prefix, "little")
-            if length == 0 or length > SAFETENSORS_HEADER_LIMIT or 8 + length > size:
-                return None, f"its header claims {length} bytes but the file has {size} (truncated or not safetensors)"
-            raw = handle.read(length)
-    except OSError as err:
-        raise _read_error(path, err) from err
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        return None, f"its header is not valid JSON ({err})"
-    if not isinstance(header, dict):
-        return None, "its header is not a JSON object"
-    metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        return None, "its __metadata__ is not a mapping of strings"
-    spans = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            return None, f"tensor {name!r}: expected exactly dtype, shape and data_offsets"
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPE_BITS:
-            return None, f"tensor {name!r}: unknown dtype {dtype!r}"
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            return None, f"tensor {name!r}: shape {shape!r} is not a list of sizes"
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            return None, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]"
-        bits = DTYPE_BITS[dtype] * math.prod(shape)
-        if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
-            return None, (f"tensor {name!r}: {dtype} {shape} needs {bits / 8:g} bytes, data_offsets give "
-                          f"{offsets[1] - offsets[0]}")
-        spans.append((offsets[0], offsets[1], name))
-    if not spans:
-        return None, "it holds no tensors"
-    data_size, position = size - 8 - length, 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            what = "overlaps the previous one" if begin < position else f"leaves a gap of {begin - position} bytes before it"
-            return None, f"tensor {name!r} {what} (data_offsets {begin}..{end})"
-        position = end
-    if position != data_size:
-        return None, (f"the tensors need {position} data bytes, the file holds {data_size} "
-                      f"({'truncated' if position > data_size else 'trailing bytes'})")
-    return header, None
 
 
 def tensor_names(header: dict[str, Any]) -> set[str]:
@@ -240,7 +168,10 @@ def plan_upload(model_dir: str | Path) -> UploadPlan:
         if name.endswith(".safetensors"):
             if not uploaded:
                 continue  # weights that stay local (old checkpoints)
-            header, problem = safetensors_header(path)
+            try:
+                header, problem = safetensors_header(path)
+            except OSError as err:
+                raise _read_error(path, err) from err
             if problem:
                 broken.append(f"{rel}: {problem}")
                 continue

@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from smaug.common.safetensors import safetensors_header
+
 TRAINER_STATE = "trainer_state.json"
 # The files `save_pretrained` writes for a model (besides weights), copied when final weights are restored
 # from the last checkpoint.
@@ -95,27 +97,17 @@ def finished_training(state: dict[str, Any] | None) -> bool:
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """None when the file is a whole safetensors file: its header parses and the tensors end at the file's end."""
+    """None when the file is a whole safetensors file (`common.safetensors.safetensors_header`: the header
+    parses and the tensors fill the data section to the file's end)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                return f"{path.name} is truncated ({size} bytes)"
-            length = int.from_bytes(head, "little")
-            if length > size - 8:
-                return f"{path.name} is truncated (its header alone should be {length} bytes; the file has {size})"
-            header = json.loads(handle.read(length))
+        _, problem = safetensors_header(path)
     except FileNotFoundError:
         return f"{path.name} is missing"
-    except (OSError, ValueError) as err:
+    except OSError as err:
         return f"{path.name} is damaged ({err})"
-    ends = [info["data_offsets"][1] for key, info in header.items()
-            if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info]
-    expected = 8 + length + max(ends, default=0)
-    if expected != size:
-        return f"{path.name} is truncated ({size} of {expected} bytes)"
-    return None
+    if problem is None:
+        return None
+    return f"{path.name} is {'truncated' if 'truncated' in problem else 'damaged'} ({problem})"
 
 
 def _weight_file_problem(path: Path) -> str | None:
