@@ -198,13 +198,19 @@ def check_outputs(outputs: Mapping[str, PathLike], inputs: Mapping[str, PathLike
         check_output_folder(path.parent, f"{label} {path}:")
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (what a mkdir would build on)."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def check_output_folder(folder: str | Path, what: str) -> Path:
     """Fail before any work when ``folder`` cannot become a writable folder: it (or a parent) is a file, or the
     nearest existing parent is not writable. ``what`` starts the message. Returns ``folder`` as a Path."""
     folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"{what} {existing} is a file, not a folder; choose a path in a folder")
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -31,6 +31,14 @@ def repo_path(path: str | Path) -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+def looks_local(value: object) -> bool:
+    """A recipe's model or tokenizer value that names a local folder (written as a path, or existing relative to
+    here or to the repository root) rather than a Hub id."""
+    text = str(value)
+    return (text.startswith(("./", "../", "/", "~")) or Path(text).expanduser().exists()
+            or repo_path(text).exists())
+
+
 def model_slug(model: str) -> str:
     """A filesystem-safe name for a model: `org__name` for a Hub id, `name-<hash8>` for a local folder.
 

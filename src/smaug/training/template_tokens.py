@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smaug.common.chat import IM_END, IM_START
-from smaug.common.paths import repo_path
+from smaug.common.paths import looks_local, repo_path
 
 # What a special token looks like in a template or format string: ChatML-style `<|...|>` and SentencePiece's
 # `<s>` / `</s>`. Llama-2's `[INST]` and `<<SYS>>` are ordinary text to Llama-2's tokenizer (it was trained on
@@ -173,10 +173,6 @@ def tokenizer_source(recipe: dict[str, Any]) -> tuple[str, Path | None]:
     return name, None
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith(("./", "../", "/")) or repo_path(name).exists()
-
-
 def load_local_tokenizer(name: str, found: Path):
     from transformers import AutoTokenizer
 
@@ -215,7 +211,7 @@ def dry_run_lines(recipe: dict[str, Any], indent: str = "  ") -> list[str]:
     name, found = tokenizer_source(recipe)
     listed = ", ".join(wanted)
     if found is None:
-        where = (f"the folder {name} does not exist yet (an earlier stage writes it)" if _looks_local(name)
+        where = (f"the folder {name} does not exist yet (an earlier stage writes it)" if looks_local(name)
                  else f"the tokenizer of {name} is not on this machine (a local folder or the Hugging Face cache)")
         return lines + [f"{indent}special tokens: {listed} -- not checked: {where}"]
     try:

@@ -74,7 +74,7 @@ def check_settings(chain: Chain) -> None:
     """Our own checks, on every stage before anything runs: the values axolotl accepts that reverse or break
     training. One error naming the recipe, the key and what to do."""
     for stage in chain.stages:
-        recipe, where = stage.recipe, f"{stage.name} (stage {stage.index + 1} of chain {chain.name!r})"
+        recipe, where = stage.recipe, stage.where(chain.name)
         bad = _non_finite(recipe)
         if bad:
             raise UserError(f"{where}: `{bad[0]}` is {bad[1]}; training settings must be finite numbers")
@@ -118,7 +118,7 @@ def validate_stages(chain: Chain, launch: Launch, tracking: dict[int, dict[str, 
     capabilities = validation_capabilities(chain, launch)
     validated = {}
     for stage in stages if stages is not None else chain.stages:
-        where = f"{stage.name} (stage {stage.index + 1} of chain {chain.name!r})"
+        where = stage.where(chain.name)
         cfg = validate_offline({**stage.recipe, **tracking.get(stage.index, {})}, capabilities=capabilities,
                                name=where)
         bad = _non_finite(dict(cfg))

@@ -63,7 +63,7 @@ def missing_inputs(chain: Chain) -> list[str]:
         made |= {stage.output_dir, stage.output_dir / "merged"}
     problems = []
     for stage in chain.stages:
-        where = f"{stage.name} (stage {stage.index + 1} of chain {chain.name!r})"
+        where = stage.where(chain.name)
         for key, path in consumed_paths(stage.recipe):
             if not path.exists():
                 problems.append(f"{where}: `{key}` names {path}, which does not exist; fix the path or create it")

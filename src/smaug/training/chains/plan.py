@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 from smaug.common.errors import UserError
-from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel, repo_path
+from smaug.common.files import nearest_existing
+from smaug.common.paths import RECIPES_DIR, REPO_ROOT, looks_local, rel, repo_path
 from smaug.training.recipes import load_recipe, resolve_recipe_path
 from smaug.training.state import (
     DONE_MARKER,
@@ -112,6 +113,10 @@ class ChainStage:
     def name(self) -> str:
         return rel(self.recipe_path)
 
+    def where(self, chain_name: str) -> str:
+        """How messages name this stage: its recipe, its place and its chain."""
+        return f"{self.name} (stage {self.index + 1} of chain {chain_name!r})"
+
     @property
     def marker(self) -> Path:
         return self.output_dir / DONE_MARKER
@@ -126,7 +131,7 @@ class ChainStage:
     def base_path(self) -> Path | None:
         """The base model as a local folder, or None for a Hub id."""
         base = self.recipe["base_model"]
-        return real_path(repo_path(str(base))) if _looks_local(base) else None
+        return real_path(repo_path(str(base))) if looks_local(base) else None
 
     @property
     def prepared_root(self) -> Path:
@@ -237,11 +242,6 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
     return chain
 
 
-def _looks_local(value: Any) -> bool:
-    text = str(value)
-    return text.startswith(("./", "../", "/", "~")) or Path(text).exists() or (REPO_ROOT / text).exists()
-
-
 def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
@@ -281,8 +281,8 @@ def _check_folders(chain: Chain) -> None:
                                     "that folder aside to retrain it would take the prepared data along: put it "
                                     "outside every output_dir")
     for folder in [stage.output_dir for stage in chain.stages] + [step["tiny_model"] for step in chain.prepare]:
-        blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        blocker = nearest_existing(folder)
+        if not blocker.is_dir():
             raise UserError(f"chain {chain.name!r}: {blocker} is a file, where the chain needs the folder {folder}; "
                             "move the file, or choose another output_dir / --output-root")
     for step in chain.prepare:
