@@ -134,18 +134,30 @@ def _read_parquet_file(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
 
 
-def _read_local_file(path: Path, source: SourceRows) -> None:
+def _is_data_file(path: Path) -> bool:
+    """A file a folder's data may be in: a known format, not hidden, not one of our reports."""
+    return path.suffix.lower() in _LOCAL_FORMATS and not path.name.startswith(".") and not is_report(path)
+
+
+def _read_rows(path: Path, what: str, unknown_type: str) -> tuple[list[dict[str, Any]], str, Sequence[int] | None]:
+    """The rows of a local JSON/JSONL/Parquet file, with the unit ("line"/"row"...) and the line numbers that
+    errors cite. Our reports are refused; ``what`` starts the messages, ``unknown_type`` is the one for a file
+    of another type."""
     _refuse_report(path)
     kind = _LOCAL_FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise UserError(f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
+        raise UserError(unknown_type)
     try:
         if kind == "parquet":
-            rows, unit, numbers = _read_parquet_file(path), "row", None
-        else:
-            rows, unit, numbers = _read_json_file(path)
+            return _read_parquet_file(path), "row", None
+        return _read_json_file(path)
     except OSError as err:  # unreadable (permissions), a FIFO that fails, ...
-        raise UserError(f"source {path}: cannot read it ({err.strerror or err})") from None
+        raise UserError(f"{what}: cannot read it ({err.strerror or err})") from None
+
+
+def _read_local_file(path: Path, source: SourceRows) -> None:
+    rows, unit, numbers = _read_rows(
+        path, f"source {path}", f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
     source._parts.append((len(source.rows), str(path), unit, numbers))
     source.rows.extend(rows)
 
@@ -159,9 +171,7 @@ def _folder_files(path: Path, split: str) -> list[Path]:
         by_split = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
     except Exception as err:  # noqa: BLE001 - datasets raises several types for folders it cannot read
         raise UserError(f"source folder {path}: no data files found ({type(err).__name__}: {err})") from None
-    usable = {str(name): [Path(f) for f in files if Path(f).suffix.lower() in _LOCAL_FORMATS
-                          and not Path(f).name.startswith(".") and not is_report(f)]
-              for name, files in by_split.items()}
+    usable = {str(name): [Path(f) for f in files if _is_data_file(Path(f))] for name, files in by_split.items()}
     usable = {name: files for name, files in usable.items() if files}
     if not usable:
         raise UserError(f"source folder {path} has no .json/.jsonl/.parquet files")
@@ -267,8 +277,7 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, str
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a .jsonl/.parquet pair file or a folder of them")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _LOCAL_FORMATS
-                       and not p.name.startswith(".") and not is_report(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
         if not files:
             raise UserError(f"{path}: no .jsonl/.parquet pair files in this folder")
         rows = [row for file in files for row in _pair_rows(file)]
@@ -283,17 +292,8 @@ _CONVERSATION_KEYS = ("messages", "conversations", "conversation")
 
 
 def _pair_rows(path: Path) -> list[dict[str, str]]:
-    _refuse_report(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        try:
-            rows, unit, numbers = _read_json_file(path)
-        except OSError as err:
-            raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
-    elif suffix == ".parquet":
-        rows, unit, numbers = _read_parquet_file(path), "row", None
-    else:
-        raise UserError(f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
+    rows, unit, numbers = _read_rows(path, str(path),
+                                     f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
     pairs = []
     for i, row in enumerate(rows):
         where = f"{unit} {numbers[i] if numbers is not None else i + 1}"
