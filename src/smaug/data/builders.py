@@ -28,7 +28,7 @@ from smaug.common.records import package_versions, utc_timestamp
 from smaug.data.io import PAIR_COLUMNS, SourceRows, output_format, read_source, write_pairs
 from smaug.data.metamath import build_metamath_pairs, metamath_group
 from smaug.data.multiple_choice import HELLASWAG_FORMATS, build_arc_pairs, build_hellaswag_pairs
-from smaug.data.rows import SALT_EVAL_SPLIT, RowTypeError
+from smaug.data.rows import SALT_EVAL_SPLIT, RowTypeError, whole_count
 
 BuildFn = Callable[..., tuple[list[dict[str, str]], dict[str, int]]]
 
@@ -159,16 +159,6 @@ def report_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".build.json")
 
 
-def _whole(value: Any, flag: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; a UserError naming ``flag`` for nan, inf, 1.5, "x" or too small."""
-    bound = "> 0" if minimum == 1 else f">= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{flag} must be a whole number {bound}, got {value!r}")
-    if value < minimum:
-        raise UserError(f"{flag} must be {bound}, got {value}")
-    return value
-
-
 def _is_local(source: str) -> bool:
     return Path(source).expanduser().exists()
 
@@ -236,16 +226,16 @@ def build_dataset(
         if value not in allowed:
             raise UserError(f"builder {spec.name}: {name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         resolved[name] = value
-    _whole(eval_rows, "--eval-rows", 0)
+    whole_count(eval_rows, "--eval-rows", 0)
     eval_file = Path(eval_out) if eval_out is not None else eval_path(out) if eval_rows else None
     if eval_file is not None:
         output_format(eval_file)
         if not eval_rows:
             raise UserError("--eval-out needs --eval-rows N (how many source rows to hold out)")
-    _whole(seed, "--seed", 0)
-    _whole(few_shot, "--few-shot", 0)
+    whole_count(seed, "--seed", 0)
+    whole_count(few_shot, "--few-shot", 0)
     if limit is not None:
-        _whole(limit, "--limit", 1)
+        whole_count(limit, "--limit", 1)
     if push_to_hub is not None:
         check_repo_id(push_to_hub, "--push-to-hub", example="my-org/metamath-dpo")
     if source is not None and not str(source).strip():

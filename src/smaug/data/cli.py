@@ -7,10 +7,7 @@ import math
 from pathlib import Path
 
 from smaug.common.errors import UserError
-
-
-def _bound(minimum: int) -> str:
-    return "> 0" if minimum == 1 else f">= {minimum}"
+from smaug.data.rows import count_bound, whole_count
 
 
 def whole_number(text: str | None, flag: str, minimum: int) -> int | None:
@@ -26,11 +23,9 @@ def whole_number(text: str | None, flag: str, minimum: int) -> int | None:
         except ValueError:
             number = None
         if number is None or not math.isfinite(number) or not number.is_integer():
-            raise UserError(f"{flag} must be a whole number {_bound(minimum)}, got {text!r}") from None
+            raise UserError(f"{flag} must be a whole number {count_bound(minimum)}, got {text!r}") from None
         value = int(number)
-    if value < minimum:
-        raise UserError(f"{flag} must be {_bound(minimum)}, got {text}")
-    return value
+    return whole_count(value, flag, minimum)
 
 
 def register(subparsers) -> None:

@@ -135,3 +135,16 @@ def pick_few_shot(
 
 def sorted_counts(counts: Counter) -> dict[str, int]:
     return {key: counts[key] for key in sorted(counts)}
+
+
+def count_bound(minimum: int) -> str:
+    return "> 0" if minimum == 1 else f">= {minimum}"
+
+
+def whole_count(value: Any, flag: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a UserError naming ``flag`` for nan, inf, 1.5, "x" or too small."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{flag} must be a whole number {count_bound(minimum)}, got {value!r}")
+    if value < minimum:
+        raise UserError(f"{flag} must be {count_bound(minimum)}, got {value}")
+    return value
