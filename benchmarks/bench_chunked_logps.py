@@ -47,17 +47,33 @@ import torch
 from bench_common import peak_bytes, timed_steps
 
 KINDS = ("dpo", "dpop", "chunked", "chunked-ckpt")
-SMAUG_72B = {"hidden": 8192, "layers": 80, "intermediate": 24576, "vocab": 152064, "heads": 64, "kv_heads": 64,
-             "seq": 2048}  # Qwen-72B architecture (moreh/MoMo-72B-lora-1.8.7-DPO's config)
+SMAUG_72B = {
+    "hidden": 8192,
+    "layers": 80,
+    "intermediate": 24576,
+    "vocab": 152064,
+    "heads": 64,
+    "kv_heads": 64,
+    "seq": 2048,
+}  # Qwen-72B architecture (moreh/MoMo-72B-lora-1.8.7-DPO's config)
 
 
 def build_models(vocab: int, hidden: int, layers: int, seq: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 2.75),
-                         num_hidden_layers=layers, num_attention_heads=max(1, hidden // 128),
-                         num_key_value_heads=max(1, hidden // 128), max_position_embeddings=seq,
-                         tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 128),
+        num_key_value_heads=max(1, hidden // 128),
+        max_position_embeddings=seq,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
     reference = LlamaForCausalLM(config)
@@ -80,11 +96,20 @@ def build_trainer(kind: str, policy, reference, chunk_size: int):
     class Args(DPOPTrainingArgs, AxolotlDPOConfig):  # what axolotl merges when the plugin is registered
         pass
 
-    args = Args(output_dir=tempfile.mkdtemp(prefix=f"bench-{kind}-"), per_device_train_batch_size=1,
-                beta=0.3, report_to=[], use_cpu=not torch.cuda.is_available(), bf16=False, seed=0,
-                dataloader_num_workers=0, remove_unused_columns=False,
-                dpop_chunked_logps=kind.startswith("chunked"), dpop_logps_chunk_size=chunk_size,
-                use_liger_kernel=kind == "liger-dpo")
+    args = Args(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{kind}-"),
+        per_device_train_batch_size=1,
+        beta=0.3,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        dpop_chunked_logps=kind.startswith("chunked"),
+        dpop_logps_chunk_size=chunk_size,
+        use_liger_kernel=kind == "liger-dpo",
+    )
     dataset = Dataset.from_list([{"prompt": "1 + 1 =", "chosen": " 2", "rejected": " 3"}])
     cls = AxolotlDPOTrainer if kind in ("dpo", "liger-dpo") else DPOPTrainer
     trainer = cls(policy, reference, args=args, train_dataset=dataset, processing_class=build_tokenizer())
@@ -129,8 +154,9 @@ def measure_memory(vocab, seq, hidden, layers, chunk_size, kinds, modes=("counte
         batch = synthetic_batch(vocab, seq, seq // 16, trainer.accelerator.device)
         with kind_context(kind):
             for mode in modes:
-                peaks[mode][kind] = peak_bytes(trainer, batch, warm=False,
-                                               skip_compute_above=SKIP_COMPUTE_ABOVE if mode == "counted" else None)
+                peaks[mode][kind] = peak_bytes(
+                    trainer, batch, warm=False, skip_compute_above=SKIP_COMPUTE_ABOVE if mode == "counted" else None
+                )
         del trainer
     return peaks
 
@@ -203,39 +229,51 @@ def main() -> None:
     chunk = args.chunk_size or DEFAULT_CHUNK_SIZE
     started = time.perf_counter()
     print(f"machine: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'cuda' if torch.cuda.is_available() else 'cpu'}; chunk size {chunk} completion tokens")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}; chunk size {chunk} completion tokens"
+    )
 
     # 1. counting without computing the large tensors gives the peaks of a real run (small shape, every kind)
     check = dict(vocab=4096, seq=128, hidden=64, layers=1, chunk_size=48, kinds=KINDS + ("liger-dpo",))
     both = measure_memory(**check, modes=("real", "counted"))
     real, counted = both["real"], both["counted"]
-    print(f"tracker check (vocab 4,096, seq 128, chunk 48): peaks counted without computing tensors >= 1 MiB == "
-          f"real run: {real == counted} ({', '.join(f'{k} {real[k] / 2**20:.2f} MiB' for k in real)})")
+    print(
+        f"tracker check (vocab 4,096, seq 128, chunk 48): peaks counted without computing tensors >= 1 MiB == "
+        f"real run: {real == counted} ({', '.join(f'{k} {real[k] / 2**20:.2f} MiB' for k in real)})"
+    )
     if real != counted:
         raise SystemExit(f"tracker check failed: real {real} vs counted {counted}")
     print(f"  ({time.perf_counter() - started:.0f} s)")
 
     # 2. memory at the issue's shape and at vocabulary 32,000
-    print(f"\npeak live-tensor bytes of one step: 1 pair x {args.seq} tokens, hidden {args.hidden}, "
-          f"{args.layers} layers, chunk {chunk} (weights excluded; their gradients included)")
+    print(
+        f"\npeak live-tensor bytes of one step: 1 pair x {args.seq} tokens, hidden {args.hidden}, "
+        f"{args.layers} layers, chunk {chunk} (weights excluded; their gradients included)"
+    )
     ratios = {}
     for vocab in (args.vocab, args.small_vocab):
         peaks = measure_memory(vocab, args.seq, args.hidden, args.layers, chunk, KINDS + ("liger-dpo",))["counted"]
         ratios[vocab] = peaks["chunked"] / peaks["dpop"]
         print(f"  vocab {vocab:>7,}: " + ", ".join(f"{k} {v / 2**30:.3f} GiB" for k, v in peaks.items()))
-        print(f"    chunked / dpop = {peaks['chunked'] / peaks['dpop']:.3f}   chunked / dpo = "
-              f"{peaks['chunked'] / peaks['dpo']:.3f}   chunked-ckpt / dpop = "
-              f"{peaks['chunked-ckpt'] / peaks['dpop']:.3f}   liger-dpo / dpo = {peaks['liger-dpo'] / peaks['dpo']:.3f}")
-    print(f"  target: chunked / dpop <= 0.35 at vocab {args.vocab:,}: "
-          f"{'met' if ratios[args.vocab] <= 0.35 else 'NOT met'} ({ratios[args.vocab]:.3f})")
+        print(
+            f"    chunked / dpop = {peaks['chunked'] / peaks['dpop']:.3f}   chunked / dpo = "
+            f"{peaks['chunked'] / peaks['dpo']:.3f}   chunked-ckpt / dpop = "
+            f"{peaks['chunked-ckpt'] / peaks['dpop']:.3f}   liger-dpo / dpo = {peaks['liger-dpo'] / peaks['dpo']:.3f}"
+        )
+    print(
+        f"  target: chunked / dpop <= 0.35 at vocab {args.vocab:,}: "
+        f"{'met' if ratios[args.vocab] <= 0.35 else 'NOT met'} ({ratios[args.vocab]:.3f})"
+    )
     print(f"  ({time.perf_counter() - started:.0f} s)")
 
     # 3. time, real compute, interleaved
     prompt = args.time_seq // 16
     time_chunk = args.time_seq - prompt  # two chunks over the pair's 2 x (time_seq - prompt) completion tokens
-    print(f"\ntime: vocab {args.vocab:,}, 1 pair x {args.time_seq} tokens ({prompt} prompt), hidden {args.hidden}, "
-          f"{args.layers} layers, chunk {time_chunk}, {args.rounds} rounds, medians")
+    print(
+        f"\ntime: vocab {args.vocab:,}, 1 pair x {args.time_seq} tokens ({prompt} prompt), hidden {args.hidden}, "
+        f"{args.layers} layers, chunk {time_chunk}, {args.rounds} rounds, medians"
+    )
     times = measure_time(args.vocab, args.time_seq, args.hidden, args.rounds, time_chunk)
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
@@ -245,11 +283,15 @@ def main() -> None:
     print("  head  " + "  ".join(f"{k} {head[k]:.2f}s (CPU {head_cpu[k]:.2f}s)" for k in KINDS))
     head_ratio = {k: head[k] / head["dpop"] for k in KINDS}
     for k in ("chunked", "chunked-ckpt"):
-        print(f"  {k}: head / dpop head = {head_ratio[k]:.3f} (CPU {head_cpu[k] / head_cpu['dpop']:.3f}), "
-              f"/ dpo head = {head[k] / head['dpo']:.3f}; step / dpop step = {wall[k] / wall['dpop']:.3f} "
-              f"(CPU {cpu[k] / cpu['dpop']:.3f}), / dpo step = {wall[k] / wall['dpo']:.3f} (CPU {cpu[k] / cpu['dpo']:.3f})")
-    print(f"  target: head <= 1.40x: chunked {'met' if head_ratio['chunked'] <= 1.40 else 'NOT met'}, "
-          f"chunked-ckpt {'met' if head_ratio['chunked-ckpt'] <= 1.40 else 'NOT met'}")
+        print(
+            f"  {k}: head / dpop head = {head_ratio[k]:.3f} (CPU {head_cpu[k] / head_cpu['dpop']:.3f}), "
+            f"/ dpo head = {head[k] / head['dpo']:.3f}; step / dpop step = {wall[k] / wall['dpop']:.3f} "
+            f"(CPU {cpu[k] / cpu['dpop']:.3f}), / dpo step = {wall[k] / wall['dpo']:.3f} (CPU {cpu[k] / cpu['dpo']:.3f})"
+        )
+    print(
+        f"  target: head <= 1.40x: chunked {'met' if head_ratio['chunked'] <= 1.40 else 'NOT met'}, "
+        f"chunked-ckpt {'met' if head_ratio['chunked-ckpt'] <= 1.40 else 'NOT met'}"
+    )
     print(f"  ({time.perf_counter() - started:.0f} s)")
 
     # 4. projection to Smaug-72B
@@ -258,8 +300,10 @@ def main() -> None:
     for k in ("chunked", "chunked-ckpt"):
         for precompute in (False, True):
             ratio, share = projected_step_ratio(head_ratio[k], precompute)
-            print(f"  {k:12} {'precomputed ref' if precompute else 'live reference '}: head share of the step "
-                  f"{share:.2%}, projected step ratio {ratio:.4f}  (target <= 1.02: {'met' if ratio <= 1.02 else 'NOT met'})")
+            print(
+                f"  {k:12} {'precomputed ref' if precompute else 'live reference '}: head share of the step "
+                f"{share:.2%}, projected step ratio {ratio:.4f}  (target <= 1.02: {'met' if ratio <= 1.02 else 'NOT met'})"
+            )
     print(f"\nload at the end: {os.getloadavg()}; benchmark wall time {time.perf_counter() - started:.0f} s")
 
 

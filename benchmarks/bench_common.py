@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
 
+
 class LiveTensorBytes(TorchDispatchMode):
     """Tracks bytes of tensor storages alive (created inside the mode) and their peak.
 
@@ -48,8 +49,11 @@ class LiveTensorBytes(TorchDispatchMode):
             out = func(*args, **kwargs)
         # Views and in-place results share an input's storage: not an allocation (and a view of a weight
         # made before the mode, e.g. lm_head.weight.t(), must not count the weight).
-        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
-                  if isinstance(a, torch.Tensor) and a.device.type != "meta"}
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in tree_flatten((args, kwargs))[0]
+            if isinstance(a, torch.Tensor) and a.device.type != "meta"
+        }
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
                 storage = tensor.untyped_storage()
@@ -73,14 +77,16 @@ class LiveTensorBytes(TorchDispatchMode):
         schema = func._schema
         in_place = schema.name.endswith("_") and len(schema.returns) == 1
         out_variant = schema.overload_name.startswith("out")
-        if ("view" in schema.name or any(r.alias_info is not None for r in schema.returns)) \
-                and not (in_place or out_variant):
+        if ("view" in schema.name or any(r.alias_info is not None for r in schema.returns)) and not (
+            in_place or out_variant
+        ):
             return None  # a view (also _unsafe_view, which has no alias annotation): costs nothing, must alias
         if schema.is_mutable and not (in_place or out_variant):
             return None
         try:
-            meta_args, meta_kwargs = tree_map(lambda a: a.to("meta") if isinstance(a, torch.Tensor) else a,
-                                              (args, kwargs))
+            meta_args, meta_kwargs = tree_map(
+                lambda a: a.to("meta") if isinstance(a, torch.Tensor) else a, (args, kwargs)
+            )
             meta_out = func(*meta_args, **meta_kwargs)
         except Exception:  # no meta kernel, or a value-dependent output shape: compute for real
             return None
@@ -93,8 +99,14 @@ class LiveTensorBytes(TorchDispatchMode):
         if out_variant:
             return kwargs["out"]
         device = tensors[0].device
-        return tree_map(lambda m: torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device=device)
-                        if isinstance(m, torch.Tensor) else m, meta_out)
+        return tree_map(
+            lambda m: (
+                torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device=device)
+                if isinstance(m, torch.Tensor)
+                else m
+            ),
+            meta_out,
+        )
 
     def reset_peaks(self) -> None:
         self.peak = self.live

@@ -46,13 +46,17 @@ def main() -> None:
     c2, t2 = time.process_time(), time.perf_counter()
     build_s, stats_s = t1 - t0, t2 - t1
     n = len(pairs)
-    print(f"core: {n:,} pairs built in {build_s:.1f} s ({n / build_s:,.0f} pairs/s; skipped {skipped}), "
-          f"stats in {stats_s:.1f} s; total {build_s + stats_s:.1f} s wall ({n / (build_s + stats_s):,.0f} "
-          f"pairs/s), {c2 - c0:.1f} s CPU")
+    print(
+        f"core: {n:,} pairs built in {build_s:.1f} s ({n / build_s:,.0f} pairs/s; skipped {skipped}), "
+        f"stats in {stats_s:.1f} s; total {build_s + stats_s:.1f} s wall ({n / (build_s + stats_s):,.0f} "
+        f"pairs/s), {c2 - c0:.1f} s CPU"
+    )
     ed = stats["edit_distance"]["normalised"]
     hamming = stats["distances"]["char_hamming"]["normalised"]
-    print(f"normalised edit distance: Levenshtein mean {ed['mean']:.2%}, median {ed['median']:.2%}; "
-          f"Hamming (the paper's measure) mean {hamming['mean']:.2%}, median {hamming['median']:.2%}")
+    print(
+        f"normalised edit distance: Levenshtein mean {ed['mean']:.2%}, median {ed['median']:.2%}; "
+        f"Hamming (the paper's measure) mean {hamming['mean']:.2%}, median {hamming['median']:.2%}"
+    )
 
     if args.no_end_to_end:
         return
@@ -68,10 +72,12 @@ def main() -> None:
         t1 = time.perf_counter()
         file_stats = stats_for_path(out)
         c2, t2 = time.process_time(), time.perf_counter()
-        print(f"end to end: load + build + write {report['pairs']:,} pairs in {t1 - t0:.1f} s, "
-              f"read + stats in {t2 - t1:.1f} s; total {t2 - t0:.1f} s wall, {c2 - c0:.1f} s CPU "
-              f"({report['pairs'] / (t2 - t0):,.0f} pairs/s); output {out.stat().st_size / 1e6:.0f} MB, "
-              f"mean edit distance {file_stats['edit_distance']['normalised']['mean']:.2%}")
+        print(
+            f"end to end: load + build + write {report['pairs']:,} pairs in {t1 - t0:.1f} s, "
+            f"read + stats in {t2 - t1:.1f} s; total {t2 - t0:.1f} s wall, {c2 - c0:.1f} s CPU "
+            f"({report['pairs'] / (t2 - t0):,.0f} pairs/s); output {out.stat().st_size / 1e6:.0f} MB, "
+            f"mean edit distance {file_stats['edit_distance']['normalised']['mean']:.2%}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,13 @@ def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: fl
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cls = DPOPTrainer if kind == "dpop" else AxolotlDPOTrainer
     out = tempfile.mkdtemp(prefix=f"bench-{kind}-")
-    trainer = cls(model, ref, args=AxolotlDPOConfig(output_dir=out, **args_kwargs),
-                  train_dataset=dataset, processing_class=tokenizer)
+    trainer = cls(
+        model,
+        ref,
+        args=AxolotlDPOConfig(output_dir=out, **args_kwargs),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     if kind == "dpop":
         trainer.dpop_lambda = lam
     trainer.model.train()
@@ -63,13 +68,24 @@ def main() -> None:
     from smaug.training.tiny_model import build_tiny_llama
 
     workdir = tempfile.mkdtemp(prefix="bench-dpop-")
-    model_dir = str(build_tiny_llama(f"{workdir}/model", hidden_size=args.hidden, num_layers=args.layers,
-                                     intermediate_size=args.hidden * 2))
+    model_dir = str(
+        build_tiny_llama(
+            f"{workdir}/model", hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.hidden * 2
+        )
+    )
     pairs, _ = build_metamath_pairs(generate_synthetic_metamath(args.pairs * 2, seed=0), seed=0)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs[: args.pairs]])
-    args_kwargs = dict(per_device_train_batch_size=args.batch, max_length=512, beta=0.3, report_to=[],
-                       use_cpu=not torch.cuda.is_available(), bf16=False, seed=0, dataloader_num_workers=0,
-                       remove_unused_columns=False)
+    args_kwargs = dict(
+        per_device_train_batch_size=args.batch,
+        max_length=512,
+        beta=0.3,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
 
     trainers = {kind: build_trainer(kind, model_dir, dataset, args_kwargs, args.lam) for kind in ("dpo", "dpop")}
     batches = {kind: one_batch(t) for kind, t in trainers.items()}
@@ -88,14 +104,18 @@ def main() -> None:
     med = {kind: statistics.median(wall for wall, _ in values) for kind, values in times.items()}
     med_cpu = {kind: statistics.median(cpu for _, cpu in values) for kind, values in times.items()}
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; model: hidden {args.hidden} x {args.layers} layers; batch {args.batch} pairs "
-          f"({tokens} tokens incl. chosen+rejected); {len(times['dpo'])} timed steps each; torch {torch.__version__}")
+    print(
+        f"device: {device}; model: hidden {args.hidden} x {args.layers} layers; batch {args.batch} pairs "
+        f"({tokens} tokens incl. chosen+rejected); {len(times['dpo'])} timed steps each; torch {torch.__version__}"
+    )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"{'':6}{'median step wall (ms)':>22}{'median step CPU (ms)':>22}{'peak tensor MiB':>18}")
     for kind in ("dpo", "dpop"):
         print(f"{kind:6}{med[kind] * 1e3:22.2f}{med_cpu[kind] * 1e3:22.2f}{peaks[kind] / 2**20:18.2f}")
-    print(f"DPOP/DPO step-time ratio: wall {med['dpop'] / med['dpo']:.4f}, CPU {med_cpu['dpop'] / med_cpu['dpo']:.4f}"
-          "   (target <= 1.02)")
+    print(
+        f"DPOP/DPO step-time ratio: wall {med['dpop'] / med['dpo']:.4f}, CPU {med_cpu['dpop'] / med_cpu['dpo']:.4f}"
+        "   (target <= 1.02)"
+    )
     print(f"DPOP/DPO peak-memory ratio: {peaks['dpop'] / peaks['dpo']:.4f}   (target <= 1.01)")
 
 

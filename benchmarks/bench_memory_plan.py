@@ -65,11 +65,11 @@ class Case:
 CASES = [
     Case("h256 L4 V4099 2x256, 1 process, no DeepSpeed", 256, 4, None, world=1),
     Case("h256 L4 V8191 2x256, ZeRO-3", 256, 4, "zero3_bf16.json", vocab=8191),
-    Case("h512 L4 V4099 1x384, ZeRO-3 + optimizer offload", 512, 4, "zero3_bf16_offload_optimizer.json",
-         seq=384, micro=1),
+    Case(
+        "h512 L4 V4099 1x384, ZeRO-3 + optimizer offload", 512, 4, "zero3_bf16_offload_optimizer.json", seq=384, micro=1
+    ),
     Case("h384 L6 V2053 2x256, ZeRO-3 + CPU offload", 384, 6, "zero3_bf16_cpuoffload.json", vocab=2053),
-    Case("h512 L8 V4099 2x256, ZeRO-3, gradient checkpointing", 512, 8, "zero3_bf16.json",
-         gradient_checkpointing=True),
+    Case("h512 L8 V4099 2x256, ZeRO-3, gradient checkpointing", 512, 8, "zero3_bf16.json", gradient_checkpointing=True),
 ]
 
 
@@ -104,8 +104,9 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
     """Runs in each process; writes {part: bytes} to out/rank{rank}.json."""
     import torch
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(case.world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(case.world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from bench_common import LiveTensorBytes
@@ -115,10 +116,17 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
     from axolotl_dpop.loss import dpop_loss
 
     tracker = LiveTensorBytes(classify=lambda t: "logits" if t.dim() and t.shape[-1] == case.vocab else "other")
-    config = LlamaConfig(vocab_size=case.vocab, hidden_size=case.hidden, intermediate_size=case.intermediate,
-                         num_hidden_layers=case.layers, num_attention_heads=case.heads,
-                         num_key_value_heads=case.heads, max_position_embeddings=case.seq, tie_word_embeddings=False,
-                         attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=case.vocab,
+        hidden_size=case.hidden,
+        intermediate_size=case.intermediate,
+        num_hidden_layers=case.layers,
+        num_attention_heads=case.heads,
+        num_key_value_heads=case.heads,
+        max_position_embeddings=case.seq,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
     with tracker:
         if case.zero:
             import deepspeed
@@ -129,11 +137,18 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
             deepspeed.init_distributed(dist_backend="gloo")
             ds_config = cpu_variant(REPO_ROOT / "recipes" / "deepspeed" / case.zero)
             # what the HF trainer fills in for "auto"
-            ds_config.update(train_micro_batch_size_per_gpu=case.micro, gradient_accumulation_steps=1,
-                             train_batch_size=case.micro * case.world, gradient_clipping=1.0)
+            ds_config.update(
+                train_micro_batch_size_per_gpu=case.micro,
+                gradient_accumulation_steps=1,
+                train_batch_size=case.micro * case.world,
+                gradient_clipping=1.0,
+            )
             zero = ds_config["zero_optimization"]
-            zero.update(reduce_bucket_size=case.hidden ** 2, stage3_prefetch_bucket_size=int(0.9 * case.hidden ** 2),
-                        stage3_param_persistence_threshold=10 * case.hidden)
+            zero.update(
+                reduce_bucket_size=case.hidden**2,
+                stage3_prefetch_bucket_size=int(0.9 * case.hidden**2),
+                stage3_param_persistence_threshold=10 * case.hidden,
+            )
             with deepspeed.zero.Init(config_dict_or_path=ds_config):  # as from_pretrained under ZeRO-3
                 policy = LlamaForCausalLM(config)
                 reference = LlamaForCausalLM(config)
@@ -164,7 +179,7 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
         generator = torch.Generator().manual_seed(rank)
         input_ids = torch.randint(0, case.vocab, (2 * case.micro, case.seq), generator=generator)
         completion_mask = torch.zeros_like(input_ids)
-        completion_mask[:, case.seq // 2:] = 1
+        completion_mask[:, case.seq // 2 :] = 1
 
         def logps(model):
             logits = model(input_ids=input_ids, use_cache=False).logits[..., :-1, :]
@@ -195,12 +210,16 @@ def measure(case: Case, rank: int, port: int, out: Path) -> None:
         before = dict(tracker.live_by)
         tracker.reset_peaks()
         forward_backward()
-        transient = {"logits": tracker.peak_by.get("logits", 0) - before.get("logits", 0),
-                     "activations": tracker.peak_by.get("other", 0) - before.get("other", 0)}
+        transient = {
+            "logits": tracker.peak_by.get("logits", 0) - before.get("logits", 0),
+            "activations": tracker.peak_by.get("other", 0) - before.get("other", 0),
+        }
 
         seen: set[int] = set()
-        parts = {"weights": _unique_bytes(_param_tensors(engine.module if case.zero else policy), seen),
-                 "reference": _unique_bytes(_param_tensors(ref_engine.module if case.zero else reference), seen)}
+        parts = {
+            "weights": _unique_bytes(_param_tensors(engine.module if case.zero else policy), seen),
+            "reference": _unique_bytes(_param_tensors(ref_engine.module if case.zero else reference), seen),
+        }
         if case.zero:
             fp32 = zero_opt.fp32_partitioned_groups_flat
             parts["gradients"] = _unique_bytes([zero_opt.grad_partitions_flat_buffer] + [g.grad for g in fp32], seen)
@@ -243,11 +262,24 @@ def run_case(case: Case) -> list[dict]:
 def estimate_parts(case: Case, params: int) -> dict[str, float]:
     from smaug.training import memory
 
-    shape = memory.ModelShape(float(params), case.hidden, case.layers, case.vocab, case.intermediate,
-                              f"benchmark case {case.name}", heads=case.heads, kv_heads=case.heads)
-    recipe = {"rl": "dpop", "bf16": False, "micro_batch_size": case.micro, "sequence_len": case.seq,
-              "gradient_checkpointing": case.gradient_checkpointing,
-              "deepspeed": f"recipes/deepspeed/{case.zero}" if case.zero else None}
+    shape = memory.ModelShape(
+        float(params),
+        case.hidden,
+        case.layers,
+        case.vocab,
+        case.intermediate,
+        f"benchmark case {case.name}",
+        heads=case.heads,
+        kv_heads=case.heads,
+    )
+    recipe = {
+        "rl": "dpop",
+        "bf16": False,
+        "micro_batch_size": case.micro,
+        "sequence_len": case.seq,
+        "gradient_checkpointing": case.gradient_checkpointing,
+        "deepspeed": f"recipes/deepspeed/{case.zero}" if case.zero else None,
+    }
     est = memory.estimate(recipe, shape, case.world, case.world, REPO_ROOT)
     return {part: device + host for part, (device, host) in est.parts.items()}
 
@@ -283,8 +315,10 @@ def main() -> None:
         for case, part, est, peak, ratio in rows:
             shown = "-" if ratio != ratio else f"{ratio:.2f}"
             print(f"{case:<54}{part:<22}{est / 2**20:14.2f}{peak / 2**20:31.2f}{shown:>21}")
-    print(f"worst part: estimate off by {100 * worst:.1f}% (target <= {100 * TOLERANCE:.0f}%); torch {torch.__version__}, "
-          f"{len(cases)} cases in {time.monotonic() - started:.0f} s")
+    print(
+        f"worst part: estimate off by {100 * worst:.1f}% (target <= {100 * TOLERANCE:.0f}%); torch {torch.__version__}, "
+        f"{len(cases)} cases in {time.monotonic() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

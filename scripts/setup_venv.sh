@@ -13,6 +13,7 @@ pipc() { "$VENV/bin/pip" install -q -c requirements/constraints.txt "$@" 2>&1 | 
 pipc --upgrade pip
 # torch first and alone: pip then takes the local CPU build instead of resolving a CUDA one.
 pipc torch==2.13.0
+pipc -e plugins/axolotl_dpop  # the plugin's own distribution, which smaug-dpop requires
 pipc -e '.[dev]'
 # DeepSpeed, for the CPU rehearsal of the ZeRO-3 recipes (tests: two gloo ranks). PyPI has only its source
 # archive: DS_BUILD_OPS=0 installs it without compiling any op (~10 s); the C++ CPU Adam of the offload configs

@@ -21,11 +21,16 @@ def write_pairs(path: Path, n: int = 24, seed: int = 0, **extra_rows) -> Path:
     with path.open("w", encoding="utf-8") as handle:
         for _ in range(n):
             a, b = rng.randint(10, 99), rng.randint(10, 99)
-            handle.write(json.dumps({
-                "prompt": f"What is {a} + {b}?",
-                "chosen": f"{a} + {b} = {a + b}. The answer is {a + b}.",
-                "rejected": f"{a} + {b} = {a + b + rng.randint(1, 9)}. The answer is {a + b}.",
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt": f"What is {a} + {b}?",
+                        "chosen": f"{a} + {b} = {a + b}. The answer is {a + b}.",
+                        "rejected": f"{a} + {b} = {a + b + rng.randint(1, 9)}. The answer is {a + b}.",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -68,8 +73,9 @@ def tiny_config(model_dir: Path, data: Path, out_dir: Path, **overrides) -> dict
 def axolotl_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment the tests run `axolotl` in: the chain's (`smaug.training.runner.axolotl_env`), offline,
     one thread per process; ``extra`` adds to it."""
-    return runner_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
-                      **(extra or {}))
+    return runner_env(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", **(extra or {})
+    )
 
 
 def write_config(cfg: dict, workdir: Path) -> Path:
@@ -79,8 +85,13 @@ def write_config(cfg: dict, workdir: Path) -> Path:
     return cfg_path
 
 
-def run_axolotl_train(cfg: dict, workdir: Path, launcher_args: list[str] | None = None,
-                      timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_axolotl_train(
+    cfg: dict,
+    workdir: Path,
+    launcher_args: list[str] | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """`axolotl train cfg.yml` in a subprocess, offline, with the venv's bin first on PATH (`env` adds to it)."""
     cmd = [str(VENV_BIN / "axolotl"), "train", str(write_config(cfg, workdir))]
     if launcher_args:
@@ -97,4 +108,6 @@ def log_history(out_dir: Path) -> list[dict]:
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"axolotl train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"axolotl train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )

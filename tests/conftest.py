@@ -47,6 +47,7 @@ def bos_tokenizer():
     tokenizer.eos_token = "</s>"
     bos = tokenizer.convert_tokens_to_ids("<s>")
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     assert tokenizer("x")["input_ids"][0] == bos
     return tokenizer

@@ -30,8 +30,12 @@ REPORT = "cpu_deepspeed_rank{rank}.json"  # what each rank found after its first
 def _deepspeed_rank_without_cuda(cpu: bool) -> bool:
     import torch
 
-    return (not cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-            and int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available())
+    return (
+        not cpu
+        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and int(os.environ.get("LOCAL_RANK", -1)) != -1
+        and not torch.cuda.is_available()
+    )
 
 
 def patch_accelerate_backend() -> None:
@@ -82,8 +86,17 @@ def wait_on_collectives() -> None:
         call._waited = True
         return call
 
-    for name in ("all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter", "all_reduce",
-                 "all_reduce_coalesced", "broadcast", "_all_gather_base", "_reduce_scatter_base"):
+    for name in (
+        "all_gather_into_tensor",
+        "all_gather",
+        "reduce_scatter_tensor",
+        "reduce_scatter",
+        "all_reduce",
+        "all_reduce_coalesced",
+        "broadcast",
+        "_all_gather_base",
+        "_reduce_scatter_base",
+    ):
         collective = getattr(dist, name, None)
         if collective is not None and not getattr(collective, "_waited", False):
             setattr(dist, name, waited(collective))
@@ -145,13 +158,18 @@ class EngineReport(TrainerCallback):
             return None if value is None else str(getattr(value.device, "value", value.device))
 
         report = {
-            "world_size": dist.get_world_size(), "rank": dist.get_rank(), "backend": dist.get_backend(),
-            "policy_engine": type(engine).__name__, "reference_engine": type(ref).__name__,
+            "world_size": dist.get_world_size(),
+            "rank": dist.get_rank(),
+            "backend": dist.get_backend(),
+            "policy_engine": type(engine).__name__,
+            "reference_engine": type(ref).__name__,
             "zero_stage": engine.zero_optimization_stage(),
             "reference_zero_stage": ref.zero_optimization_stage() if hasattr(ref, "zero_optimization_stage") else None,
             "offload_optimizer": offload(engine.zero_offload_optimizer()),
             "offload_param": offload(engine.zero_offload_param()),
-            "reference_offload_param": offload(ref.zero_offload_param()) if hasattr(ref, "zero_offload_param") else None,
+            "reference_offload_param": offload(ref.zero_offload_param())
+            if hasattr(ref, "zero_offload_param")
+            else None,
             "optimizer": _optimizer_classes(engine),
             "policy_params": _local_and_full_numel(engine.module),
             "reference_params": _local_and_full_numel(getattr(ref, "module", ref)),

@@ -24,9 +24,22 @@ def _training_args_cls():
     return Args
 
 
-def make_trainer(tmp_path, model_dir, rows, *, chunked, variant="full", precompute=False, cache_dir=None,
-                 chunk_size=8, tie=False, max_length=96, tokenizer=None, edit_model=None,
-                 lora_targets=("q_proj", "v_proj", "lm_head")):
+def make_trainer(
+    tmp_path,
+    model_dir,
+    rows,
+    *,
+    chunked,
+    variant="full",
+    precompute=False,
+    cache_dir=None,
+    chunk_size=8,
+    tie=False,
+    max_length=96,
+    tokenizer=None,
+    edit_model=None,
+    lora_targets=("q_proj", "v_proj", "lm_head"),
+):
     """A DPOPTrainer on ``rows``; ``variant`` "full" (separate reference model unless ``precompute``) or
     "lora" (LoRA on q/v/lm_head, reference = adapter disabled). After construction (and any precompute
     pass) the policy is moved off the reference so that the DPOP penalty is active. ``edit_model`` is
@@ -49,15 +62,33 @@ def make_trainer(tmp_path, model_dir, rows, *, chunked, variant="full", precompu
     if edit_model is not None:
         edit_model(model)
     ref = None if variant == "lora" or precompute else load()
-    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets
-                             ) if variant == "lora" else None
+    peft_config = (
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets) if variant == "lora" else None
+    )
     args = _training_args_cls()(
-        output_dir=str(tmp_path / f"out-{chunked}"), per_device_train_batch_size=4, max_length=max_length, beta=0.3,
-        report_to=[], use_cpu=True, bf16=False, seed=0, dataloader_num_workers=0, remove_unused_columns=False,
-        precompute_ref_log_probs=precompute, dpop_chunked_logps=chunked, dpop_logps_chunk_size=chunk_size,
-        dpop_ref_logps_cache_dir=str(cache_dir) if cache_dir else None)
-    trainer = DPOPTrainer(model, ref, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tokenizer or AutoTokenizer.from_pretrained(model_dir), peft_config=peft_config)
+        output_dir=str(tmp_path / f"out-{chunked}"),
+        per_device_train_batch_size=4,
+        max_length=max_length,
+        beta=0.3,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        precompute_ref_log_probs=precompute,
+        dpop_chunked_logps=chunked,
+        dpop_logps_chunk_size=chunk_size,
+        dpop_ref_logps_cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    trainer = DPOPTrainer(
+        model,
+        ref,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer or AutoTokenizer.from_pretrained(model_dir),
+        peft_config=peft_config,
+    )
     trainer.dpop_lambda = 50.0
     # Move the policy away from the reference (after any precompute pass), so that the DPOP penalty is on.
     with torch.no_grad():

@@ -34,8 +34,25 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import yaml
 
 # The Hub stores these through LFS (a subset of its default .gitattributes), plus anything over 10 MB.
-LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx",
-                "*.gguf", "*.model", "*.npy", "*.zip", "*.tar", "*tfevents*", "*.parquet", "*.arrow"]
+LFS_PATTERNS = [
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.pkl",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.gguf",
+    "*.model",
+    "*.npy",
+    "*.zip",
+    "*.tar",
+    "*tfevents*",
+    "*.parquet",
+    "*.arrow",
+]
 LFS_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
@@ -61,8 +78,10 @@ class StoredFile:
         entry = {"type": "file", "path": path, "size": len(self.content)}
         if self.lfs:
             pointer = lfs_pointer(self.sha256, len(self.content))
-            entry.update(oid=git_blob_id(pointer), lfs={"oid": self.sha256, "size": len(self.content),
-                                                          "pointerSize": len(pointer)})
+            entry.update(
+                oid=git_blob_id(pointer),
+                lfs={"oid": self.sha256, "size": len(self.content), "pointerSize": len(pointer)},
+            )
         else:
             entry["oid"] = git_blob_id(self.content)
         return entry
@@ -111,7 +130,7 @@ class HubState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -134,8 +153,15 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload=None, *, headers: dict | None = None, raw: bytes | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        payload=None,
+        *,
+        headers: dict | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -220,8 +246,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not repo.has_revision(rev):
             return self._error(404, "Revision not found", "RevisionNotFound")
         sha = repo.head if rev == "main" else rev
-        self._send(200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": sha, "private": repo.private,
-                         "siblings": [{"rfilename": p} for p in sorted(repo.files)], "tags": []})
+        self._send(
+            200,
+            {
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "sha": sha,
+                "private": repo.private,
+                "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                "tags": [],
+            },
+        )
 
     def preupload(self, ns, name, rev, body, kind=None, **_):
         repo = self._repo(f"{ns}/{name}", kind=kind)
@@ -231,8 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
         for item in json.loads(body)["files"]:
             lfs = item["size"] > LFS_SIZE or any(fnmatch.fnmatch(item["path"].split("/")[-1], p) for p in LFS_PATTERNS)
             existing = repo.files.get(item["path"])
-            files.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                          "oid": existing.preupload_oid() if existing and existing.lfs == lfs else None})
+            files.append(
+                {
+                    "path": item["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": existing.preupload_oid() if existing and existing.lfs == lfs else None,
+                }
+            )
         self._send(200, {"files": files, "commitOid": repo.head})
 
     def lfs_batch(self, ns, name, body, prefix=None, **_):
@@ -299,8 +340,16 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 return self._error(400, f"unknown commit operation {line['key']}")
         oid = repo.commit(header["summary"], added, deleted)
-        self._send(200, {"success": True, "commitOid": oid, "commitUrl": f"{self._base()}/{repo.repo_id}/commit/{oid}",
-                         "hookOutput": "", "pullRequestUrl": None})
+        self._send(
+            200,
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{self._base()}/{repo.repo_id}/commit/{oid}",
+                "hookOutput": "",
+                "pullRequestUrl": None,
+            },
+        )
 
     def tree(self, ns, name, rev, query, sub=None, kind=None, **_):
         repo = self._repo(f"{ns}/{name}", kind=kind)
@@ -312,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path in sorted(repo.files):
             if not path.startswith(prefix):
                 continue
-            rest = path[len(prefix):].split("/")
+            rest = path[len(prefix) :].split("/")
             for depth in range(1, len(rest)):
                 if depth == 1 or recursive:
                     dirs.add(prefix + "/".join(rest[:depth]))
@@ -393,7 +442,7 @@ class HubServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         self._thread.start()
         return self
 

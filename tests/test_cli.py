@@ -1,48 +1,34 @@
-"""The CLI tree mirrors the package (one group per flow) and the spellings of earlier versions still work."""
+"""The CLI tree mirrors the package: one group per flow."""
 
-import smaug.cli
-from smaug.cli import ALIASES, FLOWS, build_parser
-
-
-def test_top_level_groups_are_the_flows_and_aliases_are_hidden():
-    parser = build_parser()
-    help_text = parser.format_help()
-    assert "{data,recipes,chain,eval,release,showcase}" in help_text
-    assert len(FLOWS) == 5  # training owns two groups: recipes and chain
-    for alias in ALIASES:
-        assert f"\n    {alias} " not in help_text
-
-
-def test_every_old_spelling_runs_the_same_command_as_the_new_one():
-    parser = build_parser()
-    flow_group = {"release": "release", "evaluation": "eval", "showcase": "showcase"}
-    for alias, (flow, command) in ALIASES.items():
-        extra = {"card": ["m"], "publish": ["m", "--repo", "a/b"], "mtbench": ["--model", "m", "--judge-url", "u",
-                 "--judge-model", "j"], "contamination": ["--model", "m", "--ref", "r"], "tiny-model": ["o"],
-                 "demo-model": ["o"]}.get(alias, [])
-        old = parser.parse_args([alias, *extra])
-        new = parser.parse_args([flow_group[flow], command, *extra])
-        assert old.func is new.func, alias
-        assert {k: v for k, v in vars(old).items() if k not in ("command", f"{flow_group[flow]}_command")} == \
-               {k: v for k, v in vars(new).items() if k not in ("command", f"{flow_group[flow]}_command", "eval_command",
-                                                                "release_command", "showcase_command")}, alias
-
-
-def test_cli_module_names_the_flows_it_imports():
-    assert smaug.cli.FLOWS == ["data", "training", "evaluation", "release", "showcase"]
-
-
-# --- errors: one line for what the user or the machine got wrong, tracebacks for bugs --------------------------
 import errno
 import json
 
 import pytest
 
+import smaug.cli
+from smaug.cli import build_parser
 from smaug.common.errors import UserError
 
-SUMMARY = {"model": "m", "suite": "leaderboard_v1", "average": 0.5,
-           "tasks": {"arc": {"metric": "acc_norm", "value": 0.5,
-                             "dataset": {"name": "ARC", "type": "ai2_arc", "config": None, "split": "test"}}}}
+
+def test_top_level_groups_are_the_flows():
+    assert "{data,recipes,chain,eval,release,showcase}" in build_parser().format_help()
+    assert smaug.cli.FLOWS == ["data", "training", "evaluation", "release", "showcase"]  # training: recipes, chain
+
+
+# --- errors: one line for what the user or the machine got wrong, tracebacks for bugs --------------------------
+
+SUMMARY = {
+    "model": "m",
+    "suite": "leaderboard_v1",
+    "average": 0.5,
+    "tasks": {
+        "arc": {
+            "metric": "acc_norm",
+            "value": 0.5,
+            "dataset": {"name": "ARC", "type": "ai2_arc", "config": None, "split": "test"},
+        }
+    },
+}
 
 
 def _summary_file(tmp_path):
@@ -88,14 +74,24 @@ def _main_running(monkeypatch, func) -> int:
 def _raise(error):
     def run(args):
         raise error
+
     return run
 
 
-@pytest.mark.parametrize("raised, message", [
-    (PermissionError(errno.EACCES, "Permission denied", "/data/out.json"), "error: /data/out.json: permission denied"),
-    (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/data/file/x"), "error: /data/file/x: part of the path is a file"),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), "error: disk quota exceeded"),
-])
+@pytest.mark.parametrize(
+    "raised, message",
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/out.json"),
+            "error: /data/out.json: permission denied",
+        ),
+        (
+            NotADirectoryError(errno.ENOTDIR, "Not a directory", "/data/file/x"),
+            "error: /data/file/x: part of the path is a file",
+        ),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "error: disk quota exceeded"),
+    ],
+)
 def test_environment_errors_are_one_line(monkeypatch, capsys, raised, message):
     assert _main_running(monkeypatch, _raise(raised)) == 2
     err = capsys.readouterr().err

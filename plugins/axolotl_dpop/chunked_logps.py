@@ -98,7 +98,8 @@ class ChunkedLinearLogps(torch.autograd.Function):
             end = min(start + chunk_size, n)
             x = F.linear(hidden[start:end], weight, bias).to(acc)
             chunk_lse, picked, chunk_entropy, chunk_mean, chunk_argmax = _chunk_lse_stats(
-                x, labels[start:end], with_stats)
+                x, labels[start:end], with_stats
+            )
             del x
             lse[start:end] = chunk_lse
             logps[start:end] = picked - chunk_lse
@@ -182,8 +183,7 @@ def _zero3_partitioned(head: nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in head.parameters())
 
 
-def token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int,
-                with_stats: bool = False):
+def token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int, with_stats: bool = False):
     """Per-row ``log p(label)`` under ``head`` for ``hidden`` [N, H]; with stats also entropy, mean logit and
     argmax per row (detached). A plain ``nn.Linear`` head takes :class:`ChunkedLinearLogps`; any other
     module, and any head whose parameters ZeRO-3 partitions, is called per chunk under
@@ -191,11 +191,12 @@ def token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chu
     hooks gather the weight for each call and reduce its gradient."""
     if _is_plain_linear(head) and not _zero3_partitioned(head):
         logps, entropy, logit_mean, argmax = ChunkedLinearLogps.apply(
-            hidden, head.weight, head.bias, labels, chunk_size, with_stats)
+            hidden, head.weight, head.bias, labels, chunk_size, with_stats
+        )
         return (logps, entropy, logit_mean, argmax) if with_stats else (logps,)
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
-        args = (head, hidden[start:start + chunk_size], labels[start:start + chunk_size], with_stats)
+        args = (head, hidden[start : start + chunk_size], labels[start : start + chunk_size], with_stats)
         if torch.is_grad_enabled():
             pieces.append(checkpoint(_module_chunk_logps, *args, use_reentrant=False))
         else:
@@ -203,9 +204,14 @@ def token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chu
     return tuple(torch.cat(parts) for parts in zip(*pieces))
 
 
-def completion_logps(head: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
-                     completion_mask: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     with_stats: bool = False) -> tuple[torch.Tensor, HeadStats | None]:
+def completion_logps(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, HeadStats | None]:
     """Summed completion log-probs per row, as TRL's ``selective_log_softmax`` path computes them.
 
     Args:
@@ -244,12 +250,16 @@ def check_chunkable(model: nn.Module) -> None:
     for name in _LOGIT_TRANSFORMS:
         value = getattr(text_config, name, None)
         if value not in (None, 1, 1.0):
-            raise ValueError(f"dpop_chunked_logps: this model applies {name}={value} to its logits, which the "
-                             "chunked head does not; set dpop_chunked_logps: false.")
+            raise ValueError(
+                f"dpop_chunked_logps: this model applies {name}={value} to its logits, which the "
+                "chunked head does not; set dpop_chunked_logps: false."
+            )
     forward = getattr(model, "forward", None)
     if forward is None or "logits_to_keep" not in inspect.signature(forward).parameters:
-        raise ValueError(f"dpop_chunked_logps: {type(model).__name__}.forward takes no `logits_to_keep`, so the "
-                         "full logits cannot be skipped; set dpop_chunked_logps: false.")
+        raise ValueError(
+            f"dpop_chunked_logps: {type(model).__name__}.forward takes no `logits_to_keep`, so the "
+            "full logits cannot be skipped; set dpop_chunked_logps: false."
+        )
     if model.get_output_embeddings() is None:
         raise ValueError(f"dpop_chunked_logps: {type(model).__name__} has no output embeddings (lm_head).")
 

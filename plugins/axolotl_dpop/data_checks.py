@@ -76,6 +76,8 @@ def raise_for_problems(reports: list[DatasetReport]) -> None:
         lines.extend(f"    - {p}" for p in report.problems)
         if report.num_problems > len(report.problems):
             lines.append(f"    - ... and {report.num_problems - len(report.problems)} more")
-    lines.append("Fix or remove these rows, or pick the dataset `type:` whose fields match the data "
-                 "(e.g. chatml.prompt_pairs: prompt/chosen/rejected; chatml.intel: question/chosen/rejected).")
+    lines.append(
+        "Fix or remove these rows, or pick the dataset `type:` whose fields match the data "
+        "(e.g. chatml.prompt_pairs: prompt/chosen/rejected; chatml.intel: question/chosen/rejected)."
+    )
     raise PreferenceDataError("\n".join(lines))

@@ -30,8 +30,10 @@ def orca_chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """`instruction` + `conversation` -> chat messages; a row without turns is an error naming the field."""
     turns = row.get(FIELD_TURNS)
     if not isinstance(turns, list) or not turns:
-        raise ValueError(f"orca-chat row has no `{FIELD_TURNS}` turns (got {type(turns).__name__}); "
-                         f"expected a list of {{input, output}}")
+        raise ValueError(
+            f"orca-chat row has no `{FIELD_TURNS}` turns (got {type(turns).__name__}); "
+            f"expected a list of {{input, output}}"
+        )
     messages = []
     system = row.get(FIELD_SYSTEM)
     if isinstance(system, str) and system.strip():

@@ -30,10 +30,18 @@ LOG = get_logger(__name__)
 TRAINER_CLS = "axolotl_dpop.trainer.DPOPTrainer"
 # The RL types this plugin adds: the trainer each one runs, its lambda option and that option's default.
 PLUGIN_RL = {
-    "dpop": {"trainer_cls": TRAINER_CLS, "lambda": "dpop_lambda", "default": DEFAULT_DPOP_LAMBDA,
-             "lambda_hint": "the paper uses 50"},
-    "slic": {"trainer_cls": "axolotl_dpop.trainer.SLiCTrainer", "lambda": "slic_lambda",
-             "default": DEFAULT_SLIC_LAMBDA, "lambda_hint": "default 0.1"},
+    "dpop": {
+        "trainer_cls": TRAINER_CLS,
+        "lambda": "dpop_lambda",
+        "default": DEFAULT_DPOP_LAMBDA,
+        "lambda_hint": "the paper uses 50",
+    },
+    "slic": {
+        "trainer_cls": "axolotl_dpop.trainer.SLiCTrainer",
+        "lambda": "slic_lambda",
+        "default": DEFAULT_SLIC_LAMBDA,
+        "lambda_hint": "default 0.1",
+    },
 }
 # DPO options that change the loss DPOP/SLiC replace; a value here is a config mistake, not a preference.
 _CONFLICTING_OPTIONS = ("dpo_use_weighting", "dpo_use_liger_kernel", "dpo_label_smoothing", "dpo_ld_alpha")
@@ -55,10 +63,13 @@ class DPOPPlugin(BasePlugin):
         from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
 
         cache_dir = cfg.get("dpop_ref_logps_cache_dir") or str(
-            Path(cfg.get("dataset_prepared_path") or DEFAULT_DATASET_PREPARED_PATH) / "dpop_ref_logps")
-        return {"dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
-                "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or DEFAULT_CHUNK_SIZE,
-                "dpop_ref_logps_cache_dir": cache_dir if cfg.get("precompute_ref_log_probs") else None}
+            Path(cfg.get("dataset_prepared_path") or DEFAULT_DATASET_PREPARED_PATH) / "dpop_ref_logps"
+        )
+        return {
+            "dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
+            "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or DEFAULT_CHUNK_SIZE,
+            "dpop_ref_logps_cache_dir": cache_dir if cfg.get("precompute_ref_log_probs") else None,
+        }
 
     def register(self, cfg: dict):
         validate_plugin_config(cfg)
@@ -107,8 +118,9 @@ class DPOPPlugin(BasePlugin):
         from axolotl_dpop.trainer import DPOPTrainer
 
         if not isinstance(trainer, DPOPTrainer) or trainer.loss_name != rl:
-            raise TypeError(f"rl: {rl} expected {PLUGIN_RL[rl]['trainer_cls']}, axolotl built "
-                            f"{type(trainer).__name__}.")
+            raise TypeError(
+                f"rl: {rl} expected {PLUGIN_RL[rl]['trainer_cls']}, axolotl built {type(trainer).__name__}."
+            )
         lam = PLUGIN_RL[rl]["lambda"]
         setattr(trainer, lam, float(cfg[lam]))
         reference = "" if rl == "dpop" else f"; reference model: {trainer.ref_model}"
@@ -139,8 +151,10 @@ def validate_plugin_config(cfg: dict) -> None:
     if rl not in PLUGIN_RL:
         for own_rl, spec in PLUGIN_RL.items():
             if cfg.get(spec["lambda"]) is not None:
-                raise ValueError(f"{where}: {spec['lambda']} is set but rl is not {own_rl}: set `rl: {own_rl}`, "
-                                 f"or remove {spec['lambda']}.")
+                raise ValueError(
+                    f"{where}: {spec['lambda']} is set but rl is not {own_rl}: set `rl: {own_rl}`, "
+                    f"or remove {spec['lambda']}."
+                )
         stray = [key for key in _DPOP_ONLY_OPTIONS if cfg.get(key) is not None]
         if stray:
             raise ValueError(f"{where}: {stray} only apply to rl: dpop; set `rl: dpop` or remove them.")
@@ -150,8 +164,11 @@ def validate_plugin_config(cfg: dict) -> None:
     lam = cfg.get(lam_name)
     if lam is not None and not (_is_number(lam) and lam >= 0):
         raise ValueError(f"{where}: {lam_name} must be a number >= 0 ({spec['lambda_hint']}), got {lam!r}.")
-    others = [PLUGIN_RL[other]["lambda"] for other in PLUGIN_RL
-              if other != rl and cfg.get(PLUGIN_RL[other]["lambda"]) is not None]
+    others = [
+        PLUGIN_RL[other]["lambda"]
+        for other in PLUGIN_RL
+        if other != rl and cfg.get(PLUGIN_RL[other]["lambda"]) is not None
+    ]
     if rl != "dpop":
         others += [key for key in _DPOP_ONLY_OPTIONS if cfg.get(key) is not None]
     if others:
@@ -163,16 +180,20 @@ def validate_plugin_config(cfg: dict) -> None:
         raise ValueError(f"{where}: rl_beta must be a number > 0, got {beta!r}.")
     loss_type = cfg.get("dpo_loss_type")
     if loss_type not in (None, "sigmoid", ["sigmoid"]):
-        raise ValueError(f"{where}: rl: {rl} defines its own loss; remove dpo_loss_type ({loss_type!r}) or use "
-                         "rl: dpo for TRL's losses (TRL's hinge: rl: dpo + dpo_loss_type: [hinge]).")
+        raise ValueError(
+            f"{where}: rl: {rl} defines its own loss; remove dpo_loss_type ({loss_type!r}) or use "
+            "rl: dpo for TRL's losses (TRL's hinge: rl: dpo + dpo_loss_type: [hinge])."
+        )
     conflicting = _CONFLICTING_OPTIONS + (_REFERENCE_OPTIONS if rl == "slic" else ())
     conflicts = [key for key in conflicting if cfg.get(key)]
     if conflicts:
         why = " (it has no reference model)" if set(conflicts) & set(_REFERENCE_OPTIONS) else ""
         raise ValueError(f"{where}: rl: {rl} cannot be combined with {conflicts}{why}; remove them.")
     if cfg.get("trainer_cls") not in (None, spec["trainer_cls"]):
-        raise ValueError(f"{where}: rl: {rl} sets trainer_cls itself; remove trainer_cls "
-                         f"({cfg.get('trainer_cls')!r}) or subclass {spec['trainer_cls']}.")
+        raise ValueError(
+            f"{where}: rl: {rl} sets trainer_cls itself; remove trainer_cls "
+            f"({cfg.get('trainer_cls')!r}) or subclass {spec['trainer_cls']}."
+        )
     if rl == "dpop":
         _check_chunked_logps_options(cfg, where)
 
@@ -184,13 +205,16 @@ def _check_chunked_logps_options(cfg: dict, where: str) -> None:
     size = cfg.get("dpop_logps_chunk_size")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{where}: dpop_logps_chunk_size must be a whole number of tokens >= 1 "
-                             f"(e.g. 1024), got {size!r}.")
+            raise ValueError(
+                f"{where}: dpop_logps_chunk_size must be a whole number of tokens >= 1 (e.g. 1024), got {size!r}."
+            )
         if not chunked:
             raise ValueError(f"{where}: dpop_logps_chunk_size only applies with dpop_chunked_logps: true.")
     if chunked and (cfg.get("fsdp") or cfg.get("fsdp_config")):
-        raise ValueError(f"{where}: dpop_chunked_logps reads the output projection's weight directly, which "
-                         "FSDP shards; use DeepSpeed (ZeRO-3 is supported) or set dpop_chunked_logps: false.")
+        raise ValueError(
+            f"{where}: dpop_chunked_logps reads the output projection's weight directly, which "
+            "FSDP shards; use DeepSpeed (ZeRO-3 is supported) or set dpop_chunked_logps: false."
+        )
     cache_dir = cfg.get("dpop_ref_logps_cache_dir")
     if cache_dir is not None:
         if not isinstance(cache_dir, str) or not cache_dir.strip():
@@ -202,8 +226,7 @@ def _check_chunked_logps_options(cfg: dict, where: str) -> None:
 def _keeps_no_reference_model(cfg) -> bool:
     """SLiC has none; a full fine-tune whose reference log-probs are precomputed (by the initial policy, which
     at step 0 is the reference) needs none. A LoRA run's reference is the adapter-disabled model anyway."""
-    return bool(cfg.get("slic") or (cfg.get("dpop") and cfg.get("precompute_ref_log_probs")
-                                    and not cfg.get("adapter")))
+    return bool(cfg.get("slic") or (cfg.get("dpop") and cfg.get("precompute_ref_log_probs") and not cfg.get("adapter")))
 
 
 def _skip_axolotl_reference_model() -> None:
@@ -214,17 +237,25 @@ def _skip_axolotl_reference_model() -> None:
 
     original = getattr(axolotl_train, "setup_reference_model", None)
     if original is None:
-        raise RuntimeError("axolotl_dpop: axolotl.train.setup_reference_model is gone (axolotl changed); "
-                           "update DPOPPlugin.pre_model_load.")
+        raise RuntimeError(
+            "axolotl_dpop: axolotl.train.setup_reference_model is gone (axolotl changed); "
+            "update DPOPPlugin.pre_model_load."
+        )
     if getattr(original, "dpop_skips_reference", False):
         return
 
     def setup_reference_model(cfg, *args, **kwargs):
         if not _keeps_no_reference_model(cfg):
             return original(cfg, *args, **kwargs)
-        LOG.info("no reference model is loaded: " + ("rl: slic has none" if cfg.get("slic") else
-                 "precompute_ref_log_probs on a full fine-tune takes the reference log-probs from the initial "
-                 "policy before training"))
+        LOG.info(
+            "no reference model is loaded: "
+            + (
+                "rl: slic has none"
+                if cfg.get("slic")
+                else "precompute_ref_log_probs on a full fine-tune takes the reference log-probs from the initial "
+                "policy before training"
+            )
+        )
         return None
 
     setup_reference_model.dpop_skips_reference = True
@@ -255,7 +286,8 @@ def _check_configured_datasets(cfg) -> list[data_checks.DatasetReport]:
             transform = load_dpo(type_name, cfg, dataset_idx=index) if type_name else (lambda row: row)
             if transform is None:
                 raise data_checks.PreferenceDataError(
-                    f"{key}[{index}] ({ds_cfg.get('path')}): unknown DPO dataset type {type_name!r}.")
+                    f"{key}[{index}] ({ds_cfg.get('path')}): unknown DPO dataset type {type_name!r}."
+                )
             if isinstance(transform, tuple):
                 transform = transform[0]
             if tokenizer is None and "tokenizer" in _params(transform):
@@ -271,8 +303,10 @@ def _check_configured_datasets(cfg) -> list[data_checks.DatasetReport]:
                     source += f" (data_files={expanded.get('data_files')})"
                 report = data_checks.check_rows(dataset, transform, source, str(type_name), tokenizer)
                 if report.identical:
-                    LOG.warning(f"{source}: {report.identical} of {report.rows} rows have identical "
-                                "chosen and rejected texts; they will be dropped.")
+                    LOG.warning(
+                        f"{source}: {report.identical} of {report.rows} rows have identical "
+                        "chosen and rejected texts; they will be dropped."
+                    )
                 reports.append(report)
     return reports
 
@@ -287,6 +321,8 @@ def _drop_identical(dataset, split: str):
     before = len(dataset)
     kept = dataset.filter(lambda row: row["chosen"] != row["rejected"], desc="DPOP: dropping identical pairs")
     if len(kept) != before:
-        LOG.warning(f"DPOP: dropped {before - len(kept)} of {before} {split} pairs whose chosen and "
-                    "rejected texts are identical (no preference signal).")
+        LOG.warning(
+            f"DPOP: dropped {before - len(kept)} of {before} {split} pairs whose chosen and "
+            "rejected texts are identical (no preference signal)."
+        )
     return kept

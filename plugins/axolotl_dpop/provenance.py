@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,30 @@ from axolotl_dpop.atomic import atomic_write
 PROVENANCE_FILE = "smaug_provenance.json"
 SCHEMA_VERSION = 1
 TRAINING_PACKAGES = ("smaug-dpop", "axolotl", "trl", "transformers", "peft", "torch", "accelerate", "datasets")
-_TRAINING_KEYS = ("rl", "adapter", "learning_rate", "rl_beta", "dpop_lambda", "slic_lambda", "max_steps", "num_epochs",
-                  "optimizer", "lr_scheduler", "micro_batch_size", "gradient_accumulation_steps",
-                  "sequence_len", "seed", "load_in_4bit", "load_in_8bit", "deepspeed")
+_TRAINING_KEYS = (
+    "rl",
+    "adapter",
+    "learning_rate",
+    "rl_beta",
+    "dpop_lambda",
+    "slic_lambda",
+    "max_steps",
+    "num_epochs",
+    "optimizer",
+    "lr_scheduler",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "sequence_len",
+    "seed",
+    "load_in_4bit",
+    "load_in_8bit",
+    "deepspeed",
+)
+
+
+def utc_stamp() -> str:
+    """Now in UTC, as `20260131T120000Z` (ISO 8601 basic: fits records and file names alike)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:
@@ -43,8 +64,14 @@ def read_provenance(folder: str | os.PathLike) -> dict | None:
 
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-_CONSTANTS = (("true", True), ("false", False), ("null", None), ("NaN", math.nan), ("Infinity", math.inf),
-              ("-Infinity", -math.inf))
+_CONSTANTS = (
+    ("true", True),
+    ("false", False),
+    ("null", None),
+    ("NaN", math.nan),
+    ("Infinity", math.inf),
+    ("-Infinity", -math.inf),
+)
 
 
 def loads_any_depth(text: str):
@@ -55,22 +82,22 @@ def loads_any_depth(text: str):
         return _WS.match(text, pos).end()
 
     def key_at(pos: int) -> tuple[str, int]:
-        if text[pos:pos + 1] != '"':
+        if text[pos : pos + 1] != '"':
             raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
         key, pos = scanstring(text, pos + 1)
         pos = skip(pos)
-        if text[pos:pos + 1] != ":":
+        if text[pos : pos + 1] != ":":
             raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
         return key, skip(pos + 1)
 
     stack: list[list] = []  # [container, key awaiting its value] for every open object/array
     pos = skip(0)
     while True:
-        char = text[pos:pos + 1]
+        char = text[pos : pos + 1]
         if char in ("{", "["):  # open a container; an empty one is a finished value
             container: dict | list = {} if char == "{" else []
             pos = skip(pos + 1)
-            if text[pos:pos + 1] == ("}" if char == "{" else "]"):
+            if text[pos : pos + 1] == ("}" if char == "{" else "]"):
                 value, pos = container, pos + 1
             else:
                 stack.append([container, None])
@@ -103,7 +130,7 @@ def loads_any_depth(text: str):
                 container[key] = value
             else:
                 container.append(value)
-            char = text[pos:pos + 1]
+            char = text[pos : pos + 1]
             if char == ",":
                 pos = skip(pos + 1)
                 if isinstance(container, dict):
@@ -115,9 +142,17 @@ def loads_any_depth(text: str):
             value, pos = container, pos + 1
 
 
-def provenance_record(*, base_model: str | None, license: str | None = None, recipe: str | None = None,
-                      training: dict | None = None, datasets: list | None = None, hardware: dict | None = None,
-                      packages: tuple[str, ...] = TRAINING_PACKAGES, **extra: Any) -> dict:
+def provenance_record(
+    *,
+    base_model: str | None,
+    license: str | None = None,
+    recipe: str | None = None,
+    training: dict | None = None,
+    datasets: list | None = None,
+    hardware: dict | None = None,
+    packages: tuple[str, ...] = TRAINING_PACKAGES,
+    **extra: Any,
+) -> dict:
     """A complete record (schema, versions, time, the base's own provenance as `parent`) in the one schema.
 
     ``license`` is set only for a model created from scratch (it ends the lineage); ``extra`` adds fields
@@ -134,8 +169,8 @@ def provenance_record(*, base_model: str | None, license: str | None = None, rec
         "datasets": datasets or [],
         "hardware": hardware,
         **extra,
-        "versions": _package_versions(packages),
-        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": package_versions(*packages),
+        "finished_at": utc_stamp(),
     }
     return record
 
@@ -159,22 +194,33 @@ def training_record(cfg, *, recipe: str | None = None, world_size: int | None = 
     if cfg.get("dpo_loss_type"):
         training["dpo_loss_type"] = list(cfg.get("dpo_loss_type"))
     datasets = [
-        {"path": str(d.get("path")), "type": d.get("type") if isinstance(d.get("type"), str) else "user_defined",
-         "split": d.get("split"), "name": d.get("name")}
+        {
+            "path": str(d.get("path")),
+            "type": d.get("type") if isinstance(d.get("type"), str) else "user_defined",
+            "split": d.get("split"),
+            "name": d.get("name"),
+        }
         for d in (cfg.get("datasets") or [])
     ]
     # The stage chain runs a per-run copy of the recipe and names the original in SMAUG_RECIPE.
-    recipe = recipe or os.environ.get("SMAUG_RECIPE") or (str(cfg.get("axolotl_config_path"))
-                                                           if cfg.get("axolotl_config_path") else None)
+    recipe = (
+        recipe
+        or os.environ.get("SMAUG_RECIPE")
+        or (str(cfg.get("axolotl_config_path")) if cfg.get("axolotl_config_path") else None)
+    )
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    return provenance_record(base_model=str(cfg.get("base_model")), recipe=recipe, training=training,
-                             datasets=datasets, hardware=_hardware(world_size),
-                             base_model_revision=cfg.get("revision_of_model"))
+    return provenance_record(
+        base_model=str(cfg.get("base_model")),
+        recipe=recipe,
+        training=training,
+        datasets=datasets,
+        hardware=_hardware(world_size),
+        base_model_revision=cfg.get("revision_of_model"),
+    )
 
 
-def _package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    # The same as smaug.common.records.package_versions (tests/test_provenance.py checks they agree); a copy
-    # because the plugin must not need the smaug package.
+def package_versions(*names: str) -> dict[str, str | None]:
+    """{distribution: installed version, or None when it is not installed}, in the order given."""
     versions = {}
     for name in names:
         try:
@@ -188,6 +234,5 @@ def _hardware(num_processes: int) -> dict:
     import torch
 
     if torch.cuda.is_available():
-        return {"accelerator": "cuda", "device_name": torch.cuda.get_device_name(0),
-                "num_processes": num_processes}
+        return {"accelerator": "cuda", "device_name": torch.cuda.get_device_name(0), "num_processes": num_processes}
     return {"accelerator": "cpu", "device_name": None, "num_processes": num_processes}

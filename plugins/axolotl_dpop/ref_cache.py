@@ -36,9 +36,20 @@ from axolotl_dpop.atomic import atomic_write
 
 CACHE_FORMAT = 1
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-_CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "use_cache", "architectures", "dtype",
-                        "torch_dtype", "output_attentions", "output_hidden_states", "return_dict", "id2label",
-                        "label2id", "problem_type"}
+_CONFIG_KEYS_IGNORED = {
+    "_name_or_path",
+    "transformers_version",
+    "use_cache",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "id2label",
+    "label2id",
+    "problem_type",
+}
 # PEFT wraps base layers; the same base weights must hash alike with and without the wrapper.
 _PEFT_NAME_PARTS = re.compile(r"^base_model\.model\.|\.base_layer(?=\.)|\.original_module(?=\.)")
 
@@ -122,8 +133,9 @@ def dataset_digest(dataset) -> str:
 
 
 def cache_key(components: dict) -> str:
-    return hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **components}, sort_keys=True,
-                                     default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(
+        json.dumps({"format": CACHE_FORMAT, **components}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:32]
 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
@@ -147,6 +159,8 @@ def save(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, components: d
     from safetensors.torch import save_file
 
     metadata = {"format": str(CACHE_FORMAT), "key": json.dumps(components, sort_keys=True, default=str)}
-    tensors = {"ref_chosen_logps": chosen.detach().float().cpu().contiguous(),
-               "ref_rejected_logps": rejected.detach().float().cpu().contiguous()}
+    tensors = {
+        "ref_chosen_logps": chosen.detach().float().cpu().contiguous(),
+        "ref_rejected_logps": rejected.detach().float().cpu().contiguous(),
+    }
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 from axolotl.utils.logging import get_logger
+
 # Call TRL's helpers through its DPO module: axolotl may swap them for fused kernels there, and DPOP
 # should compute exactly what DPO computes.
 from trl.trainer import dpo_trainer as trl_dpo
@@ -43,8 +44,8 @@ def _model_kwargs(inputs: dict) -> dict:
 
 
 class PreferenceLoss(NamedTuple):
-    losses: torch.Tensor            # [batch], differentiable
-    chosen_rewards: torch.Tensor    # [batch], detached: TRL's rewards/* metrics
+    losses: torch.Tensor  # [batch], differentiable
+    chosen_rewards: torch.Tensor  # [batch], detached: TRL's rewards/* metrics
     rejected_rewards: torch.Tensor
     metrics: dict[str, torch.Tensor]  # name -> [batch] values, averaged over pairs and ranks when logged
 
@@ -61,17 +62,24 @@ def _dpop(trainer, model, inputs, chosen_logps, rejected_logps) -> PreferenceLos
     penalty = dpop_penalty(chosen_logps.detach(), ref_chosen_logps)
     # How far (nats) the policy's chosen log-prob sits below the reference's, and how often: the failure mode
     # DPOP exists to prevent.
-    return PreferenceLoss(losses, chosen_rewards, rejected_rewards,
-                          {"dpop/penalty": penalty, "dpop/active_fraction": (penalty > 0).float()})
+    return PreferenceLoss(
+        losses,
+        chosen_rewards,
+        rejected_rewards,
+        {"dpop/penalty": penalty, "dpop/active_fraction": (penalty > 0).float()},
+    )
 
 
 def _slic(trainer, model, inputs, chosen_logps, rejected_logps) -> PreferenceLoss:
     # No reference anywhere: the "rewards" are the policy's own sequence log-probs, so rewards/margins is the
     # quantity the hinge compares with beta.
     losses, hinge, nll = slic_loss(chosen_logps, rejected_logps, trainer.beta, trainer.slic_lambda)
-    return PreferenceLoss(losses, chosen_logps.detach(), rejected_logps.detach(),
-                          {"slic/hinge": hinge, "slic/active_fraction": (hinge > 0).float(),
-                           "slic/regulariser": nll})
+    return PreferenceLoss(
+        losses,
+        chosen_logps.detach(),
+        rejected_logps.detach(),
+        {"slic/hinge": hinge, "slic/active_fraction": (hinge > 0).float(), "slic/regulariser": nll},
+    )
 
 
 _LOSSES = {"dpop": _dpop, "slic": _slic}
@@ -102,8 +110,9 @@ class DPOPTrainer(AxolotlDPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         lam_name = f"{self.loss_name}_lambda"
         if getattr(self, lam_name) is None:
-            raise RuntimeError(f"{type(self).__name__}.{lam_name} is unset: list axolotl_dpop.DPOPPlugin in "
-                               "`plugins:`.")
+            raise RuntimeError(
+                f"{type(self).__name__}.{lam_name} is unset: list axolotl_dpop.DPOPPlugin in `plugins:`."
+            )
         mode = "train" if self.model.training else "eval"
 
         model_kwargs = _model_kwargs(inputs)
@@ -140,8 +149,10 @@ class DPOPTrainer(AxolotlDPOTrainer):
         if not self.dpop_chunked_logps:
             return super().compute_ref_log_probs(model, inputs)
         model_kwargs = _model_kwargs(inputs)
-        with torch.no_grad(), trl_dpo.disable_gradient_checkpointing(self.model,
-                                                                      self.args.gradient_checkpointing_kwargs):
+        with (
+            torch.no_grad(),
+            trl_dpo.disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+        ):
             if self.ref_model is None and trl_dpo.is_peft_model(self.model):
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 with trl_dpo.use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
@@ -154,8 +165,14 @@ class DPOPTrainer(AxolotlDPOTrainer):
         """(model outputs, summed completion log-probs, head stats) through the token-chunked head."""
         outputs, hidden = last_hidden_states(model, model_kwargs)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        logps, stats = completion_logps(head, hidden, inputs["input_ids"], inputs["completion_mask"],
-                                        self.dpop_logps_chunk_size, with_stats=with_stats)
+        logps, stats = completion_logps(
+            head,
+            hidden,
+            inputs["input_ids"],
+            inputs["completion_mask"],
+            self.dpop_logps_chunk_size,
+            with_stats=with_stats,
+        )
         return outputs, logps, stats
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -171,8 +188,10 @@ class DPOPTrainer(AxolotlDPOTrainer):
         cached = [ref_cache.load(path, len(dataset)) if self.accelerator.is_main_process else None]
         trl_dpo.broadcast_object_list(cached, from_process=0)  # every rank takes the same branch
         if cached[0] is not None:
-            LOG.info(f"DPOP: reference log-probs for the {name} dataset ({len(dataset)} pairs) read from the "
-                     f"cache {path}; no reference forward.")
+            LOG.info(
+                f"DPOP: reference log-probs for the {name} dataset ({len(dataset)} pairs) read from the "
+                f"cache {path}; no reference forward."
+            )
             chosen, rejected = cached[0]
         else:
             chosen, rejected = self._run_reference_pass(dataset, name, batch_size)
@@ -187,9 +206,16 @@ class DPOPTrainer(AxolotlDPOTrainer):
         """The reference forward over ``dataset`` in order, as TRL 1.9's precompute pass runs it."""
         from torch.utils.data import DataLoader
 
-        loader = self.accelerator.prepare(DataLoader(
-            dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
+        loader = self.accelerator.prepare(
+            DataLoader(
+                dataset,
+                batch_size=batch_size,
+                collate_fn=self.data_collator,
+                shuffle=False,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+        )
         # Before `train` prepares the model: under DeepSpeed its parameters are still on the CPU (ZeRO-1/2) or
         # partitioned (ZeRO-3), so the reference forward goes through an inference engine, built once (TRL's).
         if self.ref_model is None and self.is_deepspeed_enabled:
@@ -213,19 +239,25 @@ class DPOPTrainer(AxolotlDPOTrainer):
             tensors = ref_cache.reference_tensors(unwrapped, adapters, keep_adapter="ref")
             state = self.accelerator.state
             gather = torch.distributed.all_gather_object if state.num_processes > 1 else None
-            self._reference_digest = ref_cache.weights_digest(tensors, state.process_index, state.num_processes,
-                                                              gather)
+            self._reference_digest = ref_cache.weights_digest(tensors, state.process_index, state.num_processes, gather)
         collator = self.data_collator
         return {
-            "reference": {"weights": self._reference_digest,
-                          **ref_cache.model_settings(unwrapped.get_base_model()
-                                                     if trl_dpo.is_peft_model(unwrapped) else unwrapped)},
+            "reference": {
+                "weights": self._reference_digest,
+                **ref_cache.model_settings(
+                    unwrapped.get_base_model() if trl_dpo.is_peft_model(unwrapped) else unwrapped
+                ),
+            },
             "data": ref_cache.dataset_digest(dataset),
-            "collation": {"collator": type(collator).__name__,
-                          **{k: getattr(collator, k, None) for k in ("max_length", "truncation_mode",
-                                                                     "pad_to_multiple_of", "pad_token_id")},
-                          "padding_free": getattr(self.args, "padding_free", None),
-                          "disable_dropout": getattr(self.args, "disable_dropout", None)},
+            "collation": {
+                "collator": type(collator).__name__,
+                **{
+                    k: getattr(collator, k, None)
+                    for k in ("max_length", "truncation_mode", "pad_to_multiple_of", "pad_token_id")
+                },
+                "padding_free": getattr(self.args, "padding_free", None),
+                "disable_dropout": getattr(self.args, "disable_dropout", None),
+            },
         }
 
     def _log_metrics(self, mode, inputs, logit_sums, chosen_logps, rejected_logps, result: PreferenceLoss):
@@ -242,10 +274,12 @@ class DPOPTrainer(AxolotlDPOTrainer):
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
         metrics["num_tokens"] = [self._total_train_tokens]
         metrics["logits/chosen"].append(token_weighted_mean(logit_sums["chosen_logits"], logit_sums["chosen_tokens"]))
-        metrics["logits/rejected"].append(token_weighted_mean(logit_sums["rejected_logits"],
-                                                              logit_sums["rejected_tokens"]))
-        metrics["mean_token_accuracy"].append(token_weighted_mean(logit_sums["chosen_correct"],
-                                                                  logit_sums["chosen_tokens"]))
+        metrics["logits/rejected"].append(
+            token_weighted_mean(logit_sums["rejected_logits"], logit_sums["rejected_tokens"])
+        )
+        metrics["mean_token_accuracy"].append(
+            token_weighted_mean(logit_sums["chosen_correct"], logit_sums["chosen_tokens"])
+        )
 
         chosen_rewards, rejected_rewards = result.chosen_rewards, result.rejected_rewards
         for name, value in {

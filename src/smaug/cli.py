@@ -1,19 +1,14 @@
-"""The one `smaug` CLI. Its command tree mirrors the package: one group per flow, each owned by that flow's
-`cli` module (`register(subparsers)` adds the group; `COMMANDS` builds each subcommand).
+"""smaug: build the Smaug paper's preference data, train with DPOP, evaluate, and release.
 
-    smaug data      build | stats | synth-metamath                         (smaug.data)
-    smaug recipes   list | validate | generate                             (smaug.training)
-    smaug chain     run | list                                             (smaug.training)
-    smaug eval      run | compare | suites | mtbench | contamination | logprobs | plot-training   (smaug.evaluation)
-    smaug release   card | publish                                         (smaug.release)
-    smaug showcase  demo | reproduce | tiny-model | demo-model             (smaug.showcase)
+    smaug data      build the paper's pair datasets (MetaMath, ARC, HellaSwag) and measure them
+    smaug recipes   list, validate (offline) and generate the axolotl recipes
+    smaug chain     run a chain of training stages (make smaug-34b), see where it stands
+    smaug eval      score models (Open LLM Leaderboard v1, MT-Bench), contamination, log-prob analysis
+    smaug release   write the licence-aware model card and publish to the Hub
+    smaug showcase  the CPU demo, the paper's failure mode on a laptop, tiny models
 
-A mistake the user can fix (a UserError) or one the environment made (a path that is a folder, not writable
-or full; a network failure) is one line on stderr and exit status 2; anything else is a bug and keeps its
-traceback. SMAUG_DEBUG=1 shows the traceback of every error.
-
-The spellings of earlier versions (`smaug card`, `smaug publish`, `smaug mtbench`, `smaug contamination`,
-`smaug logprobs`, `smaug demo`, `smaug reproduce`, `smaug tiny-model`, `smaug demo-model`) still work.
+A mistake you can fix (a bad file, field or value; a path that is a folder, not writable or full; a network
+failure) is one line on stderr and exit status 2. SMAUG_DEBUG=1 shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -26,42 +21,34 @@ import sys
 
 from smaug.common.errors import UserError
 
-# package (inside smaug) whose `cli` module registers its group(s), in the order `smaug --help` lists them
-FLOWS = ["data", "training", "evaluation", "release", "showcase"]
-# old top-level spelling -> (flow, subcommand)
-ALIASES = {
-    "card": ("release", "card"),
-    "publish": ("release", "publish"),
-    "mtbench": ("evaluation", "mtbench"),
-    "contamination": ("evaluation", "contamination"),
-    "logprobs": ("evaluation", "logprobs"),
-    "demo": ("showcase", "demo"),
-    "reproduce": ("showcase", "reproduce"),
-    "tiny-model": ("showcase", "tiny-model"),
-    "demo-model": ("showcase", "demo-model"),
-}
+FLOWS = ["data", "training", "evaluation", "release", "showcase"]  # each `smaug.<flow>.cli.register` adds its groups
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smaug", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="smaug", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {flow: importlib.import_module(f"smaug.{flow}.cli") for flow in FLOWS}
-    for module in modules.values():
-        module.register(sub)
-    visible = list(sub.choices)
-    for alias, (flow, command) in ALIASES.items():
-        modules[flow].COMMANDS[command](sub, alias)
-    sub.metavar = "{" + ",".join(visible) + "}"  # the aliases work but are not advertised
-    for action in list(sub._choices_actions):  # noqa: SLF001 - argparse has no public way to hide a subparser
-        if action.dest in ALIASES:
-            sub._choices_actions.remove(action)  # noqa: SLF001
+    for flow in FLOWS:
+        importlib.import_module(f"smaug.{flow}.cli").register(sub)
     return parser
 
 
 # What the environment, not the code, got wrong: a path that is a folder, not writable, missing, full, ...
-_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT,
-                errno.ENAMETOOLONG, errno.ELOOP, errno.EBUSY, errno.ETXTBSY, errno.ENOTEMPTY, errno.EXDEV}
+_PATH_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EBUSY,
+    errno.ETXTBSY,
+    errno.ENOTEMPTY,
+    errno.EXDEV,
+}
 # ... and conditions of the machine, which may name no file.
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.EIO, errno.EROFS}
 _ADVICE = {

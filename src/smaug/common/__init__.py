@@ -1,1 +1,1 @@
-"""Small helpers every flow uses: errors, file writing/reading, paths, records (versions, time), Hub ids, chat format."""
+"""Small helpers every flow uses: errors, output checks and JSONL reading, paths, Hub ids, chat format."""

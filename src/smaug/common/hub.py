@@ -87,8 +87,14 @@ def network_failure(err: BaseException) -> BaseException | None:
 
     import httpx
 
-    kinds: tuple[type[BaseException], ...] = (httpx.HTTPError, httpx.InvalidURL, ConnectionError, TimeoutError,
-                                              socket.gaierror, ssl.SSLError)
+    kinds: tuple[type[BaseException], ...] = (
+        httpx.HTTPError,
+        httpx.InvalidURL,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        ssl.SSLError,
+    )
     try:
         import requests
 
@@ -98,7 +104,7 @@ def network_failure(err: BaseException) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:  # only `raise ... from`: a bug in an except
-        seen.add(id(current))                                # block that met a network error stays a bug
+        seen.add(id(current))  # block that met a network error stays a bug
         if isinstance(current, kinds):
             return current
         current = current.__cause__

@@ -32,7 +32,10 @@ HUB_LICENSE_IDS = frozenset(
     """.split()
 )
 LICENSE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # `license_name` is a slug on the Hub
-LICENSE_URLS = {"apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0", "mit": "https://opensource.org/license/mit"}
+LICENSE_URLS = {
+    "apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0",
+    "mit": "https://opensource.org/license/mit",
+}
 
 
 @dataclass
@@ -46,7 +49,7 @@ class LicenseEntry:
     supersedes_parent: str | None = None
     source: str | None = None
 
-    def same_terms(self, other: "LicenseEntry") -> bool:
+    def same_terms(self, other: LicenseEntry) -> bool:
         return (self.license, self.license_name) == (other.license, other.license_name)
 
     def describe(self) -> str:
@@ -56,7 +59,9 @@ class LicenseEntry:
 def license_fields_problem(license_id: Any, name: Any, link: Any) -> str | None:
     """Why these licence fields would not pass the Hub's metadata checks (None when they would)."""
     if license_id not in HUB_LICENSE_IDS:
-        return f"license {license_id!r} is not a Hub licence id (see HUB_LICENSE_IDS / hub-docs repositories-licenses.md)"
+        return (
+            f"license {license_id!r} is not a Hub licence id (see HUB_LICENSE_IDS / hub-docs repositories-licenses.md)"
+        )
     if license_id == "other":
         if not isinstance(name, str) or not LICENSE_NAME_RE.match(name):
             return "license: other needs license_name, a lowercase slug such as `yi-license`"
@@ -65,7 +70,9 @@ def license_fields_problem(license_id: Any, name: Any, link: Any) -> str | None:
     return None
 
 
-def load_license_table(path: str | Path = MODEL_CARDS_DIR / "licenses.yaml", section: str = "models") -> dict[str, LicenseEntry]:
+def load_license_table(
+    path: str | Path = MODEL_CARDS_DIR / "licenses.yaml", section: str = "models"
+) -> dict[str, LicenseEntry]:
     """The ``section`` (`models` in model_cards/licenses.yaml, `datasets` in dataset_licenses.yaml) of a licence
     table, every entry checked: known fields only, a Hub licence id, `other` with its name and link, parents
     that are in the table."""

@@ -35,8 +35,7 @@ def looks_local(value: object) -> bool:
     """A recipe's model or tokenizer value that names a local folder (written as a path, or existing relative to
     here or to the repository root) rather than a Hub id."""
     text = str(value)
-    return (text.startswith(("./", "../", "/", "~")) or Path(text).expanduser().exists()
-            or repo_path(text).exists())
+    return text.startswith(("./", "../", "/", "~")) or Path(text).expanduser().exists() or repo_path(text).exists()
 
 
 def model_slug(model: str) -> str:
@@ -54,4 +53,3 @@ def model_slug(model: str) -> str:
 def eval_dir(model: str, suite: str, root: Path | None = None) -> Path:
     """`results/eval/<model slug>/<suite>/`: raw harness JSON, summary.json and summary.md live here."""
     return (root or RESULTS_DIR) / "eval" / model_slug(model) / suite
-

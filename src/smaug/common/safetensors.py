@@ -9,9 +9,30 @@ from pathlib import Path
 from typing import Any
 
 SAFETENSORS_HEADER_LIMIT = 100_000_000
-DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-              "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-              "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+DTYPE_BITS = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
 
 
 def _no_duplicate_keys(pairs):
@@ -56,23 +77,35 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any] | None, str | None]:
             return None, f"tensor {name!r}: unknown dtype {dtype!r}"
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             return None, f"tensor {name!r}: shape {shape!r} is not a list of sizes"
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             return None, f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]"
         bits = DTYPE_BITS[dtype] * math.prod(shape)
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
-            return None, (f"tensor {name!r}: {dtype} {shape} needs {bits / 8:g} bytes, data_offsets give "
-                          f"{offsets[1] - offsets[0]}")
+            return None, (
+                f"tensor {name!r}: {dtype} {shape} needs {bits / 8:g} bytes, data_offsets give "
+                f"{offsets[1] - offsets[0]}"
+            )
         spans.append((offsets[0], offsets[1], name))
     if not spans:
         return None, "it holds no tensors"
     data_size, position = size - 8 - length, 0
     for begin, end, name in sorted(spans):
         if begin != position:
-            what = "overlaps the previous one" if begin < position else f"leaves a gap of {begin - position} bytes before it"
+            what = (
+                "overlaps the previous one"
+                if begin < position
+                else f"leaves a gap of {begin - position} bytes before it"
+            )
             return None, f"tensor {name!r} {what} (data_offsets {begin}..{end})"
         position = end
     if position != data_size:
-        return None, (f"the tensors need {position} data bytes, the file holds {data_size} "
-                      f"({'truncated' if position > data_size else 'trailing bytes'})")
+        return None, (
+            f"the tensors need {position} data bytes, the file holds {data_size} "
+            f"({'truncated' if position > data_size else 'trailing bytes'})"
+        )
     return header, None

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import write_json
+from axolotl_dpop.provenance import package_versions, utc_stamp
 from smaug.common.errors import UserError
-from smaug.common.files import check_outputs, write_json_atomic
+from smaug.common.files import check_outputs
 from smaug.common.hub import check_repo_id
-from smaug.common.records import package_versions, utc_timestamp
 from smaug.data.io import PAIR_COLUMNS, SourceRows, output_format, read_source, write_pairs
 from smaug.data.metamath import build_metamath_pairs, metamath_group
 from smaug.data.multiple_choice import HELLASWAG_FORMATS, build_arc_pairs, build_hellaswag_pairs
@@ -37,6 +38,7 @@ def _field(name: str) -> Callable[[Any], str | None]:
     def key(row: Any) -> str | None:
         value = row.get(name) if isinstance(row, dict) else None
         return value.strip() if isinstance(value, str) and value.strip() else None
+
     return key
 
 
@@ -60,8 +62,11 @@ class Builder:
 
     def construction(self, options: dict[str, Any]) -> str:
         """The rule and the sentences of the options in effect."""
-        extra = [self.option_rules[name][value] for name, value in options.items()
-                 if value in self.option_rules.get(name, {})]
+        extra = [
+            self.option_rules[name][value]
+            for name, value in options.items()
+            if value in self.option_rules.get(name, {})
+        ]
         return " ".join([self.rule, *extra])
 
     def describe_fields(self) -> str:
@@ -70,53 +75,71 @@ class Builder:
     def reads(self, row: Any) -> bool:
         """Whether ``row`` has every field this builder needs (values unchecked)."""
         return isinstance(row, dict) and all(
-            any(n in row for n in f) if isinstance(f, tuple) else f in row for f in self.fields)
+            any(n in row for n in f) if isinstance(f, tuple) else f in row for f in self.fields
+        )
 
 
 BUILDERS: dict[str, Builder] = {
     "metamath": Builder(
-        "metamath", "meta-math/MetaMathQA", None, build_metamath_pairs,
+        "metamath",
+        "meta-math/MetaMathQA",
+        None,
+        build_metamath_pairs,
         "query -> correct response vs. the response with one intermediate result corrupted",
-        metamath_group, {"fallback": ((True, False), True)},
+        metamath_group,
+        {"fallback": ((True, False), True)},
         fields=("query", "response"),
         rule="prompt = the MetaMathQA `query`; chosen = its `response`; rejected = the same response with ONE "
-             "intermediate result corrupted: a number right after an `=` whose left side is a calculation and "
-             "whose value is not the final answer's gets its two leading digits changed, keeping its shape "
-             "(47 -> 52, $15.20 -> $18.20). Everything else, later steps and the `The answer is:` line "
-             "included, is untouched (the paper's App. D rule: \"one intermediate result corrupted, answer "
-             "untouched\").",
-        option_rules={"fallback": {
-            True: "A response without such an intermediate result still gets a pair, as every row does in the "
-                  "released set: the result of its final calculation, else a number right of an `=`, else any "
-                  "number before the `####` line is corrupted (the answer line stays correct); a response with "
-                  "no number is skipped.",
-            False: "Responses without an intermediate result are skipped (`no_intermediate_calculation`; "
-                   "`--intermediate-only`).",
-        }},
+        "intermediate result corrupted: a number right after an `=` whose left side is a calculation and "
+        "whose value is not the final answer's gets its two leading digits changed, keeping its shape "
+        "(47 -> 52, $15.20 -> $18.20). Everything else, later steps and the `The answer is:` line "
+        "included, is untouched (the paper's App. D rule: \"one intermediate result corrupted, answer "
+        'untouched").',
+        option_rules={
+            "fallback": {
+                True: "A response without such an intermediate result still gets a pair, as every row does in the "
+                "released set: the result of its final calculation, else a number right of an `=`, else any "
+                "number before the `####` line is corrupted (the answer line stays correct); a response with "
+                "no number is skipped.",
+                False: "Responses without an intermediate result are skipped (`no_intermediate_calculation`; "
+                "`--intermediate-only`).",
+            }
+        },
     ),
     "arc": Builder(
-        "arc", "allenai/ai2_arc", "ARC-Challenge", build_arc_pairs,
-        "question -> correct choice vs. each wrong choice", _field("question"),
+        "arc",
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        build_arc_pairs,
+        "question -> correct choice vs. each wrong choice",
+        _field("question"),
         fields=("question", "choices", "answerKey"),
         rule="prompt = the ARC question; chosen = the text of the correct choice (`answerKey`, a letter or a "
-             "digit matched against `choices.label`); rejected = the text of each other choice: one pair per "
-             "wrong choice (3 for a four-choice question).",
+        "digit matched against `choices.label`); rejected = the text of each other choice: one pair per "
+        "wrong choice (3 for a four-choice question).",
     ),
     "hellaswag": Builder(
-        "hellaswag", "Rowan/hellaswag", None, build_hellaswag_pairs,
+        "hellaswag",
+        "Rowan/hellaswag",
+        None,
+        build_hellaswag_pairs,
         "context -> correct ending vs. each wrong ending",
-        _field("ctx"), {"format": (tuple(HELLASWAG_FORMATS), "raw")},
+        _field("ctx"),
+        {"format": (tuple(HELLASWAG_FORMATS), "raw")},
         fields=(("ctx", "ctx_a"), "endings", "label"),
         rule="prompt = the context; chosen = the correct ending (`label`); rejected = each other ending: one "
-             "pair per wrong ending (3).",
-        option_rules={"format": {
-            "raw": "Context and endings are the dataset's own `ctx` and `endings`, WikiHow markup included "
-                   "(the paper's pairs).",
-            "lm-eval": "Context and endings are written as lm-eval's hellaswag task writes them "
-                       "(`activity_label: ctx_a Ctx_b`, WikiHow markup removed; `--format lm-eval`).",
-        }},
+        "pair per wrong ending (3).",
+        option_rules={
+            "format": {
+                "raw": "Context and endings are the dataset's own `ctx` and `endings`, WikiHow markup included "
+                "(the paper's pairs).",
+                "lm-eval": "Context and endings are written as lm-eval's hellaswag task writes them "
+                "(`activity_label: ctx_a Ctx_b`, WikiHow markup removed; `--format lm-eval`).",
+            }
+        },
     ),
 }
+
 
 def get_builder(name: str) -> Builder:
     """The builder called ``name``; a UserError listing the known ones otherwise."""
@@ -149,7 +172,7 @@ def choose_eval_rows(
         take = members[: n - len(chosen)]
         chosen.update(take)
         if len(take) < len(members):
-            return chosen, set(members[len(take):])
+            return chosen, set(members[len(take) :])
     return chosen, set()
 
 
@@ -178,8 +201,10 @@ def _check_schema(spec: Builder, source: SourceRows, src: str) -> None:
         hint = f"; these look like {others[0]} rows: `smaug data build {others[0]}`"
     elif any(isinstance(row, dict) and set(PAIR_COLUMNS) <= set(row) for row in sample):
         hint = "; these are pairs already (prompt/chosen/rejected): train on them or run `smaug data stats`"
-    raise UserError(f"source {src} does not have the fields the {spec.name} builder reads ({spec.describe_fields()}; "
-                    f"the {spec.hub_id} schema): its rows have {found}{hint}")
+    raise UserError(
+        f"source {src} does not have the fields the {spec.name} builder reads ({spec.describe_fields()}; "
+        f"the {spec.hub_id} schema): its rows have {found}{hint}"
+    )
 
 
 def build_dataset(
@@ -245,15 +270,27 @@ def build_dataset(
     if source_id is not None:
         check_repo_id(source_id, "--source-id", example=spec.hub_id)
         if not local and source_id != src:
-            raise UserError(f"--source-id {source_id} names the Hub dataset a local --source is a copy of; "
-                            f"the source {src} is a Hub id already")
+            raise UserError(
+                f"--source-id {source_id} names the Hub dataset a local --source is a copy of; "
+                f"the source {src} is a Hub id already"
+            )
     hub_source = source_id or (None if local else src)
     licence = cards.source_license(hub_source, for_push=bool(push_to_hub), source=src) if card or push_to_hub else None
     card_file = cards.card_path(out, card) if card else None
-    card_inputs = {"the card template": cards.DATASET_CARD_TEMPLATE,
-                   "the licence table": cards.DATASET_LICENSE_TABLE} if card_file or push_to_hub else {}
-    check_outputs({"--out": out, "the build report": report_path(out), "the eval split": eval_file,
-                   "the dataset card": card_file}, {"--source": src if local else None, **card_inputs})
+    card_inputs = (
+        {"the card template": cards.DATASET_CARD_TEMPLATE, "the licence table": cards.DATASET_LICENSE_TABLE}
+        if card_file or push_to_hub
+        else {}
+    )
+    check_outputs(
+        {
+            "--out": out,
+            "the build report": report_path(out),
+            "the eval split": eval_file,
+            "the dataset card": card_file,
+        },
+        {"--source": src if local else None, **card_inputs},
+    )
     if card_file is not None:
         cards.check_card_target(card_file, out)
     cfg = config if config is not None else spec.config
@@ -270,8 +307,10 @@ def build_dataset(
     train_only = None if not eval_rows else set(range(len(rows))) - held_out - left_out
     for name, members in (("eval split", held_out), ("training split", train_only)):
         if few_shot and members is not None and 0 < len(members) <= few_shot:
-            raise UserError(f"--few-shot {few_shot} needs more than {few_shot} rows in the {name}, which has "
-                            f"{len(members)} (--eval-rows {eval_rows}); lower --few-shot or change --eval-rows")
+            raise UserError(
+                f"--few-shot {few_shot} needs more than {few_shot} rows in the {name}, which has "
+                f"{len(members)} (--eval-rows {eval_rows}); lower --few-shot or change --eval-rows"
+            )
     details: dict[str, Any] = {}
     build_kwargs = dict(seed=seed, few_shot=few_shot, progress=progress, **resolved)
     try:
@@ -289,10 +328,16 @@ def build_dataset(
         raise UserError(err.describe(source_rows.where(err.index))) from None
     if eval_rows:
         write_pairs(eval_file, eval_pairs)
-        eval_report = {"output": str(eval_file), "rows": len(held_out), "pairs": len(eval_pairs),
-                       "skipped": eval_skipped, "skipped_total": sum(eval_skipped.values()), **eval_details,
-                       "rows_left_out": len(left_out),
-                       "split": "whole leak groups drawn with the seed; the last group's other rows left out"}
+        eval_report = {
+            "output": str(eval_file),
+            "rows": len(held_out),
+            "pairs": len(eval_pairs),
+            "skipped": eval_skipped,
+            "skipped_total": sum(eval_skipped.values()),
+            **eval_details,
+            "rows_left_out": len(left_out),
+            "split": "whole leak groups drawn with the seed; the last group's other rows left out",
+        }
     write_pairs(out, pairs)
     report = {
         "schema": 1,
@@ -320,9 +365,11 @@ def build_dataset(
         "card": None,
         "pushed_to": None,
         "seconds": round(time.perf_counter() - started, 3),
-        "versions": {**package_versions("smaug-dpop", "datasets", "pyarrow", "huggingface_hub"),
-                     "python": platform.python_version()},
-        "created_at": utc_timestamp(),
+        "versions": {
+            **package_versions("smaug-dpop", "datasets", "pyarrow", "huggingface_hub"),
+            "python": platform.python_version(),
+        },
+        "created_at": utc_stamp(),
     }
     dataset_card = None
     if card_file is not None or push_to_hub:
@@ -331,17 +378,23 @@ def build_dataset(
     if card_file is not None:
         cards.write_dataset_card(card_file, dataset_card)
         report["card"] = str(card_file)
-    write_json_atomic(report_path(out), report, sort_keys=True)
+    write_json(report_path(out), report, sort_keys=True)
     if push_to_hub:  # after the local files are complete, so a failed upload loses nothing
-        push_pairs(out, {"train": pairs, **({"eval": eval_pairs} if eval_rows else {})}, push_to_hub,
-                   private=private, card=dataset_card)
+        push_pairs(
+            out,
+            {"train": pairs, **({"eval": eval_pairs} if eval_rows else {})},
+            push_to_hub,
+            private=private,
+            card=dataset_card,
+        )
         report["pushed_to"] = push_to_hub
-        write_json_atomic(report_path(out), report, sort_keys=True)
+        write_json(report_path(out), report, sort_keys=True)
     return report
 
 
-def push_pairs(path: str | Path, splits: dict[str, list[dict[str, str]]], repo_id: str, private: bool = False, *,
-               card: Any = None) -> None:
+def push_pairs(
+    path: str | Path, splits: dict[str, list[dict[str, str]]], repo_id: str, private: bool = False, *, card: Any = None
+) -> None:
     """Upload the pairs just written to ``path`` (``splits``: `train`, and `eval` when built) to the Hub as
     dataset ``repo_id`` with `datasets`' `DatasetDict.push_to_hub`; the token comes from the environment
     (HF_TOKEN) or the login cache. ``card`` (a `DatasetCard`) is uploaded first as the repo's README.md: `push_to_hub`
@@ -349,18 +402,25 @@ def push_pairs(path: str | Path, splits: dict[str, list[dict[str, str]]], repo_i
     keeping the card's text (it rewrites an existing README.md's metadata, never its body)."""
     import datasets
 
-    data = datasets.DatasetDict({
-        name: datasets.Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in pairs])
-        for name, pairs in splits.items()
-    })
+    data = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_list([{c: p[c] for c in PAIR_COLUMNS} for p in pairs])
+            for name, pairs in splits.items()
+        }
+    )
     try:
         if card is not None:
             from huggingface_hub import HfApi
 
             api = HfApi()
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            api.upload_file(path_or_fileobj=str(card).encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
-                            repo_type="dataset", commit_message="Dataset card (smaug data build)")
+            api.upload_file(
+                path_or_fileobj=str(card).encode("utf-8"),
+                path_in_repo="README.md",
+                repo_id=repo_id,
+                repo_type="dataset",
+                commit_message="Dataset card (smaug data build)",
+            )
         data.push_to_hub(repo_id, private=private, commit_message="Upload pairs (smaug data build)")
     except Exception as err:
         raise UserError(

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import atomic_write
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_write
 from smaug.common.licenses import LICENSE_URLS, LicenseEntry, load_license_table
 from smaug.common.paths import MODEL_CARDS_DIR
 
@@ -34,19 +34,24 @@ PAPER = "https://arxiv.org/abs/2402.13228"
 
 def missing_licence_message(source_id: str | None, source: str, table: Path) -> str:
     if source_id is None:
-        return (f"the licence of the source {source} is not known: it is a local file. If it is a copy of a Hub "
-                f"dataset, name it with --source-id ORG/NAME (its licence is then read from {table}); otherwise "
-                "write the card without --push-to-hub (`--card`; its licence is marked unknown)")
-    return (f"the licence of the source {source_id} is not in {table}, so the pairs cannot be published with a "
-            f"card. Read it on https://huggingface.co/datasets/{source_id} and add under `datasets:`:\n\n"
-            f"  {source_id}:\n"
-            "    parent: null\n"
-            "    license: <Hub licence id from its card, e.g. mit, apache-2.0, cc-by-sa-4.0, other>\n"
-            f"    source: <where you read it, e.g. https://huggingface.co/datasets/{source_id}/blob/main/README.md>\n")
+        return (
+            f"the licence of the source {source} is not known: it is a local file. If it is a copy of a Hub "
+            f"dataset, name it with --source-id ORG/NAME (its licence is then read from {table}); otherwise "
+            "write the card without --push-to-hub (`--card`; its licence is marked unknown)"
+        )
+    return (
+        f"the licence of the source {source_id} is not in {table}, so the pairs cannot be published with a "
+        f"card. Read it on https://huggingface.co/datasets/{source_id} and add under `datasets:`:\n\n"
+        f"  {source_id}:\n"
+        "    parent: null\n"
+        "    license: <Hub licence id from its card, e.g. mit, apache-2.0, cc-by-sa-4.0, other>\n"
+        f"    source: <where you read it, e.g. https://huggingface.co/datasets/{source_id}/blob/main/README.md>\n"
+    )
 
 
-def source_license(source_id: str | None, *, for_push: bool, source: str,
-                   table_path: str | Path = DATASET_LICENSE_TABLE) -> LicenseEntry | None:
+def source_license(
+    source_id: str | None, *, for_push: bool, source: str, table_path: str | Path = DATASET_LICENSE_TABLE
+) -> LicenseEntry | None:
     """The table entry of ``source_id``; None when unknown, which a push refuses (never guessed)."""
     table_path = Path(table_path)
     entry = load_license_table(table_path, "datasets").get(source_id) if source_id else None
@@ -74,29 +79,43 @@ def check_card_target(path: Path, out: str | Path) -> None:
     except (OSError, UnicodeDecodeError):
         text = ""
     if _MARKER.format(name=Path(out).name) not in text:
-        raise UserError(f"the dataset card {path} exists and is not the card of {Path(out).name}; pass --card "
-                        "OTHER.md, or move that file")
+        raise UserError(
+            f"the dataset card {path} exists and is not the card of {Path(out).name}; pass --card "
+            "OTHER.md, or move that file"
+        )
 
 
 def distance_summary(pairs: list[dict[str, str]], eval_pairs: list[dict[str, str]] | None) -> dict[str, Any]:
     """Normalised mean and median (and raw mean) of each card measure, per split."""
     from smaug.data.stats import MEASURES, PAPER_MEASURE, distance_stats
 
-    out: dict[str, Any] = {"paper_measure": PAPER_MEASURE,
-                           "definitions": {name: MEASURES[name][2] for name in CARD_MEASURES}}
+    out: dict[str, Any] = {
+        "paper_measure": PAPER_MEASURE,
+        "definitions": {name: MEASURES[name][2] for name in CARD_MEASURES},
+    }
     for split, split_pairs in (("train", pairs), ("eval", eval_pairs)):
         if not split_pairs:
             continue
         distances = distance_stats([p["chosen"] for p in split_pairs], [p["rejected"] for p in split_pairs])
-        out[split] = {name: {"mean": distances[name]["normalised"]["mean"],
-                             "median": distances[name]["normalised"]["median"],
-                             "raw_mean": distances[name]["raw"]["mean"]} for name in CARD_MEASURES}
+        out[split] = {
+            name: {
+                "mean": distances[name]["normalised"]["mean"],
+                "median": distances[name]["normalised"]["median"],
+                "raw_mean": distances[name]["raw"]["mean"],
+            }
+            for name in CARD_MEASURES
+        }
     return out
 
 
 def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return label
     return "10M<n<100M"
@@ -123,8 +142,13 @@ def _command(report: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def render_dataset_card(report: dict[str, Any], licence: LicenseEntry | None, *, repo_id: str | None = None,
-                        template_path: str | Path = DATASET_CARD_TEMPLATE):
+def render_dataset_card(
+    report: dict[str, Any],
+    licence: LicenseEntry | None,
+    *,
+    repo_id: str | None = None,
+    template_path: str | Path = DATASET_CARD_TEMPLATE,
+):
     """The `DatasetCard` of a build (not written; `write_dataset_card`). ``report`` is `build_dataset`'s
     report with `edit_distance` (`distance_summary`)."""
     import huggingface_hub
@@ -146,9 +170,15 @@ def render_dataset_card(report: dict[str, Any], licence: LicenseEntry | None, *,
         license_link=licence.license_link if licence and licence.license == "other" else None,
     )
     distances = report["edit_distance"]
-    split_rows = [("train", Path(report["output"]).name, report["rows_read"] - (ev["rows"] + ev["rows_left_out"]
-                                                                                if ev else 0),
-                   report["pairs"], report["skipped_total"])]
+    split_rows = [
+        (
+            "train",
+            Path(report["output"]).name,
+            report["rows_read"] - (ev["rows"] + ev["rows_left_out"] if ev else 0),
+            report["pairs"],
+            report["skipped_total"],
+        )
+    ]
     if ev:
         split_rows.append(("eval", Path(ev["output"]).name, ev["rows"], ev["pairs"], ev["skipped_total"]))
     skip_rows = sorted(set(report["skipped"]) | set(ev["skipped"] if ev else {}))
@@ -165,8 +195,10 @@ def render_dataset_card(report: dict[str, Any], licence: LicenseEntry | None, *,
         licence_url=(licence.license_link or licence.url or LICENSE_URLS.get(licence.license)) if licence else None,
         licence_table=str(DATASET_LICENSE_TABLE.relative_to(MODEL_CARDS_DIR.parent)),
         split_rows=split_rows,
-        skip_rows=[(reason, report["skipped"].get(reason, 0), (ev["skipped"].get(reason, 0) if ev else None))
-                   for reason in skip_rows],
+        skip_rows=[
+            (reason, report["skipped"].get(reason, 0), (ev["skipped"].get(reason, 0) if ev else None))
+            for reason in skip_rows
+        ],
         corrupted=sorted((report.get("corrupted") or {}).items()),
         distance_rows=[(split, distances[split]) for split in ("train", "eval") if split in distances],
         definitions=distances["definitions"],

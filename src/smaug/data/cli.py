@@ -39,32 +39,58 @@ def register(subparsers) -> None:
         "build",
         help="turn a source dataset into prompt/chosen/rejected pairs",
         description="Builders: "
-        + "; ".join(f"{b.name} ({b.hub_id}{'/' + b.config if b.config else ''}): {b.description}" for b in BUILDERS.values()),
+        + "; ".join(
+            f"{b.name} ({b.hub_id}{'/' + b.config if b.config else ''}): {b.description}" for b in BUILDERS.values()
+        ),
     )
     # No argparse `choices`: an unknown name must be a UserError that names it (exit 2, no usage dump).
     build.add_argument("builder", metavar=f"{{{names}}}", help="which dataset to build")
     build.add_argument("--out", required=True, help="output file: .jsonl or .parquet (report goes to OUT.build.json)")
-    build.add_argument("--source", help="local JSON/JSONL/Parquet file or folder, or a Hub id (default: the builder's Hub dataset)")
-    build.add_argument("--source-id", metavar="ORG/NAME",
-                       help="the Hub dataset a local --source is a copy of (the card states its licence)")
+    build.add_argument(
+        "--source", help="local JSON/JSONL/Parquet file or folder, or a Hub id (default: the builder's Hub dataset)"
+    )
+    build.add_argument(
+        "--source-id",
+        metavar="ORG/NAME",
+        help="the Hub dataset a local --source is a copy of (the card states its licence)",
+    )
     build.add_argument("--config", help="dataset config (default: ARC-Challenge for arc)")
     build.add_argument("--split", help="source split of a folder or Hub source (default: train)")
     build.add_argument("--seed", default="0", help="seed for corruption and few-shot sampling (default: 0)")
     build.add_argument("--few-shot", default="0", metavar="K", help="prepend K solved examples to each prompt")
     build.add_argument("--limit", metavar="N", help="use only the first N source rows")
-    build.add_argument("--eval-rows", default="0", metavar="N",
-                       help="hold out N source rows (whole groups of rephrasings/questions, drawn with --seed) as an "
-                            "eval split (the paper's MetaMath set: 1000)")
+    build.add_argument(
+        "--eval-rows",
+        default="0",
+        metavar="N",
+        help="hold out N source rows (whole groups of rephrasings/questions, drawn with --seed) as an "
+        "eval split (the paper's MetaMath set: 1000)",
+    )
     build.add_argument("--eval-out", help="where the eval split goes (default: OUT with .eval before the extension)")
-    build.add_argument("--intermediate-only", action="store_true",
-                       help="metamath: skip rows with no intermediate result instead of corrupting the final "
-                            "calculation (or another number); the rule before the released-data check")
-    build.add_argument("--format", dest="hellaswag_format", choices=["raw", "lm-eval"],
-                       help="hellaswag: raw ctx and endings (default, the paper's pairs) or lm-eval's formatting")
-    build.add_argument("--card", nargs="?", const="", metavar="PATH",
-                       help="also write a dataset card (README.md next to --out, or PATH)")
-    build.add_argument("--push-to-hub", metavar="ORG/NAME",
-                       help="also upload the pairs (and the eval split) with their dataset card as this Hub dataset")
+    build.add_argument(
+        "--intermediate-only",
+        action="store_true",
+        help="metamath: skip rows with no intermediate result instead of corrupting the final "
+        "calculation (or another number); the rule before the released-data check",
+    )
+    build.add_argument(
+        "--format",
+        dest="hellaswag_format",
+        choices=["raw", "lm-eval"],
+        help="hellaswag: raw ctx and endings (default, the paper's pairs) or lm-eval's formatting",
+    )
+    build.add_argument(
+        "--card",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also write a dataset card (README.md next to --out, or PATH)",
+    )
+    build.add_argument(
+        "--push-to-hub",
+        metavar="ORG/NAME",
+        help="also upload the pairs (and the eval split) with their dataset card as this Hub dataset",
+    )
     build.add_argument("--private", action="store_true", help="make the pushed Hub dataset private")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build)
@@ -72,8 +98,11 @@ def register(subparsers) -> None:
     stats = sub.add_parser("stats", help="pair count, lengths and normalised edit distance of a pair dataset")
     stats.add_argument("path", help="pair file (.jsonl/.parquet) or folder with prompt/chosen/rejected columns")
     stats.add_argument("--json", dest="json_out", help="where to write the stats JSON (default: PATH.stats.json)")
-    stats.add_argument("--words", action="store_true",
-                       help="also word-level Levenshtein and Hamming distances (str.split() words; ~10x slower)")
+    stats.add_argument(
+        "--words",
+        action="store_true",
+        help="also word-level Levenshtein and Hamming distances (str.split() words; ~10x slower)",
+    )
     stats.set_defaults(func=_cmd_stats)
 
     synth = sub.add_parser("synth-metamath", help="write synthetic MetaMathQA-schema rows (arithmetic word problems)")
@@ -110,13 +139,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         card=args.card is not None and (args.card or True),
         source_id=args.source_id,
     )
-    print(f"{report['builder']}: {report['rows_read']:,} source rows -> {report['pairs']:,} pairs in {report['output']}")
+    print(
+        f"{report['builder']}: {report['rows_read']:,} source rows -> {report['pairs']:,} pairs in {report['output']}"
+    )
     if report.get("corrupted"):
         print("corrupted: " + ", ".join(f"{kind} {n:,}" for kind, n in report["corrupted"].items()))
     if report["eval"]:
         ev = report["eval"]
-        print(f"eval: {ev['rows']:,} held-out rows -> {ev['pairs']:,} pairs in {ev['output']}"
-              + (f" ({ev['rows_left_out']} rows of the last group left out of both)" if ev["rows_left_out"] else ""))
+        print(
+            f"eval: {ev['rows']:,} held-out rows -> {ev['pairs']:,} pairs in {ev['output']}"
+            + (f" ({ev['rows_left_out']} rows of the last group left out of both)" if ev["rows_left_out"] else "")
+        )
     if report["skipped"]:
         print(f"skipped {report['skipped_total']:,}:")
         for reason, count in report["skipped"].items():
@@ -136,13 +169,14 @@ def stats_json_path(path: str | Path) -> Path:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from smaug.common.files import check_outputs, write_json_atomic
+    from axolotl_dpop.atomic import write_json
+    from smaug.common.files import check_outputs
     from smaug.data.stats import format_stats, stats_for_path
 
     out = Path(args.json_out) if args.json_out else stats_json_path(args.path)
     check_outputs({"--json": out}, {"the pair file": args.path})
     stats = stats_for_path(args.path, words=args.words)
-    write_json_atomic(out, stats, sort_keys=True)
+    write_json(out, stats, sort_keys=True)
     print(format_stats(stats))
     print(f"stats: {out}")
     return 0

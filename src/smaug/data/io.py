@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import atomic_write, write_jsonl
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_write, json_type, read_jsonl_lines, write_jsonl_atomic
+from smaug.common.files import json_type, read_jsonl_lines
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -101,14 +102,18 @@ def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, Sequence[int
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json source is one array of "
-                            "objects or one object per line") from None
+            raise UserError(
+                f"{path}:{err.lineno}: not valid JSON ({err.msg}); a .json source is one array of "
+                "objects or one object per line"
+            ) from None
         except RecursionError:
             raise UserError(f"{path}: JSON nested too deeply to read") from None
         for i, item in enumerate(items, 1):
             if not isinstance(item, dict):
-                raise UserError(f"{path}: item {i} is a JSON {json_type(item)}, not an object; the array must "
-                                "hold one object per row")
+                raise UserError(
+                    f"{path}: item {i} is a JSON {json_type(item)}, not an object; the array must "
+                    "hold one object per row"
+                )
         return items, "item", None
     try:
         numbered = read_jsonl_lines(path, "source")
@@ -119,8 +124,10 @@ def _read_json_file(path: Path) -> tuple[list[dict[str, Any]], str, Sequence[int
             except (ValueError, UnicodeDecodeError):
                 whole = None
             if isinstance(whole, dict):
-                raise UserError(f"{path}: one JSON object with keys {', '.join(list(whole)[:8])}, not rows; use "
-                                "JSON Lines (one object per line) or a JSON array of objects") from None
+                raise UserError(
+                    f"{path}: one JSON object with keys {', '.join(list(whole)[:8])}, not rows; use "
+                    "JSON Lines (one object per line) or a JSON array of objects"
+                ) from None
         raise
     return [row for _, row in numbered], "line", array("l", (lineno for lineno, _ in numbered))
 
@@ -157,7 +164,8 @@ def _read_rows(path: Path, what: str, unknown_type: str) -> tuple[list[dict[str,
 
 def _read_local_file(path: Path, source: SourceRows) -> None:
     rows, unit, numbers = _read_rows(
-        path, f"source {path}", f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet")
+        path, f"source {path}", f"source {path}: unknown file type {path.suffix!r}; use .json, .jsonl or .parquet"
+    )
     source._parts.append((len(source.rows), str(path), unit, numbers))
     source.rows.extend(rows)
 
@@ -186,12 +194,18 @@ def _check_hub_columns(ds: Any, source: str) -> None:
 
     mixed = [name for name, feature in ds.features.items() if isinstance(feature, Json)]
     if mixed:
-        raise UserError(f"source {source}: column(s) {', '.join(mixed)} mix value types (e.g. numbers and text); "
-                        "download the files and pass --source PATH to see the rows, or fix the dataset")
+        raise UserError(
+            f"source {source}: column(s) {', '.join(mixed)} mix value types (e.g. numbers and text); "
+            "download the files and pass --source PATH to see the rows, or fix the dataset"
+        )
 
 
 def read_source(
-    source: str | Path, *, config: str | None = None, split: str | None = None, limit: int | None = None,
+    source: str | Path,
+    *,
+    config: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
     config_given: bool = False,
 ) -> SourceRows:
     """The rows of a source and where each came from.
@@ -207,8 +221,10 @@ def read_source(
     out = SourceRows([])
     if path.is_file():
         if split not in (None, "train"):
-            raise UserError(f"--split {split}: source {path} is a single file, which is one split; pass the "
-                            "file of that split instead")
+            raise UserError(
+                f"--split {split}: source {path} is a single file, which is one split; pass the "
+                "file of that split instead"
+            )
         if config_given and config:
             raise UserError(f"--config {config}: source {path} is a single file; pass the file of that config")
         _read_local_file(path, out)
@@ -254,7 +270,7 @@ def write_pairs(path: str | Path, pairs: Sequence[dict[str, str]]) -> Path:
     Same pairs in, byte-identical file out (for a given pyarrow version in the Parquet case)."""
     fmt = output_format(path)
     if fmt == "jsonl":
-        return write_jsonl_atomic(path, ({c: p[c] for c in PAIR_COLUMNS} for p in pairs))
+        return write_jsonl(path, ({c: p[c] for c in PAIR_COLUMNS} for p in pairs))
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -292,29 +308,39 @@ _CONVERSATION_KEYS = ("messages", "conversations", "conversation")
 
 
 def _pair_rows(path: Path) -> list[dict[str, str]]:
-    rows, unit, numbers = _read_rows(path, str(path),
-                                     f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet")
+    rows, unit, numbers = _read_rows(
+        path, str(path), f"{path}: unknown pair file type {path.suffix!r}; use .jsonl or .parquet"
+    )
     pairs = []
     for i, row in enumerate(rows):
         where = f"{unit} {numbers[i] if numbers is not None else i + 1}"
         listed = [c for c in PAIR_COLUMNS if isinstance(row.get(c), (list, dict))]
         if listed or any(isinstance(row.get(k), list) for k in _CONVERSATION_KEYS):
-            what = f"`{listed[0]}` is a list of messages" if listed else \
-                f"`{next(k for k in _CONVERSATION_KEYS if isinstance(row.get(k), list))}` holds messages"
-            raise UserError(f"{path}: {where} is a conversation ({what}), not a pair of texts; these tools read "
-                            "prompt/chosen/rejected strings as `smaug data build` writes them: convert the file "
-                            "(prompt = the user turn, chosen/rejected = the text of each assistant reply)")
+            what = (
+                f"`{listed[0]}` is a list of messages"
+                if listed
+                else f"`{next(k for k in _CONVERSATION_KEYS if isinstance(row.get(k), list))}` holds messages"
+            )
+            raise UserError(
+                f"{path}: {where} is a conversation ({what}), not a pair of texts; these tools read "
+                "prompt/chosen/rejected strings as `smaug data build` writes them: convert the file "
+                "(prompt = the user turn, chosen/rejected = the text of each assistant reply)"
+            )
         for column in PAIR_COLUMNS:
             value = row.get(column)
             if not isinstance(value, str) or not value.strip():
                 if column not in row:
                     found = ", ".join(list(row)[:8]) or "none"
-                    raise UserError(f"{path}: {where}: `{column}` is missing (fields: {found}); every pair needs "
-                                    "prompt, chosen and rejected texts, as `smaug data build` writes them")
+                    raise UserError(
+                        f"{path}: {where}: `{column}` is missing (fields: {found}); every pair needs "
+                        "prompt, chosen and rejected texts, as `smaug data build` writes them"
+                    )
                 shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
                 got = "empty" if isinstance(value, str) else f"a {type(value).__name__} ({shown}), not text"
-                raise UserError(f"{path}: {where}: `{column}` is {got}; every pair needs non-empty text in "
-                                "prompt, chosen and rejected")
+                raise UserError(
+                    f"{path}: {where}: `{column}` is {got}; every pair needs non-empty text in "
+                    "prompt, chosen and rejected"
+                )
         pair = {column: row[column] for column in PAIR_COLUMNS}
         if isinstance(row.get("system"), str) and row["system"]:
             pair["system"] = row["system"]

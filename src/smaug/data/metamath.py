@@ -125,8 +125,9 @@ def candidates(body: str, answer_value: Decimal | None, fallback: bool = True) -
         return "final_calculation", results
     hashes = body.find("####")
     end = hashes if hashes >= 0 else len(body)
-    on_the_right = [n for rhs in _RHS.finditer(body, 0, end)
-                    for n in _ANY_NUMBER.finditer(body, rhs.start("rhs"), rhs.end("rhs"))]
+    on_the_right = [
+        n for rhs in _RHS.finditer(body, 0, end) for n in _ANY_NUMBER.finditer(body, rhs.start("rhs"), rhs.end("rhs"))
+    ]
     if on_the_right:
         return "result", on_the_right
     numbers = list(_ANY_NUMBER.finditer(body, 0, end))
@@ -194,8 +195,13 @@ def metamath_group(row: Any) -> str | None:
 
 
 def build_metamath_pairs(
-    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
-    fallback: bool = True, only: Collection[int] | None = None, report: dict | None = None,
+    rows: Iterable[dict[str, Any]],
+    seed: int = 0,
+    few_shot: int = 0,
+    progress: bool = False,
+    fallback: bool = True,
+    only: Collection[int] | None = None,
+    report: dict | None = None,
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from MetaMathQA-schema rows (`query`, `response`, optional `type`, `original_question`).
 
@@ -233,9 +239,7 @@ def build_metamath_pairs(
         kinds[result.kind] += 1
         prompt = query
         if few_shot:
-            shots = pick_few_shot(
-                len(valid), few_shot, seed, index, lambda i: i == pos or valid[i][3] == group
-            )
+            shots = pick_few_shot(len(valid), few_shot, seed, index, lambda i: i == pos or valid[i][3] == group)
             prompt = few_shot_prompt([valid[i][1:3] for i in shots], query, qa_example, qa_query)
         pairs.append({"prompt": prompt, "chosen": response, "rejected": result.rejected})
     if report is not None:

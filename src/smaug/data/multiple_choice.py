@@ -87,8 +87,12 @@ def _with_few_shot(
 
 
 def build_arc_pairs(
-    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
-    only: Collection[int] | None = None, report: dict | None = None,  # report: no details beyond the counts
+    rows: Iterable[dict[str, Any]],
+    seed: int = 0,
+    few_shot: int = 0,
+    progress: bool = False,
+    only: Collection[int] | None = None,
+    report: dict | None = None,  # report: no details beyond the counts
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `allenai/ai2_arc` rows (`id`, `question`, `choices{text,label}`, `answerKey`).
 
@@ -174,8 +178,13 @@ HELLASWAG_FORMATS = {
 
 
 def build_hellaswag_pairs(
-    rows: Iterable[dict[str, Any]], seed: int = 0, few_shot: int = 0, progress: bool = False,
-    format: str = "raw", only: Collection[int] | None = None, report: dict | None = None,  # as build_arc_pairs
+    rows: Iterable[dict[str, Any]],
+    seed: int = 0,
+    few_shot: int = 0,
+    progress: bool = False,
+    format: str = "raw",
+    only: Collection[int] | None = None,
+    report: dict | None = None,  # as build_arc_pairs
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Pairs from `Rowan/hellaswag` rows (`activity_label`, `ctx_a`, `ctx_b`, `ctx`, `endings`, `label`).
 
@@ -221,7 +230,5 @@ def build_hellaswag_pairs(
         row_pairs = _pairs_for_choices(context, correct, options, answer, counts)
         if row_pairs:
             valid.append((index, context, correct, row_pairs))
-    pairs = _with_few_shot(
-        valid, seed, few_shot, progress, "hellaswag pairs", lambda q, a: f"{q} {a}", lambda q: q
-    )
+    pairs = _with_few_shot(valid, seed, few_shot, progress, "hellaswag pairs", lambda q, a: f"{q} {a}", lambda q: q)
     return pairs, sorted_counts(counts)

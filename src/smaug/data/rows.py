@@ -40,12 +40,15 @@ class RowTypeError(UserError):
     def describe(self, where: str) -> str:
         shown = repr(self.value)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        return (f"{where}: `{self.field}` is a {type(self.value).__name__} ({shown}), not {self.expected}; "
-                "fix the source (values are used as they are, never converted)")
+        return (
+            f"{where}: `{self.field}` is a {type(self.value).__name__} ({shown}), not {self.expected}; "
+            "fix the source (values are used as they are, never converted)"
+        )
 
 
-def typed_field(row: dict[str, Any], name: str, index: int, types: tuple[type, ...], expected: str,
-                field: str | None = None) -> Any:
+def typed_field(
+    row: dict[str, Any], name: str, index: int, types: tuple[type, ...], expected: str, field: str | None = None
+) -> Any:
     """``row[name]`` (None when missing or null); a RowTypeError when it is not one of ``types`` (a bool never
     counts as an int). ``field`` names it in the message when it is nested (`choices.text[2]`)."""
     value = row.get(name)
@@ -107,9 +110,7 @@ def qa_query(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def pick_few_shot(
-    pool_size: int, k: int, seed: int, index: int, exclude: Callable[[int], bool]
-) -> list[int]:
+def pick_few_shot(pool_size: int, k: int, seed: int, index: int, exclude: Callable[[int], bool]) -> list[int]:
     """``k`` distinct pool indices for row ``index``, drawn with that row's own generator, skipping those for
     which ``exclude(i)`` is true (the row itself; for MetaMath also rephrasings of the same question, which
     would leak the answer). Returns fewer than ``k`` only when the pool runs out."""

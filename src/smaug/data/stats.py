@@ -25,12 +25,22 @@ DEFINITION = "Levenshtein(chosen, rejected) / max(len(chosen), len(rejected)), c
 # name -> (unit, metric, definition). Every distance is divided by the longer text's length in its unit.
 MEASURES = {
     "char_levenshtein": ("chars", "levenshtein", DEFINITION),
-    "char_hamming": ("chars", "hamming", "positions i < max(len) where chosen[i] != rejected[i], the shorter padded, "
-                                         "/ max(len(chosen), len(rejected)), characters"),
-    "word_levenshtein": ("words", "levenshtein", "Levenshtein over words (str.split(): runs of whitespace "
-                                                 "separate words) / the longer word count"),
-    "word_hamming": ("words", "hamming", "position-by-position word mismatches, the shorter padded, / the longer "
-                                         "word count (words: str.split())"),
+    "char_hamming": (
+        "chars",
+        "hamming",
+        "positions i < max(len) where chosen[i] != rejected[i], the shorter padded, "
+        "/ max(len(chosen), len(rejected)), characters",
+    ),
+    "word_levenshtein": (
+        "words",
+        "levenshtein",
+        "Levenshtein over words (str.split(): runs of whitespace separate words) / the longer word count",
+    ),
+    "word_hamming": (
+        "words",
+        "hamming",
+        "position-by-position word mismatches, the shorter padded, / the longer word count (words: str.split())",
+    ),
 }
 # A corrupted number that changes width ($47 -> $152) shifts every later character, so the positional count
 # grows with what follows the change: ~5 % on MetaMath-style pairs, ~85-95 % on ARC's, as the paper reports
@@ -47,8 +57,9 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def edit_distances(chosen: Sequence[Sequence], rejected: Sequence[Sequence],
-                   metric: str = "levenshtein") -> tuple[np.ndarray, np.ndarray]:
+def edit_distances(
+    chosen: Sequence[Sequence], rejected: Sequence[Sequence], metric: str = "levenshtein"
+) -> tuple[np.ndarray, np.ndarray]:
     """(distances, normalised distances) for each pair, computed in one batched rapidfuzz call.
 
     ``metric`` is `levenshtein` or `hamming` (position by position, the shorter padded: a length difference
@@ -75,12 +86,15 @@ def edit_distances(chosen: Sequence[Sequence], rejected: Sequence[Sequence],
     return dist, normalised
 
 
-def _word_distances(chosen: Sequence[str], rejected: Sequence[str], metric: str,
-                    chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def _word_distances(
+    chosen: Sequence[str], rejected: Sequence[str], metric: str, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
     """`edit_distances` over `str.split()` words, a chunk of pairs at a time: the word lists of 400k pairs at
     once are tens of millions of small objects (gigabytes, and the garbage collector's time)."""
-    parts = [edit_distances([t.split() for t in chosen[i:i + chunk]], [t.split() for t in rejected[i:i + chunk]],
-                            metric) for i in range(0, len(chosen), chunk)]
+    parts = [
+        edit_distances([t.split() for t in chosen[i : i + chunk]], [t.split() for t in rejected[i : i + chunk]], metric)
+        for i in range(0, len(chosen), chunk)
+    ]
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     return np.concatenate([d for d, _ in parts]), np.concatenate([n for _, n in parts])
@@ -108,8 +122,9 @@ def distance_stats(chosen: Sequence[str], rejected: Sequence[str], words: bool =
     return out
 
 
-def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str],
-                  words: bool = False) -> dict[str, Any]:
+def compute_stats(
+    prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str], words: bool = False
+) -> dict[str, Any]:
     """Pair count, character lengths (mean/median/min/max) of each column and the edit distances (the
     word-level ones too with ``words``)."""
     n = len(prompts)
@@ -140,8 +155,9 @@ def compute_stats(prompts: Sequence[str], chosen: Sequence[str], rejected: Seque
 
 def stats_for_pairs(pairs: Sequence[dict[str, str]], words: bool = False) -> dict[str, Any]:
     """`compute_stats` on a list of {prompt, chosen, rejected} dicts (what the builders return)."""
-    return compute_stats([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs],
-                         words)
+    return compute_stats(
+        [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs], words
+    )
 
 
 def stats_for_path(path: str | Path, words: bool = False) -> dict[str, Any]:
@@ -169,8 +185,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     if "distances" in stats:
         lines.append("normalised distance        mean   median   (raw mean)")
         for name, d in stats["distances"].items():
-            mark = "   <- the paper's \"edit (Hamming) distance\"" if d["matches_paper"] else ""
-            lines.append(f"  {name:<18} {d['normalised']['mean']:>7.2%} {d['normalised']['median']:>8.2%} "
-                         f"  ({d['raw']['mean']:.1f} {d['unit']}){mark}")
+            mark = '   <- the paper\'s "edit (Hamming) distance"' if d["matches_paper"] else ""
+            lines.append(
+                f"  {name:<18} {d['normalised']['mean']:>7.2%} {d['normalised']['median']:>8.2%} "
+                f"  ({d['raw']['mean']:.1f} {d['unit']}){mark}"
+            )
     lines.append(f"identical chosen/rejected pairs: {stats['identical_pairs']}")
     return "\n".join(lines)

@@ -20,13 +20,55 @@ from typing import Any
 _SALT_SYNTH = 3
 
 NAMES = [
-    "Janet", "Carlos", "Mia", "Tobias", "Priya", "Liam", "Aisha", "Mateo", "Hannah", "Kenji", "Olivia", "Samuel",
-    "Fatima", "Noah", "Grace", "Diego", "Chloe", "Ibrahim", "Sofia", "Marcus", "Elena", "Theo", "Zara", "Owen",
+    "Janet",
+    "Carlos",
+    "Mia",
+    "Tobias",
+    "Priya",
+    "Liam",
+    "Aisha",
+    "Mateo",
+    "Hannah",
+    "Kenji",
+    "Olivia",
+    "Samuel",
+    "Fatima",
+    "Noah",
+    "Grace",
+    "Diego",
+    "Chloe",
+    "Ibrahim",
+    "Sofia",
+    "Marcus",
+    "Elena",
+    "Theo",
+    "Zara",
+    "Owen",
 ]
 SPORTS = ["football", "soccer", "basketball", "hockey", "volleyball", "baseball"]
-GEAR = [("jersey", 15, 40), ("pair of shorts", 8, 25), ("pair of socks", 3, 12), ("cap", 5, 18), ("water bottle", 4, 14)]
-PRODUCE = [("apples", "bag"), ("oranges", "box"), ("muffins", "tray"), ("pencils", "pack"), ("eggs", "carton"), ("cookies", "tin")]
-SHOP_ITEMS = [("notebook", 2, 9), ("pen", 1, 4), ("sandwich", 4, 11), ("book", 8, 30), ("toy car", 3, 15), ("candle", 2, 12)]
+GEAR = [
+    ("jersey", 15, 40),
+    ("pair of shorts", 8, 25),
+    ("pair of socks", 3, 12),
+    ("cap", 5, 18),
+    ("water bottle", 4, 14),
+]
+PRODUCE = [
+    ("apples", "bag"),
+    ("oranges", "box"),
+    ("muffins", "tray"),
+    ("pencils", "pack"),
+    ("eggs", "carton"),
+    ("cookies", "tin"),
+]
+SHOP_ITEMS = [
+    ("notebook", 2, 9),
+    ("pen", 1, 4),
+    ("sandwich", 4, 11),
+    ("book", 8, 30),
+    ("toy car", 3, 15),
+    ("candle", 2, 12),
+]
 VEHICLES = ["drives", "cycles", "rides the train"]
 PLACES = ["the lake house", "her grandmother's farm", "the city", "the beach", "the mountains"]
 
@@ -248,30 +290,42 @@ def two_step_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
         lost = rng.randint(1, total - 1)
         left = total - lost
         query = f"{name} has {boxes} bags with {per} {item} each and gives away {lost}. How many {item} are left?"
-        response = (f"{name} has {boxes} * {per} = {total} {item}. After giving away {lost}, "
-                    f"{name} has {total} - {lost} = {left} {item} left.")
+        response = (
+            f"{name} has {boxes} * {per} = {total} {item}. After giving away {lost}, "
+            f"{name} has {total} - {lost} = {left} {item} left."
+        )
         answer = left
     elif kind == 1:
         friends, each = rng.randint(2, 5), rng.randint(2, 9)
         total = friends * each
         a = rng.randint(1, total - 1)
         b = total - a
-        query = (f"{name} finds {a} {item} and then {b} more, and shares them equally among {friends} friends. "
-                 f"How many {item} does each friend get?")
-        response = (f"{name} has {a} + {b} = {total} {item}. Shared among {friends} friends, each friend gets "
-                    f"{total} / {friends} = {each} {item}.")
+        query = (
+            f"{name} finds {a} {item} and then {b} more, and shares them equally among {friends} friends. "
+            f"How many {item} does each friend get?"
+        )
+        response = (
+            f"{name} has {a} + {b} = {total} {item}. Shared among {friends} friends, each friend gets "
+            f"{total} / {friends} = {each} {item}."
+        )
         answer = each
     else:
         price, qty = rng.randint(2, 12), rng.randint(2, 9)
         cost = price * qty
         bill = next(b for b in (20, 50, 100, 200) if b > cost)
         change = bill - cost
-        query = (f"{name} buys {qty} {item} at ${price} each and pays with a ${bill} bill. "
-                 f"How much change does {name} get?")
-        response = (f"The {item} cost {qty} * ${price} = ${cost}. The change is ${bill} - ${cost} = ${change}.")
+        query = (
+            f"{name} buys {qty} {item} at ${price} each and pays with a ${bill} bill. How much change does {name} get?"
+        )
+        response = f"The {item} cost {qty} * ${price} = ${cost}. The change is ${bill} - ${cost} = ${change}."
         answer = change
-    return {"query": query, "response": f"{response}\nThe answer is: {answer}", "type": "GSM_synthetic",
-            "original_question": query, "answer": str(answer)}
+    return {
+        "query": query,
+        "response": f"{response}\nThe answer is: {answer}",
+        "type": "GSM_synthetic",
+        "original_question": query,
+        "answer": str(answer),
+    }
 
 
 def iter_synthetic_metamath(n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
@@ -289,8 +343,14 @@ def write_synthetic_metamath(path: str | Path, n: int, seed: int = 0, progress: 
     """Write ``n`` synthetic rows to ``path`` as JSON Lines, atomically (same seed, same bytes)."""
     from tqdm.auto import tqdm
 
-    from smaug.common.files import write_jsonl_atomic
+    from axolotl_dpop.atomic import write_jsonl
 
-    rows = tqdm(iter_synthetic_metamath(n, seed), total=n, desc="synthetic rows", unit="row",
-                disable=not progress, mininterval=1.0)
-    return write_jsonl_atomic(path, rows)
+    rows = tqdm(
+        iter_synthetic_metamath(n, seed),
+        total=n,
+        desc="synthetic rows",
+        unit="row",
+        disable=not progress,
+        mininterval=1.0,
+    )
+    return write_jsonl(path, rows)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from smaug.common.errors import UserError
 from smaug.common.files import read_jsonl
@@ -77,8 +77,11 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, str | None, str], Callable[[dict], s
     "arc": ("arc_challenge_test.jsonl", ("allenai/ai2_arc", "ARC-Challenge", "test"), _arc),
     "hellaswag": ("hellaswag_validation.jsonl", ("Rowan/hellaswag", None, "validation"), _hellaswag),
     "mmlu": ("mmlu_*_test.jsonl", ("cais/mmlu", "all", "test"), _mmlu),
-    "truthfulqa": ("truthfulqa_mc2_validation.jsonl", ("truthfulqa/truthful_qa", "multiple_choice", "validation"),
-                   _truthfulqa),
+    "truthfulqa": (
+        "truthfulqa_mc2_validation.jsonl",
+        ("truthfulqa/truthful_qa", "multiple_choice", "validation"),
+        _truthfulqa,
+    ),
     "winogrande": ("winogrande_validation.jsonl", ("allenai/winogrande", "winogrande_xl", "validation"), _winogrande),
     "gsm8k": ("gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), _gsm8k),
 }
@@ -161,8 +164,12 @@ def generate_neighbours(model, tokenizer, text: str, n: int, prefix_ratio: float
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
         out = model.generate(
-            ids, do_sample=True, max_new_tokens=max(1, len(words) - keep), min_new_tokens=1,
-            num_return_sequences=n, pad_token_id=pad,
+            ids,
+            do_sample=True,
+            max_new_tokens=max(1, len(words) - keep),
+            min_new_tokens=1,
+            num_return_sequences=n,
+            pad_token_id=pad,
         )
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
@@ -200,20 +207,30 @@ def score_texts(
     tok_t, tok_r = AutoTokenizer.from_pretrained(model), AutoTokenizer.from_pretrained(reference)
     # Reference first: its Min-K% and the neighbours it writes; then it is freed before the target loads.
     ref_model = load_causal_lm(reference, dtype, device)
-    ref_logps = {name: text_logprobs(ref_model, tok_r, texts, batch_size, f"reference {name}")
-                 for name, texts in chosen.items()}
+    ref_logps = {
+        name: text_logprobs(ref_model, tok_r, texts, batch_size, f"reference {name}") for name, texts in chosen.items()
+    }
     hoods: dict[str, list[list[str]]] = {}
     if neighbours:
         torch.manual_seed(seed)
         for name, texts in chosen.items():
-            hoods[name] = [generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio)
-                           for t in tqdm(texts, desc=f"neighbours {name}", leave=False)]
+            hoods[name] = [
+                generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio)
+                for t in tqdm(texts, desc=f"neighbours {name}", leave=False)
+            ]
     del ref_model
 
     target = load_causal_lm(model, dtype, device)
     result = {
-        "model": model, "reference": reference, "k": k, "neighbours": neighbours, "prefix_ratio": prefix_ratio,
-        "flag_below": FLAG_BELOW, "threshold": CONTAMINATION_THRESHOLD, "dtype": dtype, "seed": seed,
+        "model": model,
+        "reference": reference,
+        "k": k,
+        "neighbours": neighbours,
+        "prefix_ratio": prefix_ratio,
+        "flag_below": FLAG_BELOW,
+        "threshold": CONTAMINATION_THRESHOLD,
+        "dtype": dtype,
+        "seed": seed,
         "benchmarks": {},
     }
     for name, texts in chosen.items():

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from axolotl_dpop.provenance import PROVENANCE_FILE, read_provenance
-
+from axolotl_dpop.provenance import PROVENANCE_FILE, package_versions, read_provenance, utc_stamp
 from smaug.common.errors import UserError
 from smaug.common.files import check_output_folder
 from smaug.common.hub import hub_offline, is_repo_id
 from smaug.common.paths import REPO_ROOT, eval_dir
-from smaug.common.records import package_versions, utc_timestamp
 from smaug.evaluation.models import resolve_device
 from smaug.evaluation.suites import TASKS_DIR, Suite, get_suite
 from smaug.evaluation.summary import build_summary, write_results
@@ -48,14 +46,18 @@ def _looks_like_path(model: str) -> bool:
 
 def _local_model(path: Path) -> ResolvedModel:
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a model folder (no config.json); pass the output_dir of a training run "
-                        "(merged weights), a folder written by save_pretrained, or a Hub id")
+        raise UserError(
+            f"{path}: not a model folder (no config.json); pass the output_dir of a training run "
+            "(merged weights), a folder written by save_pretrained, or a Hub id"
+        )
     config = (path / "config.json").read_bytes()
     try:
         if not isinstance(json.loads(config.decode("utf-8")), dict):
             raise ValueError("not a JSON object")
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise UserError(f"{path / 'config.json'}: not a model config ({err}); re-save the model with save_pretrained") from None
+        raise UserError(
+            f"{path / 'config.json'}: not a model config ({err}); re-save the model with save_pretrained"
+        ) from None
     # Hashing tens of GB of weights is too slow: config + provenance identify the folder's content well enough
     # together with the weight file names and sizes.
     digest = hashlib.sha256(config)
@@ -69,8 +71,13 @@ def _local_model(path: Path) -> ResolvedModel:
             provenance = read_provenance(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{prov_file}: not valid JSON ({err}); fix or delete it") from err
-    return ResolvedModel(name=str(path), pretrained=str(path), local=True,
-                         revision=f"local-sha256:{digest.hexdigest()[:16]}", provenance=provenance)
+    return ResolvedModel(
+        name=str(path),
+        pretrained=str(path),
+        local=True,
+        revision=f"local-sha256:{digest.hexdigest()[:16]}",
+        provenance=provenance,
+    )
 
 
 def _hub_model(repo_id: str, revision: str | None) -> ResolvedModel:
@@ -79,9 +86,11 @@ def _hub_model(repo_id: str, revision: str | None) -> ResolvedModel:
 
         cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         if not isinstance(cached, str):
-            raise UserError(f"{repo_id!r} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
-                            "HF_HUB_OFFLINE=1 forbids downloading it: download it first (`hf download "
-                            f"{repo_id}`) or unset HF_HUB_OFFLINE; for a local folder give its path (./{repo_id})")
+            raise UserError(
+                f"{repo_id!r} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
+                "HF_HUB_OFFLINE=1 forbids downloading it: download it first (`hf download "
+                f"{repo_id}`) or unset HF_HUB_OFFLINE; for a local folder give its path (./{repo_id})"
+            )
         commit = Path(cached).parent.name  # .../snapshots/<commit>/config.json
         return ResolvedModel(name=repo_id, pretrained=repo_id, local=False, revision=commit)
     from huggingface_hub import HfApi
@@ -90,8 +99,10 @@ def _hub_model(repo_id: str, revision: str | None) -> ResolvedModel:
     try:
         sha = HfApi().model_info(repo_id, revision=revision).sha
     except RepositoryNotFoundError as err:
-        raise UserError(f"{repo_id!r} is neither a local folder nor a model on the Hub (if it is private or "
-                        "gated, log in with `hf auth login` or set HF_TOKEN)") from err
+        raise UserError(
+            f"{repo_id!r} is neither a local folder nor a model on the Hub (if it is private or "
+            "gated, log in with `hf auth login` or set HF_TOKEN)"
+        ) from err
     except RevisionNotFoundError as err:
         raise UserError(f"{repo_id!r} has no revision {revision!r} on the Hub") from err
     except (HfHubHTTPError, OSError):  # Hub unreachable: lm-eval may still find it in the cache
@@ -107,8 +118,10 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
             raise UserError(f"--revision {revision} only applies to Hub models, and {model} is a local folder")
         return _local_model(path.resolve())
     if _looks_like_path(model):
-        raise UserError(f"model folder {model} does not exist (resolved to {path.resolve()}); check the path, or "
-                        "train/download the model first")
+        raise UserError(
+            f"model folder {model} does not exist (resolved to {path.resolve()}); check the path, or "
+            "train/download the model first"
+        )
     return _hub_model(model, revision)
 
 
@@ -169,8 +182,16 @@ def check_suite_tasks(suite: Suite, task_manager) -> dict[str, dict[str, Any]]:
     return checked
 
 
-def run_harness(model: ResolvedModel, suite: Suite, *, dtype: str, batch_size: int | str, device: str,
-                limit: int | float | None, trust_remote_code: bool = False) -> dict[str, Any]:
+def run_harness(
+    model: ResolvedModel,
+    suite: Suite,
+    *,
+    dtype: str,
+    batch_size: int | str,
+    device: str,
+    limit: int | float | None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """lm-eval's simple_evaluate on the suite's tasks; returns its raw results dict (samples not logged)."""
     import lm_eval
 
@@ -200,22 +221,43 @@ def run_harness(model: ResolvedModel, suite: Suite, *, dtype: str, batch_size: i
     return results
 
 
-def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size: int | str = 8,
-             device: str | None = None, limit: int | float | None = None, revision: str | None = None,
-             results_root: Path | None = None, trust_remote_code: bool = False) -> Path:
+def evaluate(
+    model: str,
+    suite_name: str,
+    *,
+    dtype: str = "bfloat16",
+    batch_size: int | str = 8,
+    device: str | None = None,
+    limit: int | float | None = None,
+    revision: str | None = None,
+    results_root: Path | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Score `model` on `suite_name`; write harness.json, summary.json and summary.md; return their folder."""
     suite = get_suite(suite_name)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)
-                              or limit <= 0 or (limit >= 1 and not float(limit).is_integer())):
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, (int, float))
+        or not math.isfinite(limit)
+        or limit <= 0
+        or (limit >= 1 and not float(limit).is_integer())
+    ):
         raise UserError(f"--limit {limit!r}: must be a whole number of documents per task, or a fraction in (0, 1)")
     resolved = resolve_model(model, revision)
     device = resolve_device(device)
     out_dir = eval_dir(resolved.name, suite.name, results_root)
     check_output_folder(out_dir, f"results folder {out_dir}:")  # before the model loads, not after the run
-    harness = run_harness(resolved, suite, dtype=dtype, batch_size=batch_size, device=device, limit=limit,
-                          trust_remote_code=trust_remote_code)
+    harness = run_harness(
+        resolved,
+        suite,
+        dtype=dtype,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        trust_remote_code=trust_remote_code,
+    )
     versions = package_versions(*_RECORDED_PACKAGES)
     versions["lm_eval"] = harness.get("lm_eval_version") or versions["lm_eval"]
     run_info: dict[str, Any] = {
@@ -226,11 +268,12 @@ def evaluate(model: str, suite_name: str, *, dtype: str = "bfloat16", batch_size
         "device": device,
         "limit": limit,
         "versions": versions,
-        "created_at": utc_timestamp(),
+        "created_at": utc_stamp(),
     }
     if resolved.provenance is not None:
-        run_info["model_provenance"] = {k: resolved.provenance.get(k)
-                                        for k in ("recipe", "base_model", "base_model_revision", "finished_at")}
+        run_info["model_provenance"] = {
+            k: resolved.provenance.get(k) for k in ("recipe", "base_model", "base_model_revision", "finished_at")
+        }
     summary = build_summary(harness, suite, run_info)
     write_results(out_dir, harness, summary)
     return out_dir

@@ -31,10 +31,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.provenance import package_versions
 from smaug.common.chat import IM_END, chatml_prompt
 from smaug.common.errors import UserError
 from smaug.common.hub import check_model_ref
-from smaug.common.records import package_versions
 from smaug.evaluation.models import load_causal_lm, token_logprobs
 
 FORMATS = ("chatml", "chat_template", "plain")
@@ -245,7 +245,10 @@ def analyse_pairs(
         stats = summarise(encoded, ref_chosen, ref_rejected, chosen, rejected, window)
         if per_token:
             stats["per_pair"].update(
-                chosen_logps=chosen, rejected_logps=rejected, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected
+                chosen_logps=chosen,
+                rejected_logps=rejected,
+                ref_chosen_logps=ref_chosen,
+                ref_rejected_logps=ref_rejected,
             )
         result["models"][path] = stats
     return result

@@ -19,10 +19,13 @@ def resolve_device(device: str | None) -> str:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if parsed.type == "cuda" and (not torch.cuda.is_available()
-                                  or (parsed.index is not None and parsed.index >= torch.cuda.device_count())):
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                        "use --device cpu or another index")
+    if parsed.type == "cuda" and (
+        not torch.cuda.is_available() or (parsed.index is not None and parsed.index >= torch.cuda.device_count())
+    ):
+        raise UserError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use --device cpu or another index"
+        )
     if parsed.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {device!r}: smaug evaluates on cpu or cuda (or mps)")
     if parsed.type == "mps" and not torch.backends.mps.is_available():

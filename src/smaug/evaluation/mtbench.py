@@ -27,12 +27,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from axolotl_dpop.atomic import write_json, write_jsonl
+from axolotl_dpop.provenance import package_versions, utc_stamp
 from smaug.common.chat import CHATML_TEMPLATE
 from smaug.common.errors import UserError
-from smaug.common.files import read_jsonl, write_json_atomic, write_jsonl_atomic
+from smaug.common.files import read_jsonl
 from smaug.common.hub import check_model_ref
 from smaug.common.paths import EVAL_CONFIG_DIR, RESULTS_DIR, model_slug
-from smaug.common.records import package_versions, utc_timestamp
 from smaug.evaluation.models import load_causal_lm
 
 DEFAULT_CONFIG = EVAL_CONFIG_DIR / "mtbench.yaml"
@@ -56,7 +57,16 @@ CHAT_TEMPLATES = {
         "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
     ),
 }
-CONFIG_KEYS = {"chat_template", "system_prompt", "max_new_tokens", "temperature", "trials", "seed", "questions", "judge"}
+CONFIG_KEYS = {
+    "chat_template",
+    "system_prompt",
+    "max_new_tokens",
+    "temperature",
+    "trials",
+    "seed",
+    "questions",
+    "judge",
+}
 JUDGE_KEYS = {"prompts", "reference_answers", "ref_categories", "temperature", "max_tokens", "parallel", "timeout_s"}
 
 
@@ -95,8 +105,15 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> dict:
     config.setdefault("system_prompt", None)
     config.setdefault("seed", 42)
     config.setdefault("questions", "fastchat")
-    judge = {"prompts": "fastchat", "reference_answers": "gpt-4", "ref_categories": ["math", "reasoning", "coding"],
-             "temperature": 0.0, "max_tokens": 2048, "parallel": 8, "timeout_s": 120}
+    judge = {
+        "prompts": "fastchat",
+        "reference_answers": "gpt-4",
+        "ref_categories": ["math", "reasoning", "coding"],
+        "temperature": 0.0,
+        "max_tokens": 2048,
+        "parallel": 8,
+        "timeout_s": 120,
+    }
     judge.update(config.get("judge") or {})
     config["judge"] = judge
     config["_path"] = str(path)
@@ -120,8 +137,10 @@ def load_questions(source: str | Path = "fastchat", limit: int | None = None) ->
     questions = read_jsonl(path, "question")
     for i, q in enumerate(questions, 1):
         turns = q.get("turns")
-        if "question_id" not in q or not isinstance(q.get("category"), str) or not (
-            isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t for t in turns)
+        if (
+            "question_id" not in q
+            or not isinstance(q.get("category"), str)
+            or not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t for t in turns))
         ):
             raise UserError(f"{path}: row {i}: needs question_id, category and turns (two non-empty strings)")
     if not questions:
@@ -183,10 +202,18 @@ def probe_judge(url: str, timeout: float = 10.0) -> None:
         raise UserError(f"judge endpoint {url} is unreachable ({reason}); start it or fix --judge-url") from None
 
 
-def chat_completion(url: str, model: str, messages: list[dict], temperature: float, max_tokens: int,
-                    timeout: float = 120.0, retries: int = 3) -> str:
-    body = json.dumps({"model": model, "messages": messages, "temperature": temperature,
-                       "max_tokens": max_tokens}).encode()
+def chat_completion(
+    url: str,
+    model: str,
+    messages: list[dict],
+    temperature: float,
+    max_tokens: int,
+    timeout: float = 120.0,
+    retries: int = 3,
+) -> str:
+    body = json.dumps(
+        {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+    ).encode()
     last_error = None
     for _ in range(retries):
         request = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=body, headers=_headers())
@@ -211,18 +238,27 @@ def parse_rating(reply: str) -> float | None:
     return None
 
 
-def judge_messages(prompts: dict, question: dict, answers: list[str], turn: int, refs: dict,
-                   ref_categories: list[str]) -> list[dict]:
+def judge_messages(
+    prompts: dict, question: dict, answers: list[str], turn: int, refs: dict, ref_categories: list[str]
+) -> list[dict]:
     with_ref = question["category"] in ref_categories
     name = ("single-math-v1" if with_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
     prompt = prompts[name]
-    fields = {"question": question["turns"][0], "answer": answers[0], "question_1": question["turns"][0],
-              "question_2": question["turns"][1], "answer_1": answers[0], "answer_2": answers[1] if turn == 2 else ""}
+    fields = {
+        "question": question["turns"][0],
+        "answer": answers[0],
+        "question_1": question["turns"][0],
+        "question_2": question["turns"][1],
+        "answer_1": answers[0],
+        "answer_2": answers[1] if turn == 2 else "",
+    }
     if with_ref:
         ref = refs[question["question_id"]]
         fields.update(ref_answer_1=ref[0], ref_answer_2=ref[1] if len(ref) > 1 else "")
-    return [{"role": "system", "content": prompt["system_prompt"]},
-            {"role": "user", "content": prompt["prompt_template"].format(**fields)}]
+    return [
+        {"role": "system", "content": prompt["system_prompt"]},
+        {"role": "user", "content": prompt["prompt_template"].format(**fields)},
+    ]
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -232,8 +268,15 @@ def _template_text(config: dict) -> str:
     return CHAT_TEMPLATES.get(config["chat_template"], config["chat_template"])
 
 
-def generate_answers(model, tokenizer, conversations: list[list[dict]], temperatures: list[float],
-                     config: dict, batch_size: int = 8, desc: str = "answers") -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    temperatures: list[float],
+    config: dict,
+    batch_size: int = 8,
+    desc: str = "answers",
+) -> list[str]:
     """One reply per conversation; batched (left-padded) among conversations with the same temperature."""
     import torch
     from tqdm.auto import tqdm
@@ -254,21 +297,27 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], temperat
     for temperature, batch in tqdm(batches, desc=desc, unit="batch", leave=False):
         encoded = []
         for i in batch:
-            text = tokenizer.apply_chat_template(conversations[i], chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                conversations[i], chat_template=template, tokenize=False, add_generation_prompt=True
+            )
             add_special = not (tokenizer.bos_token and text.startswith(tokenizer.bos_token))
             encoded.append(tokenizer(text, add_special_tokens=add_special)["input_ids"])
         width = max(map(len, encoded))
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, seq in enumerate(encoded):  # left padding: generation continues every row at the end
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 1e-4 else {"do_sample": False}
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=int(config["max_new_tokens"]), eos_token_id=sorted(stop_ids),
-                                 pad_token_id=pad_id, **sampling)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=int(config["max_new_tokens"]),
+                eos_token_id=sorted(stop_ids),
+                pad_token_id=pad_id,
+                **sampling,
+            )
         for row, i in enumerate(batch):
             replies[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     return replies
@@ -278,14 +327,26 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], temperat
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
-            "per_trial": values}
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+        "per_trial": values,
+    }
 
 
-def run_mtbench(model_path: str, judge_url: str, judge_model: str, config: dict, limit: int | None = None,
-                trials: int | None = None, questions_file: str | None = None, batch_size: int = 8,
-                dtype: str = "bfloat16", device: str | None = None, out_dir: str | Path | None = None) -> dict:
+def run_mtbench(
+    model_path: str,
+    judge_url: str,
+    judge_model: str,
+    config: dict,
+    limit: int | None = None,
+    trials: int | None = None,
+    questions_file: str | None = None,
+    batch_size: int = 8,
+    dtype: str = "bfloat16",
+    device: str | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
     """Answer, judge and score MT-Bench; writes answers.jsonl, judgments.jsonl and mtbench.json to ``out_dir``."""
     import torch
     from tqdm.auto import tqdm
@@ -315,32 +376,65 @@ def run_mtbench(model_path: str, judge_url: str, judge_model: str, config: dict,
     failed = 0
     for trial in range(trials):
         torch.manual_seed(int(config["seed"]) + trial)
-        first = generate_answers(model, tokenizer, [system + [{"role": "user", "content": q["turns"][0]}]
-                                                    for q in questions], temps, config, batch_size,
-                                 f"trial {trial + 1} turn 1")
-        second = generate_answers(model, tokenizer, [system + [{"role": "user", "content": q["turns"][0]},
-                                                               {"role": "assistant", "content": a},
-                                                               {"role": "user", "content": q["turns"][1]}]
-                                                     for q, a in zip(questions, first)], temps, config, batch_size,
-                                  f"trial {trial + 1} turn 2")
+        first = generate_answers(
+            model,
+            tokenizer,
+            [system + [{"role": "user", "content": q["turns"][0]}] for q in questions],
+            temps,
+            config,
+            batch_size,
+            f"trial {trial + 1} turn 1",
+        )
+        second = generate_answers(
+            model,
+            tokenizer,
+            [
+                system
+                + [
+                    {"role": "user", "content": q["turns"][0]},
+                    {"role": "assistant", "content": a},
+                    {"role": "user", "content": q["turns"][1]},
+                ]
+                for q, a in zip(questions, first)
+            ],
+            temps,
+            config,
+            batch_size,
+            f"trial {trial + 1} turn 2",
+        )
         jobs = []
         for q, a1, a2 in zip(questions, first, second):
-            answers.append({"trial": trial, "question_id": q["question_id"], "category": q["category"],
-                            "turns": [a1, a2]})
+            answers.append(
+                {"trial": trial, "question_id": q["question_id"], "category": q["category"], "turns": [a1, a2]}
+            )
             for turn in (1, 2):
                 jobs.append((q, turn, judge_messages(prompts, q, [a1, a2], turn, refs, jcfg["ref_categories"])))
 
         def ask(job):
-            return chat_completion(judge_url, judge_model, job[2], float(jcfg["temperature"]),
-                                   int(jcfg["max_tokens"]), float(jcfg["timeout_s"]))
+            return chat_completion(
+                judge_url,
+                judge_model,
+                job[2],
+                float(jcfg["temperature"]),
+                int(jcfg["max_tokens"]),
+                float(jcfg["timeout_s"]),
+            )
 
         with ThreadPoolExecutor(max_workers=max(1, int(jcfg["parallel"]))) as pool:
             replies = list(tqdm(pool.map(ask, jobs), total=len(jobs), desc=f"trial {trial + 1} judge", leave=False))
         scores = {1: [], 2: []}
         for (q, turn, _), reply in zip(jobs, replies):
             score = parse_rating(reply)
-            judgments.append({"trial": trial, "question_id": q["question_id"], "category": q["category"],
-                              "turn": turn, "score": score, "judgment": reply})
+            judgments.append(
+                {
+                    "trial": trial,
+                    "question_id": q["question_id"],
+                    "category": q["category"],
+                    "turn": turn,
+                    "score": score,
+                    "judgment": reply,
+                }
+            )
             if score is None:
                 failed += 1
                 continue
@@ -368,9 +462,9 @@ def run_mtbench(model_path: str, judge_url: str, judge_model: str, config: dict,
         "overall": _stats([v for v in per_trial["overall"] if v is not None]),
         "categories": {c: statistics.fmean(v) for c, v in sorted(by_category.items())},
         "versions": package_versions("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator"),
-        "created_at": utc_timestamp(),
+        "created_at": utc_stamp(),
     }
-    write_jsonl_atomic(out_dir / "answers.jsonl", answers)
-    write_jsonl_atomic(out_dir / "judgments.jsonl", judgments)
-    write_json_atomic(out_dir / "mtbench.json", summary)
+    write_jsonl(out_dir / "answers.jsonl", answers)
+    write_jsonl(out_dir / "judgments.jsonl", judgments)
+    write_json(out_dir / "mtbench.json", summary)
     return summary

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from axolotl_dpop.atomic import atomic_write
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_write
 
 
 def _save_figure(fig, out_png: str | Path) -> Path:

@@ -84,7 +84,11 @@ def _task_spec(path: Path, suite: str, key: str, raw: Any, labels: dict[str, str
     for name in DATASET_FIELDS:
         value = dataset[name]
         if not (isinstance(value, str) and value.strip()) and not (value is None and name in ("config", "split")):
-            raise _fail(path, f"{where}.dataset.{name}", "must be non-empty text" + (" or null" if name in ("config", "split") else ""))
+            raise _fail(
+                path,
+                f"{where}.dataset.{name}",
+                "must be non-empty text" + (" or null" if name in ("config", "split") else ""),
+            )
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict) or {"task", "num_fewshot"} & set(overrides):
         raise _fail(path, f"{where}.overrides", "must be a mapping of lm-eval config keys other than task/num_fewshot")
@@ -111,11 +115,16 @@ def _check_identities(path: Path, suites: dict[str, Suite]) -> None:
     """Distinct datasets must never share a (type, config, split): a model card would file one's score under
     the other's name. Within a suite that holds for every suite; across suites, for the model-index ones (their
     results meet in one card's metadata)."""
+
     def clash(where: str, a: tuple[str, TaskSpec], b: tuple[str, TaskSpec], why: str) -> UserError:
         ident = "/".join(str(part) for part in _identity(a[1]))
-        return _fail(path, where, f"tasks {a[0]}.{a[1].key} and {b[0]}.{b[1].key} share the dataset identity "
-                                  f"type/config/split {ident} but {why}; give each dataset its own type, config or "
-                                  "split (huggingface_hub files results with the same identity under one dataset)")
+        return _fail(
+            path,
+            where,
+            f"tasks {a[0]}.{a[1].key} and {b[0]}.{b[1].key} share the dataset identity "
+            f"type/config/split {ident} but {why}; give each dataset its own type, config or "
+            "split (huggingface_hub files results with the same identity under one dataset)",
+        )
 
     shared: dict[tuple, tuple[str, TaskSpec]] = {}
     for suite in suites.values():
@@ -126,7 +135,9 @@ def _check_identities(path: Path, suites: dict[str, Suite]) -> None:
                 if first[1].dataset["name"] != spec.dataset["name"]:
                     raise clash(f"suites.{suite.name}", first, (suite.name, spec), "have different names")
                 if first[1].metric == spec.metric:
-                    raise clash(f"suites.{suite.name}", first, (suite.name, spec), f"report the same metric {spec.metric}")
+                    raise clash(
+                        f"suites.{suite.name}", first, (suite.name, spec), f"report the same metric {spec.metric}"
+                    )
             if not suite.model_index:
                 continue
             first = shared.setdefault(_identity(spec), (suite.name, spec))

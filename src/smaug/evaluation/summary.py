@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from axolotl_dpop.atomic import write_text
 from smaug.common.errors import UserError
-from smaug.common.files import write_text_atomic
 from smaug.common.paths import eval_dir
 from smaug.evaluation.suites import Suite, TaskSpec
 
@@ -45,8 +46,10 @@ def unweighted_subtask_mean(harness: dict[str, Any], spec: TaskSpec) -> dict[str
     results = harness["results"]
     leaves = leaf_tasks(harness.get("group_subtasks", {}), spec.task)
     if leaves == [spec.task]:
-        raise UserError(f"{spec.task!r} has no subtasks in the harness results, so "
-                        f"'aggregation: unweighted_mean_of_subtasks' for {spec.key!r} in eval/suites.yaml cannot apply")
+        raise UserError(
+            f"{spec.task!r} has no subtasks in the harness results, so "
+            f"'aggregation: unweighted_mean_of_subtasks' for {spec.key!r} in eval/suites.yaml cannot apply"
+        )
     values, stderrs = {}, []
     for leaf in leaves:
         if spec.result_key not in results.get(leaf, {}):
@@ -71,12 +74,19 @@ def task_result(harness: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
         row = harness["results"].get(spec.task)
         if row is None or spec.result_key not in row:
             have = sorted(k for k in (row or {}) if "," in k and "_stderr" not in k)
-            raise UserError(f"the harness reported no {spec.result_key!r} for task {spec.task!r} "
-                            f"(it has: {', '.join(have) or 'nothing'}); "
-                            f"fix metric/filter of {spec.key!r} in eval/suites.yaml")
+            raise UserError(
+                f"the harness reported no {spec.result_key!r} for task {spec.task!r} "
+                f"(it has: {', '.join(have) or 'nothing'}); "
+                f"fix metric/filter of {spec.key!r} in eval/suites.yaml"
+            )
         entry.update(value=float(row[spec.result_key]), stderr=_number(row.get(spec.stderr_key)))
-    entry.update(num_fewshot=spec.num_fewshot, filter=spec.filter, aggregation=spec.aggregation,
-                 dataset=dict(spec.dataset), label=spec.label)
+    entry.update(
+        num_fewshot=spec.num_fewshot,
+        filter=spec.filter,
+        aggregation=spec.aggregation,
+        dataset=dict(spec.dataset),
+        label=spec.label,
+    )
     return entry
 
 
@@ -106,8 +116,10 @@ def render_summary_md(summary: dict[str, Any]) -> str:
         metric = entry["metric"] + (f" ({entry['filter']})" if entry.get("filter") else "")
         if entry.get("aggregation") == "unweighted_mean_of_subtasks":
             metric += f", unweighted mean of {len(entry.get('subtasks', {}))} subtasks"
-        lines.append(f"| {entry.get('label', entry['task'])} (`{entry['task']}`) | {metric} | {entry['num_fewshot']} "
-                     f"| {_pct(entry['value'])} | {_pct(entry.get('stderr'))} |")
+        lines.append(
+            f"| {entry.get('label', entry['task'])} (`{entry['task']}`) | {metric} | {entry['num_fewshot']} "
+            f"| {_pct(entry['value'])} | {_pct(entry.get('stderr'))} |"
+        )
     lines.append(f"| **Average** | | | **{_pct(summary['average'])}** | |")
     return "\n".join(lines) + "\n"
 
@@ -119,14 +131,14 @@ def compare_table(summaries: Iterable[dict[str, Any]]) -> str:
         raise UserError("nothing to compare: give at least one summary.json, eval folder or model")
     suites = sorted({s["suite"] for s in summaries})
     if len(suites) > 1:
-        raise UserError(f"these summaries come from different suites ({', '.join(suites)}); "
-                        "compare one suite at a time")
+        raise UserError(
+            f"these summaries come from different suites ({', '.join(suites)}); compare one suite at a time"
+        )
     columns: dict[str, str] = {}
     for summary in summaries:
         for key, entry in summary["tasks"].items():
             columns.setdefault(key, entry.get("label", key))
-    lines = ["| Model | Average | " + " | ".join(columns.values()) + " |",
-             "|---|---:|" + "---:|" * len(columns)]
+    lines = ["| Model | Average | " + " | ".join(columns.values()) + " |", "|---|---:|" + "---:|" * len(columns)]
     limited = False
     for summary in summaries:
         name = str(summary["model"])
@@ -159,9 +171,9 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any]) -> None:
     """harness.json, summary.md, then summary.json last: its presence means the set is complete."""
-    write_text_atomic(out_dir / "harness.json", json.dumps(to_jsonable(harness), indent=2) + "\n")
-    write_text_atomic(out_dir / "summary.md", render_summary_md(summary))
-    write_text_atomic(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
+    write_text(out_dir / "harness.json", json.dumps(to_jsonable(harness), indent=2) + "\n")
+    write_text(out_dir / "summary.md", render_summary_md(summary))
+    write_text(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
 
 
 def find_summaries(model: str | Path, results_root: Path | None = None) -> list[Path]:
@@ -184,11 +196,24 @@ def _problem(task: dict[str, Any], field_name: str, kinds: tuple[type, ...], req
 
 
 # summary.json fields the cards and tables read: (field, types, required)
-_SUMMARY_FIELDS = (("model", (str,), True), ("suite", (str,), True), ("average", (int, float), True),
-                   ("limit", (int, float), False), ("dtype", (str,), False), ("versions", (dict,), False))
-_TASK_FIELDS = (("metric", (str,), True), ("value", (int, float), True), ("dataset", (dict,), True),
-                ("stderr", (int, float), False), ("num_fewshot", (int,), False), ("filter", (str,), False),
-                ("label", (str,), False), ("task", (str,), False))
+_SUMMARY_FIELDS = (
+    ("model", (str,), True),
+    ("suite", (str,), True),
+    ("average", (int, float), True),
+    ("limit", (int, float), False),
+    ("dtype", (str,), False),
+    ("versions", (dict,), False),
+)
+_TASK_FIELDS = (
+    ("metric", (str,), True),
+    ("value", (int, float), True),
+    ("dataset", (dict,), True),
+    ("stderr", (int, float), False),
+    ("num_fewshot", (int,), False),
+    ("filter", (str,), False),
+    ("label", (str,), False),
+    ("task", (str,), False),
+)
 _DATASET_FIELDS = (("name", (str,), True), ("type", (str,), True), ("config", (str,), False), ("split", (str,), False))
 
 
@@ -220,7 +245,9 @@ def load_summary(path: str | Path) -> dict[str, Any]:
         if problem:
             raise UserError(f"{path}: field `{name}` {problem}; {hint}")
     if not isinstance(summary["tasks"], dict) or not summary["tasks"]:
-        raise UserError(f"{path}: field `tasks` is empty or not a mapping; pass a summary.json written by `smaug eval`.")
+        raise UserError(
+            f"{path}: field `tasks` is empty or not a mapping; pass a summary.json written by `smaug eval`."
+        )
     for key, task in summary["tasks"].items():
         if not isinstance(task, dict):
             raise UserError(f"{path}: tasks.{key} is not an object; {hint}")
@@ -230,7 +257,9 @@ def load_summary(path: str | Path) -> dict[str, Any]:
                 raise UserError(f"{path}: tasks.{key}.{name} {problem}.")
         value = task["value"]
         if not 0.0 <= value <= 1.0:
-            raise UserError(f"{path}: tasks.{key}.value is {value!r}; expected a fraction in [0, 1] as lm-eval reports.")
+            raise UserError(
+                f"{path}: tasks.{key}.value is {value!r}; expected a fraction in [0, 1] as lm-eval reports."
+            )
         for name, kinds, required in _DATASET_FIELDS:
             problem = _problem(task["dataset"], name, kinds, required)
             if problem:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from smaug.common.files import atomic_write
+from axolotl_dpop.atomic import atomic_write
 from smaug.common.hub import display_name, is_repo_id, looks_like_hub_id
 from smaug.common.paths import MODEL_CARDS_DIR, REPO_ROOT, repo_path
 from smaug.evaluation.summary import find_summaries, load_summary
@@ -36,8 +36,15 @@ PAPER_BIBTEX = """@article{pal2024smaug,
   year    = {2024}
 }"""
 
-LOSS_NAMES = {"dpop": "DPO-Positive (DPOP)", "dpo": "DPO", "ipo": "IPO", "orpo": "ORPO", "kto": "KTO", "simpo": "SimPO",
-              "slic": "SLiC (the Smaug paper's form)"}
+LOSS_NAMES = {
+    "dpop": "DPO-Positive (DPOP)",
+    "dpo": "DPO",
+    "ipo": "IPO",
+    "orpo": "ORPO",
+    "kto": "KTO",
+    "simpo": "SimPO",
+    "slic": "SLiC (the Smaug paper's form)",
+}
 # (label, provenance/recipe key) in the order the card shows them.
 HYPERPARAMETERS = [
     ("loss", "rl"),
@@ -98,11 +105,16 @@ def eval_results_from_summaries(summaries: list[dict[str, Any]]):
             value = round(100.0 * float(task["value"]), 2)
             stderr = task.get("stderr")
             row = {
-                "task": task.get("label") or key, "lm_eval_task": task.get("task", key), "dataset": ds["name"],
+                "task": task.get("label") or key,
+                "lm_eval_task": task.get("task", key),
+                "dataset": ds["name"],
                 "metric": task["metric"] + (f" ({task['filter']})" if task.get("filter") else ""),
-                "fewshot": fewshot, "value": f"{value:.2f}",
+                "fewshot": fewshot,
+                "value": f"{value:.2f}",
                 "stderr": f"{100.0 * stderr:.2f}" if isinstance(stderr, (int, float)) else "",
-                "suite": summary.get("suite"), "dtype": summary.get("dtype"), "note": None,
+                "suite": summary.get("suite"),
+                "dtype": summary.get("dtype"),
+                "note": None,
             }
             rows.append(row)
             if summary.get("limit") is not None:  # a subsample is not a leaderboard-comparable number
@@ -112,14 +124,23 @@ def eval_results_from_summaries(summaries: list[dict[str, Any]]):
                 row["note"] = "smoke suite: not comparable, not in the metadata"
                 continue
             result = EvalResult(
-                task_type="text-generation", task_name="Text Generation",
-                dataset_name=ds["name"], dataset_type=ds["type"], dataset_config=ds.get("config"),
-                dataset_split=ds.get("split"), dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,
-                metric_type=task["metric"], metric_value=value, metric_name=METRIC_NAMES.get(task["metric"], task["metric"]),
-                source_name=source_name, source_url=source_url,
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_name=ds["name"],
+                dataset_type=ds["type"],
+                dataset_config=ds.get("config"),
+                dataset_split=ds.get("split"),
+                dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,
+                metric_type=task["metric"],
+                metric_value=value,
+                metric_name=METRIC_NAMES.get(task["metric"], task["metric"]),
+                source_name=source_name,
+                source_url=source_url,
             )
             label = f"{row['task']} ({row['suite']})"
-            group_key, metrics, first = groups.setdefault(result.unique_identifier, (_model_index_key(result), set(), label))
+            group_key, metrics, first = groups.setdefault(
+                result.unique_identifier, (_model_index_key(result), set(), label)
+            )
             if group_key != _model_index_key(result) or result.metric_type in metrics:
                 row["note"] = f"same dataset identity as {first} in the metadata: body only"
                 continue
@@ -133,8 +154,19 @@ def _check_model_index(model_name: str, results) -> None:
     from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
     def view(rs):
-        return sorted((r.dataset_name, r.dataset_type, str(r.dataset_config), str(r.dataset_split),
-                       str(r.dataset_args), r.metric_type, r.metric_value, r.source_name) for r in rs)
+        return sorted(
+            (
+                r.dataset_name,
+                r.dataset_type,
+                str(r.dataset_config),
+                str(r.dataset_split),
+                str(r.dataset_args),
+                r.metric_type,
+                r.metric_value,
+                r.source_name,
+            )
+            for r in rs
+        )
 
     _, back = model_index_to_eval_results(eval_results_to_model_index(model_name, results))
     if view(back) != view(results):
@@ -193,14 +225,16 @@ def _lineage_view(lineage: Lineage) -> list[dict[str, Any]]:
     ]
     for stage in reversed(lineage.stages):
         prov = stage.provenance
-        members.append({
-            "name": stage.name,
-            "kind": "scratch" if stage.own_license else "local",
-            "license": stage.own_license,
-            "recipe": _recipe_display(prov.get("recipe")),
-            "base_model": display_name(prov.get("base_model")),
-            "rl": (prov.get("training") or {}).get("rl"),
-        })
+        members.append(
+            {
+                "name": stage.name,
+                "kind": "scratch" if stage.own_license else "local",
+                "license": stage.own_license,
+                "recipe": _recipe_display(prov.get("recipe")),
+                "base_model": display_name(prov.get("base_model")),
+                "rl": (prov.get("training") or {}).get("rl"),
+            }
+        )
     return members
 
 
@@ -209,10 +243,12 @@ def _stage_view(stage: LineageStage) -> dict[str, Any]:
     training = {**_recipe_values(prov.get("recipe")), **(prov.get("training") or {})}  # provenance = what ran
     hw = prov.get("hardware") or {}
     hardware = ", ".join(
-        str(part) for part in (
+        str(part)
+        for part in (
             hw.get("device_name") or hw.get("accelerator"),
             f"{hw['num_processes']} process(es)" if hw.get("num_processes") else None,
-        ) if part
+        )
+        if part
     )
     return {
         "name": stage.name,
@@ -221,20 +257,29 @@ def _stage_view(stage: LineageStage) -> dict[str, Any]:
         "base_model_revision": prov.get("base_model_revision"),
         "from_scratch": stage.own_license is not None,
         # Unset keys are left out (adapter: none = full fine-tune is worth saying); each lambda only for its loss.
-        "hyperparameters": [(label, _fmt(key, training.get(key))) for label, key in HYPERPARAMETERS
-                            if (training.get(key) is not None or (key == "adapter" and key in training))
-                            and not (key in ("dpop_lambda", "slic_lambda")
-                                     and training.get("rl") != key.removesuffix("_lambda"))],
+        "hyperparameters": [
+            (label, _fmt(key, training.get(key)))
+            for label, key in HYPERPARAMETERS
+            if (training.get(key) is not None or (key == "adapter" and key in training))
+            and not (key in ("dpop_lambda", "slic_lambda") and training.get("rl") != key.removesuffix("_lambda"))
+        ],
         "datasets": prov.get("datasets") or [],
         "hardware": hardware or "not recorded",
         "finished_at": prov.get("finished_at"),
     }
 
 
-def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None = None, *,
-                model_name: str | None = None, auto_evals: bool = True, results_root: Path | None = None,
-                table_path: str | Path = LICENSE_TABLE, template_path: str | Path = CARD_TEMPLATE,
-                lineage: Lineage | None = None):
+def render_card(
+    model_dir: str | Path,
+    eval_summaries: list[str | Path] | None = None,
+    *,
+    model_name: str | None = None,
+    auto_evals: bool = True,
+    results_root: Path | None = None,
+    table_path: str | Path = LICENSE_TABLE,
+    template_path: str | Path = CARD_TEMPLATE,
+    lineage: Lineage | None = None,
+):
     """Build the model card of ``model_dir`` (not written; see `write_card`). Refuses unknown licences.
     ``lineage``: the model's already resolved licence lineage (publish has it), else resolved here."""
     import huggingface_hub
@@ -278,8 +323,11 @@ def render_card(model_dir: str | Path, eval_summaries: list[str | Path] | None =
         for key, value in (summary.get("versions") or {}).items():
             versions.setdefault(key, value)  # training versions win; eval adds lm_eval
     versions["huggingface_hub (card)"] = huggingface_hub.__version__
-    averages = [(s.get("suite"), f"{100.0 * s['average']:.2f}", s.get("limit")) for s in summaries
-                if isinstance(s.get("average"), (int, float))]
+    averages = [
+        (s.get("suite"), f"{100.0 * s['average']:.2f}", s.get("limit"))
+        for s in summaries
+        if isinstance(s.get("average"), (int, float))
+    ]
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),

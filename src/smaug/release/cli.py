@@ -5,39 +5,49 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from smaug.common.commands import add_group
 
-
-def add_card(sub, name: str = "card", **kwargs):
-    parser = sub.add_parser(name, help="write the licence-aware model card (README.md) into a model folder", **kwargs)
+def _add_card(sub):
+    parser = sub.add_parser("card", help="write the licence-aware model card (README.md) into a model folder")
     parser.add_argument("model_dir", type=Path, help="a trained model folder (holds smaug_provenance.json)")
-    parser.add_argument("--eval", dest="evals", action="append", type=Path, default=[], metavar="SUMMARY_JSON",
-                        help="a `smaug eval` summary.json to include (repeatable); those in results/eval/ for "
-                             "this folder are found automatically")
+    parser.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="SUMMARY_JSON",
+        help="a `smaug eval` summary.json to include (repeatable); those in results/eval/ for "
+        "this folder are found automatically",
+    )
     parser.add_argument("--no-auto-eval", action="store_true", help="only use the --eval files given")
     parser.add_argument("--name", help="model name on the card (default: the folder name)")
     parser.set_defaults(func=_card)
-    return parser
 
 
-def add_publish(sub, name: str = "publish", **kwargs):
-    parser = sub.add_parser(name, help="upload a trained model + its card to the Hub (private by default)", **kwargs)
+def _add_publish(sub):
+    parser = sub.add_parser("publish", help="upload a trained model + its card to the Hub (private by default)")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--repo", required=True, help="target Hub repo, org/name")
     parser.add_argument("--public", action="store_true", help="create/publish a public repo (default: private)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded and where; upload nothing")
-    parser.add_argument("--eval", dest="evals", action="append", type=Path, default=[], metavar="SUMMARY_JSON",
-                        help="eval summary.json for a card generated at publish time (repeatable)")
+    parser.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="SUMMARY_JSON",
+        help="eval summary.json for a card generated at publish time (repeatable)",
+    )
     parser.add_argument("--message", help="commit message")
     parser.set_defaults(func=_publish)
-    return parser
-
-
-COMMANDS = {"card": add_card, "publish": add_publish}
 
 
 def register(subparsers) -> None:
-    add_group(subparsers, "release", "model cards and publishing to the Hub", COMMANDS)
+    group = subparsers.add_parser("release", help="model cards and publishing to the Hub")
+    sub = group.add_subparsers(dest="release_command", required=True)
+    _add_card(sub)
+    _add_publish(sub)
 
 
 def _card(args: argparse.Namespace) -> int:
@@ -48,13 +58,21 @@ def _card(args: argparse.Namespace) -> int:
     data = card.data.to_dict()
     licence = data["license"] + (f" ({data['license_name']})" if data.get("license_name") else "")
     n_results = len(card.data.eval_results or [])
-    print(f"wrote {path} (license: {licence}; base_model: {data.get('base_model', 'none')}; {n_results} eval result(s))")
+    print(
+        f"wrote {path} (license: {licence}; base_model: {data.get('base_model', 'none')}; {n_results} eval result(s))"
+    )
     return 0
 
 
 def _publish(args: argparse.Namespace) -> int:
     from smaug.release.publish import publish
 
-    publish(args.model_dir, args.repo, public=args.public, dry_run=args.dry_run, evals=args.evals,
-            commit_message=args.message)
+    publish(
+        args.model_dir,
+        args.repo,
+        public=args.public,
+        dry_run=args.dry_run,
+        evals=args.evals,
+        commit_message=args.message,
+    )
     return 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smaug.common.errors import UserError
+
 # The table format, its checks and the Hub's licence ids live in common/ (dataset cards read a table too);
 # they are re-exported here for the code that imports them from this module.
 from smaug.common.licenses import (  # noqa: F401
@@ -49,8 +50,9 @@ class Lineage:
     decided_by: str  # which member decided it
 
 
-def resolve_license(model_dir: str | Path, table: dict[str, LicenseEntry] | None = None,
-                    table_path: str | Path = LICENSE_TABLE) -> Lineage:
+def resolve_license(
+    model_dir: str | Path, table: dict[str, LicenseEntry] | None = None, table_path: str | Path = LICENSE_TABLE
+) -> Lineage:
     """The licence ``model_dir`` inherits through every stage of its lineage.
 
     The rule: walk the local stages (provenance `parent` chain) to the Hub model they started from, then up
@@ -64,8 +66,11 @@ def resolve_license(model_dir: str | Path, table: dict[str, LicenseEntry] | None
     if hub_base is None:  # oldest stage is ours, from scratch
         scratch = stages[-1].provenance
         entry = LicenseEntry(
-            model=stages[-1].name, license=scratch["license"], license_name=scratch.get("license_name"),
-            license_link=scratch.get("license_link"), url=scratch.get("license_link"),
+            model=stages[-1].name,
+            license=scratch["license"],
+            license_name=scratch.get("license_name"),
+            license_link=scratch.get("license_link"),
+            url=scratch.get("license_link"),
             source=f"`license` in {stages[-1].where}",
         )
         problem = license_fields_problem(entry.license, entry.license_name, entry.license_link)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from axolotl_dpop.provenance import PROVENANCE_FILE, SCHEMA_VERSION, read_provenance
-
 from smaug.common.errors import UserError
 from smaug.common.hub import display_name, looks_like_hub_id
 
@@ -25,7 +24,9 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
     """The provenance dict of ``model_dir``; a clear UserError when it is missing or not valid JSON."""
     path = Path(model_dir) / PROVENANCE_FILE
     if not Path(model_dir).is_dir():
-        raise UserError(f"{model_dir}: not a folder. Pass the output folder of a training run (it holds {PROVENANCE_FILE}).")
+        raise UserError(
+            f"{model_dir}: not a folder. Pass the output folder of a training run (it holds {PROVENANCE_FILE})."
+        )
     if not path.is_file():
         raise UserError(
             f"{path}: missing. It is written at the end of `axolotl train` by the DPOP plugin (list "
@@ -43,9 +44,20 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
 
 
 # Fields the lineage walk and the card read, with the JSON types the plugin writes for them.
-_FIELD_TYPES = {"base_model": (str,), "license": (str,), "parent": (dict,), "recipe": (str,), "training": (dict,),
-                "datasets": (list,), "hardware": (dict,), "versions": (dict,), "license_name": (str,),
-                "license_link": (str,), "base_model_revision": (str,), "finished_at": (str,)}
+_FIELD_TYPES = {
+    "base_model": (str,),
+    "license": (str,),
+    "parent": (dict,),
+    "recipe": (str,),
+    "training": (dict,),
+    "datasets": (list,),
+    "hardware": (dict,),
+    "versions": (dict,),
+    "license_name": (str,),
+    "license_link": (str,),
+    "base_model_revision": (str,),
+    "finished_at": (str,),
+}
 
 
 def _check_schema(data: Any, where: str) -> None:
@@ -56,8 +68,10 @@ def _check_schema(data: Any, where: str) -> None:
     for key, types in _FIELD_TYPES.items():
         value = data.get(key)
         if value is not None and not isinstance(value, types):
-            raise UserError(f"{where}: field `{key}` is a JSON {type(value).__name__}, expected "
-                            f"{' or '.join(t.__name__ for t in types)} or null; re-create the file with the stage that wrote it.")
+            raise UserError(
+                f"{where}: field `{key}` is a JSON {type(value).__name__}, expected "
+                f"{' or '.join(t.__name__ for t in types)} or null; re-create the file with the stage that wrote it."
+            )
     if any(not isinstance(d, dict) for d in data.get("datasets") or []):
         raise UserError(f"{where}: field `datasets` must be a list of objects.")
     if data.get("license") is None and not data.get("base_model"):
@@ -91,7 +105,7 @@ def _file_identity(path: Path) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-def local_stages(model_dir: str | Path) -> tuple[list["LineageStage"], str | None]:
+def local_stages(model_dir: str | Path) -> tuple[list[LineageStage], str | None]:
     """Walk the lineage through local stages, newest first, at any depth.
 
     Returns ``(stages, hub_base)``: ``hub_base`` is the Hub id the oldest stage started from, or None when the

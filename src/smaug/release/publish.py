@@ -17,6 +17,7 @@ from smaug.common.errors import UserError
 from smaug.common.hub import check_repo_id, hub_offline, network_failure
 from smaug.release.upload_plan import TOKEN_RE, UploadPlan, plan_upload
 
+
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -35,13 +36,16 @@ def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineag
     try:
         content = (model_dir / "README.md").read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{model_dir / 'README.md'}: not UTF-8 text (byte {err.start}); regenerate it with "
-                        f"`smaug release card {model_dir}`.") from err
+        raise UserError(
+            f"{model_dir / 'README.md'}: not UTF-8 text (byte {err.start}); regenerate it with "
+            f"`smaug release card {model_dir}`."
+        ) from err
     problems = check_card(content)
     data = ModelCard(content).data.to_dict() if not problems else {}
     lic = lineage.license
     if not problems and (data.get("license"), data.get("license_name")) != (
-        lic.license, lic.license_name if lic.license == "other" else None
+        lic.license,
+        lic.license_name if lic.license == "other" else None,
     ):
         problems.append(
             f"its licence ({data.get('license')}, {data.get('license_name')}) differs from the lineage's "
@@ -83,8 +87,16 @@ def _verify_remote(api, repo_id: str, plan: UploadPlan, uploaded_sha256: dict[st
     return sorted(set(remote) - {rel for rel, _ in plan.files} - {".gitattributes"})
 
 
-def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_run: bool = False,
-            evals: list[str | Path] | None = None, commit_message: str | None = None, out=print) -> dict:
+def publish(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    public: bool = False,
+    dry_run: bool = False,
+    evals: list[str | Path] | None = None,
+    commit_message: str | None = None,
+    out=print,
+) -> dict:
     """Publish ``model_dir`` to ``repo_id``. Every refusal happens before the first request to the Hub."""
     from huggingface_hub import constants
 
@@ -98,22 +110,31 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
     card = _prepare_card(model_dir, plan, repo_id, evals, lineage)
     if card is not None:
         if TOKEN_RE.search(str(card).encode("utf-8")):  # it quotes provenance and summaries: scanned like the rest
-            raise UserError(f"{model_dir}: refusing to publish, the generated card would contain what looks like a "
-                            "Hugging Face token (hf_...); find it in smaug_provenance.json or the --eval summaries.")
+            raise UserError(
+                f"{model_dir}: refusing to publish, the generated card would contain what looks like a "
+                "Hugging Face token (hf_...); find it in smaug_provenance.json or the --eval summaries."
+            )
         plan.files.append(("README.md", len(str(card).encode("utf-8"))))
         plan.files.sort()
     visibility = "public" if public else "private"
     where = f"{constants.ENDPOINT}/{repo_id}"
-    out(f"{'would upload' if dry_run else 'uploading'} {len(plan.files)} file(s), {_human(plan.total_bytes)} "
+    out(
+        f"{'would upload' if dry_run else 'uploading'} {len(plan.files)} file(s), {_human(plan.total_bytes)} "
         f"({plan.total_bytes} bytes) to {where} ({visibility}); loads as: {plan.kind}; "
-        f"licence {lineage.license.describe()}")
+        f"licence {lineage.license.describe()}"
+    )
     for rel, size in plan.files:
         note = "  (card generated at upload)" if rel == "README.md" and card is not None else ""
         out(f"  {size:>14}  {rel}{note}")
     for rel, why in plan.skipped:
         out(f"  not uploaded: {rel} ({why})")
-    result = {"repo_id": repo_id, "endpoint": constants.ENDPOINT, "private": not public,
-              "files": [rel for rel, _ in plan.files], "uploaded": False}
+    result = {
+        "repo_id": repo_id,
+        "endpoint": constants.ENDPOINT,
+        "private": not public,
+        "files": [rel for rel, _ in plan.files],
+        "uploaded": False,
+    }
     if dry_run:
         out("dry run: nothing was uploaded.")
         return result
@@ -121,8 +142,9 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     if hub_offline():
-        raise UserError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to publish "
-                        "(--dry-run works offline).")
+        raise UserError(
+            "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to publish (--dry-run works offline)."
+        )
     token = get_token()
     if not token:
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again.")
@@ -140,13 +162,17 @@ def publish(model_dir: str | Path, repo_id: str, *, public: bool = False, dry_ru
             )
         if info.private and public:
             out(f"note: {where} exists and is private; --public does not change an existing repo's visibility")
-        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(model_dir / rel)) for rel, _ in plan.files]
+        operations = [
+            CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(model_dir / rel)) for rel, _ in plan.files
+        ]
         # Large files first, then the commit: a failure can then say whether a commit was made.
         step = "upload"
         api.preupload_lfs_files(repo_id, additions=operations, repo_type="model")
         step = "commit"
         commit = api.create_commit(
-            repo_id, operations=operations, repo_type="model",
+            repo_id,
+            operations=operations,
+            repo_type="model",
             commit_message=commit_message or f"Upload {model_dir.resolve().name} with smaug release publish",
         )
         step = "verify"
@@ -177,11 +203,16 @@ def _failure_message(where: str, step: str, failure: BaseException, commit, n_fi
     state = {
         "create": "nothing was uploaded",
         "upload": f"no commit was made, so the repo holds none of the {n_files} file(s) (large files that reached "
-                  "the Hub's storage are reused, not sent again)",
-        "commit": (f"the Hub refused the commit, so the repo holds none of the {n_files} file(s)" if answered else
-                   "the commit request got no answer, so the commit may or may not have been made"),
+        "the Hub's storage are reused, not sent again)",
+        "commit": (
+            f"the Hub refused the commit, so the repo holds none of the {n_files} file(s)"
+            if answered
+            else "the commit request got no answer, so the commit may or may not have been made"
+        ),
         "verify": f"commit {getattr(commit, 'oid', '?')} was made with all {n_files} file(s), but they could not be "
-                  "checked against the local folder",
+        "checked against the local folder",
     }[step]
-    return (f"{where}: {what}; {state}. Rerunning `smaug release publish` is safe: files already on the Hub are "
-            "skipped, no empty commit is made, and the upload is checked again.")
+    return (
+        f"{where}: {what}; {state}. Rerunning `smaug release publish` is safe: files already on the Hub are "
+        "skipped, no empty commit is made, and the upload is checked again."
+    )

@@ -17,13 +17,40 @@ from smaug.common.safetensors import safetensors_header
 
 # Top-level files a model repo may hold (exact names, then patterns).
 UPLOAD_NAMES = {
-    "config.json", "generation_config.json", "adapter_config.json",
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
-    "README.md", "smaug_provenance.json", "USE_POLICY.md",
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "README.md",
+    "smaug_provenance.json",
+    "USE_POLICY.md",
 }
-UPLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "LICENSE", "LICENSE.*", "LICENSE-*", "NOTICE", "NOTICE.*", "*.tiktoken"]
-TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json"}
+UPLOAD_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "LICENSE",
+    "LICENSE.*",
+    "LICENSE-*",
+    "NOTICE",
+    "NOTICE.*",
+    "*.tiktoken",
+]
+TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+}
 # Pickle formats can run code when loaded: never publish them, and refuse while weights exist in them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Trainer state (not weights) that Trainer/axolotl leave next to the model: never uploaded, not refused.
@@ -43,7 +70,15 @@ LOCAL_SCAN_LIMIT = 16 * 1024 * 1024
 # Every uploaded *.safetensors must parse (SAFETENSORS_* below) and every uploaded *.json must be JSON.
 MODEL_WEIGHTS, MODEL_INDEX = "model.safetensors", "model.safetensors.index.json"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-VOCABULARIES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("*.tiktoken",))
+VOCABULARIES = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("*.tiktoken",),
+)
+
+
 # safetensors' format: an 8-byte little-endian header length, a JSON header (at most this big, the library's
 # own limit), then the tensors' bytes, each tensor at data_offsets [begin, end) relative to the data start.
 def _is_secret_name(name: str) -> bool:
@@ -62,7 +97,9 @@ def _matches(name: str, patterns) -> bool:
 
 
 def _read_error(path: Path, err: OSError) -> UserError:
-    return UserError(f"{path}: cannot be read ({err.strerror or err}); fix its permissions or move it out of the folder.")
+    return UserError(
+        f"{path}: cannot be read ({err.strerror or err}); fix its permissions or move it out of the folder."
+    )
 
 
 def file_has_token(path: Path, chunk_size: int = SCAN_CHUNK) -> bool:
@@ -178,7 +215,9 @@ def plan_upload(model_dir: str | Path) -> UploadPlan:
             headers[rel] = header
             # Every letter of valid JSON is inside a string, so the decoded strings cover the raw header bytes.
             if _has_token_in_strings(header):
-                secrets.append(f"{rel} (its header or __metadata__ contains what looks like a Hugging Face token, hf_...)")
+                secrets.append(
+                    f"{rel} (its header or __metadata__ contains what looks like a Hugging Face token, hf_...)"
+                )
         elif uploaded or path.stat().st_size <= LOCAL_SCAN_LIMIT:
             if file_has_token(path):
                 secrets.append(token)
@@ -214,7 +253,9 @@ def plan_upload(model_dir: str | Path) -> UploadPlan:
     return plan
 
 
-def _loadability(names: set[str], links: set[str], headers: dict[str, dict], configs: dict[str, Any]) -> tuple[str, list[str]]:
+def _loadability(
+    names: set[str], links: set[str], headers: dict[str, dict], configs: dict[str, Any]
+) -> tuple[str, list[str]]:
     """(the kind of repo, why a user could not load it). ``names``: uploaded top-level files; JSON files and
     safetensors that did not parse are already reported and missing from ``configs`` / ``headers``."""
     problems: list[str] = []
@@ -237,8 +278,10 @@ def _loadability(names: set[str], links: set[str], headers: dict[str, dict], con
             if not isinstance(config.get("peft_type"), str):
                 problems.append(f"{ADAPTER_CONFIG} has no peft_type")
             if not looks_like_hub_id(base):
-                problems.append(f"{ADAPTER_CONFIG}: base_model_name_or_path {base!r} is not a Hub id, so nobody else "
-                                "can load the adapter's base; set it to the Hub id the base came from")
+                problems.append(
+                    f"{ADAPTER_CONFIG}: base_model_name_or_path {base!r} is not a Hub id, so nobody else "
+                    "can load the adapter's base; set it to the Hub id the base came from"
+                )
         elif ADAPTER_CONFIG in configs:
             problems.append(f"{ADAPTER_CONFIG} is not a JSON object")
         if ADAPTER_WEIGHTS not in names:
@@ -253,15 +296,24 @@ def _loadability(names: set[str], links: set[str], headers: dict[str, dict], con
         if MODEL_WEIGHTS not in names and MODEL_INDEX not in names:
             others = sorted(n for n in names if n.endswith(".safetensors"))
             problems.append(
-                (missing(MODEL_WEIGHTS) if MODEL_WEIGHTS in links else missing(MODEL_INDEX) if MODEL_INDEX in links
-                 else f"no {MODEL_WEIGHTS} or {MODEL_INDEX}")
+                (
+                    missing(MODEL_WEIGHTS)
+                    if MODEL_WEIGHTS in links
+                    else missing(MODEL_INDEX)
+                    if MODEL_INDEX in links
+                    else f"no {MODEL_WEIGHTS} or {MODEL_INDEX}"
+                )
                 + (f" (transformers loads only these names; found {', '.join(others)})" if others else "")
             )
         if MODEL_INDEX in configs:
             problems += _index_problems(configs[MODEL_INDEX], names, links, headers)
-        if not any(all(any(fnmatch.fnmatch(n, part) for n in names) for part in vocabulary) for vocabulary in VOCABULARIES):
-            problems.append("no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt or "
-                            "*.tiktoken)" + "".join(f"; {n} is a symlink" for n in sorted(links) if n in TOKENIZER_FILES))
+        if not any(
+            all(any(fnmatch.fnmatch(n, part) for n in names) for part in vocabulary) for vocabulary in VOCABULARIES
+        ):
+            problems.append(
+                "no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt or "
+                "*.tiktoken)" + "".join(f"; {n} is a symlink" for n in sorted(links) if n in TOKENIZER_FILES)
+            )
     return " + ".join(kinds), problems
 
 
@@ -269,8 +321,11 @@ def _index_problems(index: Any, names: set[str], links: set[str], headers: dict[
     """A sharded checkpoint loads only if every shard the index names is there and each tensor is where the
     index says, and no shard holds a tensor the index does not map to it."""
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())
+    ):
         return [f"{MODEL_INDEX} has no weight_map of tensor name -> shard file"]
     problems = []
     by_shard: dict[str, set[str]] = {}
@@ -280,14 +335,20 @@ def _index_problems(index: Any, names: set[str], links: set[str], headers: dict[
         if "/" in shard or shard in (".", "..") or not shard.endswith(".safetensors"):
             problems.append(f"{MODEL_INDEX} names {shard!r}, not a safetensors file in the folder")
         elif shard not in names:
-            problems.append(f"{MODEL_INDEX} names {shard}, " + ("a symlink (not uploaded)" if shard in links
-                                                                     else "missing from the folder"))
+            problems.append(
+                f"{MODEL_INDEX} names {shard}, "
+                + ("a symlink (not uploaded)" if shard in links else "missing from the folder")
+            )
         elif shard in headers:
             have = tensor_names(headers[shard])
             if tensors - have:
-                problems.append(f"{MODEL_INDEX} maps {len(tensors - have)} tensor(s) to {shard} that it does not hold "
-                                f"(e.g. {sorted(tensors - have)[0]})")
+                problems.append(
+                    f"{MODEL_INDEX} maps {len(tensors - have)} tensor(s) to {shard} that it does not hold "
+                    f"(e.g. {sorted(tensors - have)[0]})"
+                )
             if have - tensors:
-                problems.append(f"{shard} holds {len(have - tensors)} tensor(s) {MODEL_INDEX} does not map to it "
-                                f"(e.g. {sorted(have - tensors)[0]})")
+                problems.append(
+                    f"{shard} holds {len(have - tensors)} tensor(s) {MODEL_INDEX} does not map to it "
+                    f"(e.g. {sorted(have - tensors)[0]})"
+                )
     return problems

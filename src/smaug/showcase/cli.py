@@ -6,64 +6,68 @@ import argparse
 import os
 from pathlib import Path
 
-from smaug.common.commands import add_group
 from smaug.common.errors import UserError
 from smaug.common.paths import RESULTS_DIR
 
 
-def add_demo(sub, name: str = "demo", **kwargs):
+def _add_demo(sub):
     from smaug.showcase.demo import PUBLISH_REPO
 
     parser = sub.add_parser(
-        name, help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)",
-        **kwargs)
-    parser.add_argument("--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})")
+        "demo", help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)"
+    )
+    parser.add_argument(
+        "--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})"
+    )
     parser.set_defaults(func=_demo)
-    return parser
 
 
-def add_reproduce(sub, name: str = "reproduce", **kwargs):
+def _add_reproduce(sub):
     from smaug.showcase import reproduce
 
     parser = sub.add_parser(
-        name, help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
-        description=reproduce.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        "reproduce",
+        help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
+        description=reproduce.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(reproduce.DEFAULT_SEEDS))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reproduce")
     parser.add_argument("--quick", action="store_true", help="one seed, DPO + DPOP λ=50 only")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="preference runs at once (default: one per CPU core, one thread each)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="preference runs at once (default: one per CPU core, one thread each)"
+    )
     parser.set_defaults(func=_reproduce)
-    return parser
 
 
-def add_tiny_model(sub, name: str = "tiny-model", **kwargs):
-    parser = sub.add_parser(name, help="write a tiny random Llama + byte tokenizer (for CPU runs)", **kwargs)
+def _add_tiny_model(sub):
+    parser = sub.add_parser("tiny-model", help="write a tiny random Llama + byte tokenizer (for CPU runs)")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_tiny_model)
-    return parser
 
 
-def add_demo_model(sub, name: str = "demo-model", **kwargs):
+def _add_demo_model(sub):
     from smaug.showcase.demo_model import HUB_ID, WHEEL
 
     parser = sub.add_parser(
-        name, help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline", **kwargs)
+        "demo-model", help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline"
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
     parser.set_defaults(func=_demo_model)
-    return parser
-
-
-COMMANDS = {"demo": add_demo, "reproduce": add_reproduce, "tiny-model": add_tiny_model, "demo-model": add_demo_model}
 
 
 def register(subparsers) -> None:
-    add_group(subparsers, "showcase", "the CPU demo, the paper's failure mode on a laptop, tiny models", COMMANDS)
+    group = subparsers.add_parser("showcase", help="the CPU demo, the paper's failure mode on a laptop, tiny models")
+    sub = group.add_subparsers(dest="showcase_command", required=True)
+    _add_demo(sub)
+    _add_reproduce(sub)
+    _add_tiny_model(sub)
+    _add_demo_model(sub)
 
 
 def _demo(args: argparse.Namespace) -> int:

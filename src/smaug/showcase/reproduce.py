@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import write_json, write_jsonl, write_text
 from axolotl_dpop.provenance import read_provenance
-
 from smaug.common.chat import chatml_prompt
-from smaug.common.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from smaug.common.paths import RECIPES_DIR
 from smaug.training import runner
 from smaug.training.recipes import derive_recipe, load_recipe, write_derived_recipe
@@ -69,14 +68,22 @@ def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HEL
     heldout_pairs, heldout_skips = build_metamath_pairs(heldout_rows, seed=DATA_SEED, fallback=False)
     write_pairs(data / "pairs_train.jsonl", train_pairs)
     write_pairs(data / "pairs_heldout.jsonl", heldout_pairs)
-    write_jsonl_atomic(data / "sft.jsonl", (
-        {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}]}
-        for p in train_pairs))
-    write_jsonl_atomic(data / "heldout_problems.jsonl",
-                       ({"query": r["query"], "answer": r["answer"]} for r in heldout_rows))
-    info = {"problems": len(unique), "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),
-            "skips": {"train": train_skips, "heldout": heldout_skips}, "data_seed": DATA_SEED}
-    write_json_atomic(data / "data.json", info)
+    write_jsonl(
+        data / "sft.jsonl",
+        (
+            {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}]}
+            for p in train_pairs
+        ),
+    )
+    write_jsonl(data / "heldout_problems.jsonl", ({"query": r["query"], "answer": r["answer"]} for r in heldout_rows))
+    info = {
+        "problems": len(unique),
+        "train_pairs": len(train_pairs),
+        "heldout_pairs": len(heldout_pairs),
+        "skips": {"train": train_skips, "heldout": heldout_skips},
+        "data_seed": DATA_SEED,
+    }
+    write_json(data / "data.json", info)
     return info
 
 
@@ -108,8 +115,15 @@ def recipe_value(name: str, key: str) -> Any:
     return load_recipe(RECIPE_DIR / f"{name}.yml").get(key)
 
 
-def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, Any], log: Path,
-                  original_recipe: Path | None = None, threads: int | None = None) -> None:
+def axolotl_train(
+    recipe: Path,
+    out: Path,
+    run_dir: Path,
+    overrides: dict[str, Any],
+    log: Path,
+    original_recipe: Path | None = None,
+    threads: int | None = None,
+) -> None:
     """``axolotl train <recipe> --key=value ...`` in one process (cwd = ``out``, so the recipe's relative data
     paths resolve there); the output goes to ``log``. A failure raises with the log's tail."""
     if run_dir.exists():  # a half-finished run from an interrupted call: start it again cleanly
@@ -119,8 +133,9 @@ def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, A
     # Threads: torch's default (all cores) unless OMP_NUM_THREADS says otherwise. On an idle 2-core machine
     # two threads were 15 % faster than one; on a machine already busy with other jobs set OMP_NUM_THREADS=1
     # (oversubscribed, two threads ran ~10x slower there).
-    env = runner.axolotl_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                             WANDB_MODE="disabled")
+    env = runner.axolotl_env(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled"
+    )
     if threads and not os.environ.get("OMP_NUM_THREADS"):
         env["OMP_NUM_THREADS"] = str(threads)
     if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
@@ -128,8 +143,7 @@ def axolotl_train(recipe: Path, out: Path, run_dir: Path, overrides: dict[str, A
     code = runner.run_logged(runner.train_command(recipe, overrides=overrides), env, log, cwd=out, echo=False)
     if code != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {code}); "
-                           f"full log: {log}\n{tail}")
+        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {code}); full log: {log}\n{tail}")
 
 
 def lambda_recipe(out: Path, lam: float) -> Path:
@@ -137,7 +151,9 @@ def lambda_recipe(out: Path, lam: float) -> Path:
     ``--dpop-lambda`` is handed on to ``accelerate launch``, which rejects it), so λ goes into a derived copy."""
     source = RECIPE_DIR / "dpop.yml"
     path = out / "recipes" / f"dpop_lambda{lam:g}.yml"
-    write_derived_recipe(path, derive_recipe(load_recipe(source), {"dpop_lambda": lam}), source, "only dpop_lambda differs")
+    write_derived_recipe(
+        path, derive_recipe(load_recipe(source), {"dpop_lambda": lam}), source, "only dpop_lambda differs"
+    )
     return path
 
 
@@ -161,12 +177,18 @@ def greedy_exact_match(model_dir: Path, problems: list[dict], max_new_tokens: in
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    batch = tokenizer([chatml_prompt(p["query"]) for p in problems], return_tensors="pt", padding=True,
-                      add_special_tokens=False)
+    batch = tokenizer(
+        [chatml_prompt(p["query"]) for p in problems], return_tensors="pt", padding=True, add_special_tokens=False
+    )
     with torch.inference_mode():
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(parse_answer(t) == p["answer"] for t, p in zip(texts, problems)) / len(problems)
 
 
@@ -174,19 +196,31 @@ def row_from_stats(method: str, lam: float | None, seed: int | None, stats: dict
     b = stats["buckets"]["chosen"]
     return {
         "method": "SFT (reference)" if method == "sft" else ("DPO" if method == "dpo" else f"DPOP λ={lam:g}"),
-        "lambda": lam, "seed": seed,
-        "d_chosen": stats["chosen_total_delta_mean"], "d_rejected": stats["rejected_total_delta_mean"],
-        "d_chosen_before": b["before"]["mean_delta_per_token"], "d_chosen_at": b["at"]["mean_delta_per_token"],
+        "lambda": lam,
+        "seed": seed,
+        "d_chosen": stats["chosen_total_delta_mean"],
+        "d_rejected": stats["rejected_total_delta_mean"],
+        "d_chosen_before": b["before"]["mean_delta_per_token"],
+        "d_chosen_at": b["at"]["mean_delta_per_token"],
         "d_chosen_after": b["after"]["mean_delta_per_token"],
         "d_rejected_after": stats["buckets"]["rejected"]["after"]["mean_delta_per_token"],
-        "reward_accuracy": stats["reward_accuracy"], "exact_match": exact,
+        "reward_accuracy": stats["reward_accuracy"],
+        "exact_match": exact,
     }
 
 
-COLUMNS = [("method", "method"), ("seed", "seed"), ("Δ log p chosen", "d_chosen"),
-           ("Δ log p rejected", "d_rejected"), ("Δ/token chosen before k", "d_chosen_before"),
-           ("at k", "d_chosen_at"), ("after k", "d_chosen_after"), ("Δ/token rejected after k", "d_rejected_after"),
-           ("reward acc", "reward_accuracy"), ("exact match", "exact_match")]
+COLUMNS = [
+    ("method", "method"),
+    ("seed", "seed"),
+    ("Δ log p chosen", "d_chosen"),
+    ("Δ log p rejected", "d_rejected"),
+    ("Δ/token chosen before k", "d_chosen_before"),
+    ("at k", "d_chosen_at"),
+    ("after k", "d_chosen_after"),
+    ("Δ/token rejected after k", "d_rejected_after"),
+    ("reward acc", "reward_accuracy"),
+    ("exact match", "exact_match"),
+]
 
 
 PER_TOKEN_KEYS = {"d_chosen_before", "d_chosen_at", "d_chosen_after", "d_rejected_after"}
@@ -214,7 +248,9 @@ def summary_rows(rows: list[dict]) -> list[dict]:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows if r["seed"] is not None):
         group = [r for r in rows if r["method"] == method]
-        mean = {k: sum(r[k] for r in group) / len(group) for _, k in COLUMNS[2:] if all(r[k] is not None for r in group)}
+        mean = {
+            k: sum(r[k] for r in group) / len(group) for _, k in COLUMNS[2:] if all(r[k] is not None for r in group)
+        }
         out.append({"method": method, "seed": f"mean of {len(group)}", **mean})
     return out
 
@@ -230,9 +266,14 @@ class Progress:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
 
 
-def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[float, ...] = LAMBDAS,
-              jobs: int | None = None,
-              overrides: dict[str, Any] | None = None) -> dict:
+def reproduce(
+    out: Path,
+    seeds: list[int],
+    quick: bool = False,
+    lambdas: tuple[float, ...] = LAMBDAS,
+    jobs: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
     """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
     import torch
 
@@ -263,9 +304,9 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
     if run_is_done(sft, {"max_steps": sft_over.get("max_steps", recipe_value("sft", "max_steps"))}):
         progress(f"SFT: reusing {sft}")
     else:
-        axolotl_train(RECIPE_DIR / "sft.yml", out, sft,
-                      {"base_model": base, "output_dir": sft, **sft_over},
-                      logs / "sft.log")
+        axolotl_train(
+            RECIPE_DIR / "sft.yml", out, sft, {"base_model": base, "output_dir": sft, **sft_over}, logs / "sft.log"
+        )
         progress(f"SFT: axolotl train {RECIPE_DIR.name}/sft.yml -> {sft}")
 
     pref_over = {k[5:]: v for k, v in overrides.items() if k.startswith("pref_")}
@@ -293,9 +334,15 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
 
     def train(job) -> None:
         method, lam, seed, run_dir, recipe = job
-        axolotl_train(recipe, out, run_dir, {"base_model": sft, "output_dir": run_dir, "seed": seed, **pref_over},
-                      logs / f"{run_dir.name}.log", original_recipe=RECIPE_DIR / f"{method}.yml",
-                      threads=max(1, (os.cpu_count() or 1) // workers))
+        axolotl_train(
+            recipe,
+            out,
+            run_dir,
+            {"base_model": sft, "output_dir": run_dir, "seed": seed, **pref_over},
+            logs / f"{run_dir.name}.log",
+            original_recipe=RECIPE_DIR / f"{method}.yml",
+            threads=max(1, (os.cpu_count() or 1) // workers),
+        )
         progress(f"{run_label(method, lam)} seed {seed}: axolotl train -> {run_dir}")
 
     if pending:
@@ -306,13 +353,21 @@ def reproduce(out: Path, seeds: list[int], quick: bool = False, lambdas: tuple[f
                 future.result()  # re-raises the first failure, with its log's tail
 
     results = evaluate(out, sft, runs, progress)
-    results.update({"data": info, "model": MODEL, "seeds": list(seeds), "lambdas": list(lambdas), "quick": quick,
-                    "overrides": {k: str(v) for k, v in overrides.items()},
-                    "recipes": {n: str(RECIPE_DIR / f"{n}.yml") for n in ("sft", "dpo", "dpop")},
-                    "wall_seconds": round(time.monotonic() - progress.start, 1)})
-    write_json_atomic(out / "results.json", results)
+    results.update(
+        {
+            "data": info,
+            "model": MODEL,
+            "seeds": list(seeds),
+            "lambdas": list(lambdas),
+            "quick": quick,
+            "overrides": {k: str(v) for k, v in overrides.items()},
+            "recipes": {n: str(RECIPE_DIR / f"{n}.yml") for n in ("sft", "dpo", "dpop")},
+            "wall_seconds": round(time.monotonic() - progress.start, 1),
+        }
+    )
+    write_json(out / "results.json", results)
     md = render_markdown(results)
-    write_text_atomic(out / "results.md", md)
+    write_text(out / "results.md", md)
     print(md)
     progress(f"done: {out / 'results.md'}, results.json, positional.png, training.png")
     return results
@@ -325,13 +380,26 @@ def evaluate(out: Path, sft: Path, runs, progress) -> dict:
 
     pairs = load_pairs(out / "data" / "pairs_heldout.jsonl")
     problems = [json.loads(line) for line in (out / "data" / "heldout_problems.jsonl").read_text().splitlines()]
-    analysis = analyse_pairs([str(r[3]) for r in runs], str(sft), pairs, fmt="chatml", dtype="float32",
-                             device="cpu", batch_size=32)
+    analysis = analyse_pairs(
+        [str(r[3]) for r in runs], str(sft), pairs, fmt="chatml", dtype="float32", device="cpu", batch_size=32
+    )
     progress(f"log-probs: {len(runs)} runs vs the SFT reference on {len(pairs)} held-out pairs")
     ref_exact = greedy_exact_match(sft, problems)
-    rows = [{"method": "SFT (reference)", "lambda": None, "seed": None, "d_chosen": 0.0, "d_rejected": 0.0,
-             "d_chosen_before": 0.0, "d_chosen_at": 0.0, "d_chosen_after": 0.0, "d_rejected_after": 0.0,
-             "reward_accuracy": None, "exact_match": ref_exact}]
+    rows = [
+        {
+            "method": "SFT (reference)",
+            "lambda": None,
+            "seed": None,
+            "d_chosen": 0.0,
+            "d_rejected": 0.0,
+            "d_chosen_before": 0.0,
+            "d_chosen_at": 0.0,
+            "d_chosen_after": 0.0,
+            "d_rejected_after": 0.0,
+            "reward_accuracy": None,
+            "exact_match": ref_exact,
+        }
+    ]
     for method, lam, seed, run_dir in runs:
         stats = analysis["models"][str(run_dir)]
         rows.append(row_from_stats(method, lam, seed, stats, greedy_exact_match(run_dir, problems)))
@@ -339,15 +407,23 @@ def evaluate(out: Path, sft: Path, runs, progress) -> dict:
 
     # Figure 4: one seed, every method; Figure 5: DPO vs DPOP training curves of that seed.
     first_seed = runs[0][2]
-    fig4 = {**analysis, "models": {run_label(m, lam): analysis["models"][str(d)]
-                                   for m, lam, s, d in runs if s == first_seed}}
+    fig4 = {
+        **analysis,
+        "models": {run_label(m, lam): analysis["models"][str(d)] for m, lam, s, d in runs if s == first_seed},
+    }
     fig4["reference"] = "SFT"
     plot_positional(fig4, out / "positional.png")
     plot_training({run_label(m, lam): d for m, lam, s, d in runs if s == first_seed}, out / "training.png")
     progress(f"plots: {out / 'positional.png'}, {out / 'training.png'} (seed {first_seed})")
-    return {"rows": rows, "summary": summary_rows(rows), "reference_stats": analysis["reference_stats"],
-            "n_heldout_pairs": len(pairs), "n_heldout_problems": len(problems), "versions": analysis["versions"],
-            "logprobs": {str(d.relative_to(out)): analysis["models"][str(d)]["buckets"] for *_, d in runs}}
+    return {
+        "rows": rows,
+        "summary": summary_rows(rows),
+        "reference_stats": analysis["reference_stats"],
+        "n_heldout_pairs": len(pairs),
+        "n_heldout_problems": len(problems),
+        "versions": analysis["versions"],
+        "logprobs": {str(d.relative_to(out)): analysis["models"][str(d)]["buckets"] for *_, d in runs},
+    }
 
 
 def render_markdown(results: dict) -> str:
@@ -359,7 +435,17 @@ def render_markdown(results: dict) -> str:
         "after the first differing token k. Exact match: greedy `The answer is: N` on "
         f"{results['n_heldout_problems']} held-out problems."
     )
-    return "\n".join([
-        "# DPO vs DPOP on low edit-distance pairs (`smaug showcase reproduce`)", "", intro, "",
-        markdown_table(results["rows"]), "", "Mean over seeds:", "", markdown_table(results["summary"]), "",
-    ])
+    return "\n".join(
+        [
+            "# DPO vs DPOP on low edit-distance pairs (`smaug showcase reproduce`)",
+            "",
+            intro,
+            "",
+            markdown_table(results["rows"]),
+            "",
+            "Mean over seeds:",
+            "",
+            markdown_table(results["summary"]),
+            "",
+        ]
+    )

@@ -43,8 +43,11 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """checkpoint-N folders the trainer finished writing (a readable trainer_state.json), by step."""
-    found = [p for p in output_dir.glob("checkpoint-*")
-             if p.is_dir() and checkpoint_step(p) is not None and read_trainer_state(p) is not None]
+    found = [
+        p
+        for p in output_dir.glob("checkpoint-*")
+        if p.is_dir() and checkpoint_step(p) is not None and read_trainer_state(p) is not None
+    ]
     return sorted(found, key=checkpoint_step)
 
 
@@ -81,8 +84,11 @@ def set_aside_incomplete_checkpoints(output_dir: Path) -> list[Path]:
 def last_logged(state: dict[str, Any] | None) -> tuple[int | None, float | None]:
     """(step, loss) of the last logged training loss in a trainer state."""
     for entry in reversed((state or {}).get("log_history") or []):
-        if (isinstance(entry, dict) and isinstance(entry.get("loss"), (int, float))
-                and isinstance(entry.get("step"), int)):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("loss"), (int, float))
+            and isinstance(entry.get("step"), int)
+        ):
             return entry["step"], float(entry["loss"])
     return None, None
 
@@ -147,5 +153,9 @@ def weights_problem(folder: Path, adapter: bool = False) -> str | None:
 
 def weight_files(folder: Path) -> list[Path]:
     """The files that make up a saved model or adapter (weights, index, config), as `save_pretrained` writes them."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and (
-        p.name in _MODEL_SIDE_FILES or p.name.startswith(("model", "pytorch_model", "adapter_model"))))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and (p.name in _MODEL_SIDE_FILES or p.name.startswith(("model", "pytorch_model", "adapter_model")))
+    )

@@ -25,26 +25,41 @@ def register(subparsers) -> None:
     sub = chain.add_subparsers(dest="chain_command", required=True)
     run = sub.add_parser("run", help="run a chain from recipes/chains.yaml (skips done stages, resumes killed ones)")
     run.add_argument("name", help="chain name, e.g. smaug-34b, smaug-72b, smaug-7b, tiny")
-    run.add_argument("--dry-run", action="store_true",
-                     help="print the plan, commands and a GPU memory estimate; run nothing (make: DRY_RUN=1)")
-    run.add_argument("--output-root", type=Path, default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
-                     help="write every stage under this folder instead of ./outputs (env SMAUG_OUTPUT_ROOT; on "
-                          "several nodes: a folder on shared storage)")
-    run.add_argument("--skip-preflight", action="store_true",
-                     help="do not check the GPUs first (make: SMAUG_SKIP_PREFLIGHT=1)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan, commands and a GPU memory estimate; run nothing (make: DRY_RUN=1)",
+    )
+    run.add_argument(
+        "--output-root",
+        type=Path,
+        default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
+        help="write every stage under this folder instead of ./outputs (env SMAUG_OUTPUT_ROOT; on "
+        "several nodes: a folder on shared storage)",
+    )
+    run.add_argument(
+        "--skip-preflight", action="store_true", help="do not check the GPUs first (make: SMAUG_SKIP_PREFLIGHT=1)"
+    )
     run.set_defaults(func=_cmd_run)
-    status = sub.add_parser("status", help="where each stage of a chain stands and what the next run would do "
-                                           "(reads files only; make: make status CHAIN=NAME)")
+    status = sub.add_parser(
+        "status",
+        help="where each stage of a chain stands and what the next run would do "
+        "(reads files only; make: make status CHAIN=NAME)",
+    )
     status.add_argument("name", help="chain name, e.g. smaug-34b, tiny")
-    status.add_argument("--output-root", type=Path, default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
-                        help="the --output-root the chain runs with (env SMAUG_OUTPUT_ROOT)")
+    status.add_argument(
+        "--output-root",
+        type=Path,
+        default=os.environ.get("SMAUG_OUTPUT_ROOT") or None,
+        help="the --output-root the chain runs with (env SMAUG_OUTPUT_ROOT)",
+    )
     status.set_defaults(func=_cmd_status)
     lst = sub.add_parser("list", help="the chains and their stages")
     lst.set_defaults(func=_cmd_list_chains)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from smaug.common.files import write_text_atomic
+    from axolotl_dpop.atomic import write_text
     from smaug.common.paths import RECIPES_DIR
     from smaug.training.generate import generated_recipes, stale_generated
 
@@ -54,7 +69,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"stale: recipes/{name} (run `smaug recipes generate`)")
         return 1 if stale else 0
     for name, text in generated_recipes().items():
-        write_text_atomic(RECIPES_DIR / name, text)
+        write_text(RECIPES_DIR / name, text)
         print(f"wrote recipes/{name}")
     return 0
 
@@ -95,8 +110,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         return run_chain(args.name, args.output_root, dry_run=args.dry_run, skip_preflight=args.skip_preflight)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run `smaug chain run {args.name}` again to resume from the last checkpoint",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: run `smaug chain run {args.name}` again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
 
 

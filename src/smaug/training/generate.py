@@ -60,8 +60,14 @@ def _wrap_comment(line: str, width: int = 116) -> list[str]:
         return [line]
     prefix = re.match(r"#\s*", line).group(0)
     more = "  " if re.match(r"#\s+\S[^:]*:\s", line) and len(prefix) > 2 else ""
-    return textwrap.wrap(line[len(prefix):], width, initial_indent=prefix, subsequent_indent=prefix + more,
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.wrap(
+        line[len(prefix) :],
+        width,
+        initial_indent=prefix,
+        subsequent_indent=prefix + more,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _need(mapping: Any, key: str, where: str) -> Any:
@@ -74,8 +80,10 @@ def _format(template: str, where: str, **values: Any) -> str:
     try:
         return template.format(**values)
     except (KeyError, IndexError) as err:
-        raise UserError(f"{where}: {template!r} uses {{{err.args[0]}}}, which is not one of "
-                        f"{', '.join('{' + k + '}' for k in values)}") from None
+        raise UserError(
+            f"{where}: {template!r} uses {{{err.args[0]}}}, which is not one of "
+            f"{', '.join('{' + k + '}' for k in values)}"
+        ) from None
 
 
 class _Spec:
@@ -106,8 +114,10 @@ class _Spec:
                     cells[cell.name] = cell
                     continue
                 if seen.body != cell.body:
-                    raise UserError(f"{self.where}: two different cells both write recipes/{cell.name}; "
-                                    "give them different `file` names")
+                    raise UserError(
+                        f"{self.where}: two different cells both write recipes/{cell.name}; "
+                        "give them different `file` names"
+                    )
                 seen.reproduces += [r for r in cell.reproduces if r not in seen.reproduces]
                 seen.chains += [c for c in cell.chains if c not in seen.chains]
         return cells
@@ -127,39 +137,46 @@ class _Spec:
             axes = {k: v for k, v in matrix.items() if k not in _MATRIX_KEYS}
             for axis, values in axes.items():
                 if axis not in self.axes:
-                    raise UserError(f"{mwhere}: {axis!r} is neither {sorted(_MATRIX_KEYS)} nor a setting axis "
-                                    f"of `axes:` ({', '.join(self.axes) or 'none defined'})")
+                    raise UserError(
+                        f"{mwhere}: {axis!r} is neither {sorted(_MATRIX_KEYS)} nor a setting axis "
+                        f"of `axes:` ({', '.join(self.axes) or 'none defined'})"
+                    )
                 if not isinstance(values, list) or not values:
                     raise UserError(f"{mwhere}.{axis}: a non-empty list of values")
             datasets = matrix.get("datasets") or [None]
-            for dataset, loss, *point in itertools.product(datasets, _need(matrix, "losses", mwhere),
-                                                           *axes.values()):
+            for dataset, loss, *point in itertools.product(datasets, _need(matrix, "losses", mwhere), *axes.values()):
                 cell = self._cell(grid_name, grid, base, dataset, loss, dict(zip(axes, point)), mwhere)
                 cell.reproduces.append(_need(matrix, "reproduces", mwhere))
                 cell.chains.append(_need(matrix, "chain", mwhere))
                 out.append(cell)
         return out
 
-    def _cell(self, grid_name: str, grid: dict, base: dict, dataset: str | None, loss: str,
-              point: dict[str, Any], where: str) -> Cell:
+    def _cell(
+        self, grid_name: str, grid: dict, base: dict, dataset: str | None, loss: str, point: dict[str, Any], where: str
+    ) -> Cell:
         if loss not in self.losses:
             raise UserError(f"{where}: loss {loss!r} is not defined under `losses:` ({', '.join(self.losses)})")
         body = derive_recipe(base, self.losses[loss].get("overrides") or {})
         overrides: dict[str, Any] = {}
         if dataset is not None:
             if dataset not in self.datasets:
-                raise UserError(f"{where}: dataset {dataset!r} is not defined under `datasets:` "
-                                f"({', '.join(self.datasets)})")
+                raise UserError(
+                    f"{where}: dataset {dataset!r} is not defined under `datasets:` ({', '.join(self.datasets)})"
+                )
             block = self.datasets[dataset]
-            entry = {"path": _need(block, "path", f"{self.where}: datasets.{dataset}"),
-                     **(grid.get("dataset_entry") or {})}
+            entry = {
+                "path": _need(block, "path", f"{self.where}: datasets.{dataset}"),
+                **(grid.get("dataset_entry") or {}),
+            }
             overrides["datasets"] = [entry]
         suffix = ""
         for axis, value in point.items():
             key = self.axes[axis]
             if key not in body:
-                raise UserError(f"{where}: the {axis} axis sets `{key}`, which the {loss} loss does not use; "
-                                "sweep it only over losses that keep it")
+                raise UserError(
+                    f"{where}: the {axis} axis sets `{key}`, which the {loss} loss does not use; "
+                    "sweep it only over losses that keep it"
+                )
             overrides[key] = value
             if value != base.get(key):  # the base's own value is the centre of the sweep: no suffix
                 suffix += f"_{axis}{value}"
@@ -171,8 +188,13 @@ class _Spec:
                 overrides[key] = _format(grid[key], where, **fields)
         body = derive_recipe(body, overrides)
         settings = {k: body[k] for k in self.axes.values() if k in body}
-        settings.update({k: body[k] for k in (self.losses[loss].get("overrides") or {})
-                         if k in body and k != "rl" and k not in settings and not isinstance(body[k], (list, dict))})
+        settings.update(
+            {
+                k: body[k]
+                for k in (self.losses[loss].get("overrides") or {})
+                if k in body and k != "rl" and k not in settings and not isinstance(body[k], (list, dict))
+            }
+        )
         return Cell(name, grid_name, dataset, loss, settings, body)
 
     def render(self, cell: Cell) -> str:
@@ -181,9 +203,13 @@ class _Spec:
         dataset = self.datasets.get(cell.dataset or "", {})
         settings_text = ", ".join(f"{key} {value}" for key, value in cell.settings.items())
         fills = {
-            "{title}": _format(_need(grid, "title", f"{self.where}: grids.{cell.grid}"), self.where,
-                               dataset=dataset.get("title", ""), loss=loss.get("title", cell.loss),
-                               settings=settings_text),
+            "{title}": _format(
+                _need(grid, "title", f"{self.where}: grids.{cell.grid}"),
+                self.where,
+                dataset=dataset.get("title", ""),
+                loss=loss.get("title", cell.loss),
+                settings=settings_text,
+            ),
             "{notes}": loss.get("notes", ""),
             "{reproduces}": "; ".join(cell.reproduces),
             "{recipe}": cell.name,

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from axolotl_dpop.atomic import host_name, pid_alive
+from axolotl_dpop.provenance import utc_stamp
 from smaug.common.errors import UserError
-from smaug.common.files import host_name, pid_alive
-from smaug.common.records import utc_timestamp
 
 LOCK_SUFFIX = ".smaug-lock"
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -59,8 +59,9 @@ class Holder:
 def read_holder(path: Path) -> Holder | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        return Holder(int(info["pid"]), str(info["host"]), str(info.get("command", "?")),
-                      str(info.get("since", "?")), path)
+        return Holder(
+            int(info["pid"]), str(info["host"]), str(info.get("command", "?")), str(info.get("since", "?")), path
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -79,7 +80,7 @@ def holders(folder: Path) -> list[tuple[int, Holder]]:
     """(node rank, holder) of every run on ``folder`` now, whatever its node rank."""
     found = []
     for path in sorted(folder.parent.glob(f".{glob.escape(folder.name)}.node*{LOCK_SUFFIX}")):
-        rank = path.name[len(folder.name) + 6: -len(LOCK_SUFFIX)]
+        rank = path.name[len(folder.name) + 6 : -len(LOCK_SUFFIX)]
         if rank.isdigit():
             held = holder(folder, int(rank))
             if held is not None:
@@ -101,7 +102,7 @@ def _flocked(path: Path) -> bool:
 
 def _info() -> bytes:
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
-    return json.dumps({"pid": os.getpid(), "host": host_name(), "command": command, "since": utc_timestamp()}).encode()
+    return json.dumps({"pid": os.getpid(), "host": host_name(), "command": command, "since": utc_stamp()}).encode()
 
 
 class _Busy(Exception):
@@ -183,8 +184,10 @@ def hold(folders: list[Path], node_rank: int, what: str):
 
 def _busy_message(folder: Path, busy: _Busy, what: str) -> str:
     who = busy.holder.describe() if busy.holder else "another process (its lock file gives no details)"
-    text = (f"{folder} is in use by another chain run: {who}. Two runs on one stage folder would resume from "
-            f"each other's checkpoints. Wait for it to finish ({what}), or stop it")
+    text = (
+        f"{folder} is in use by another chain run: {who}. Two runs on one stage folder would resume from "
+        f"each other's checkpoints. Wait for it to finish ({what}), or stop it"
+    )
     if busy.holder and busy.holder.alive is False:
         text += f" (find it: fuser {busy.path})"
     elif busy.holder:

@@ -43,8 +43,9 @@ class ModelShape:
 # Published architecture numbers (config.json of each model); parameter counts computed from them.
 KNOWN_MODELS: dict[str, ModelShape] = {
     "jondurbin/bagel-34b-v0.2": ModelShape(34.39e9, 7168, 60, 64000, 20480, "table: Yi-34B architecture", 56, 8),
-    "moreh/MoMo-72B-lora-1.8.7-DPO": ModelShape(72.29e9, 8192, 80, 152064, 24576, "table: Qwen-72B architecture",
-                                                64, 64),
+    "moreh/MoMo-72B-lora-1.8.7-DPO": ModelShape(
+        72.29e9, 8192, 80, 152064, 24576, "table: Qwen-72B architecture", 64, 64
+    ),
     "meta-llama/Llama-2-7b-chat-hf": ModelShape(6.74e9, 4096, 32, 32000, 11008, "table: Llama-2-7B", 32, 32),
     "mistralai/Mistral-7B-v0.1": ModelShape(7.24e9, 4096, 32, 32000, 14336, "table: Mistral-7B-v0.1", 32, 8),
 }
@@ -61,8 +62,16 @@ def shape_from_config(config_path: Path) -> ModelShape:
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
     per_layer = attention + 3 * hidden * inter + 2 * hidden
     embeddings = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
-    return ModelShape(float(layers * per_layer + embeddings + hidden), hidden, layers, vocab, inter,
-                      f"config.json: {config_path}", heads, kv_heads)
+    return ModelShape(
+        float(layers * per_layer + embeddings + hidden),
+        hidden,
+        layers,
+        vocab,
+        inter,
+        f"config.json: {config_path}",
+        heads,
+        kv_heads,
+    )
 
 
 def model_shape(base_model: str, inherited: ModelShape | None = None) -> ModelShape | None:
@@ -93,8 +102,9 @@ def zero_setup(deepspeed_json: str | None, root: Path) -> ZeroSetup:
     def on_cpu(key: str) -> bool:
         return str((zero.get(key) or {}).get("device", "none")).lower() == "cpu"
 
-    return ZeroSetup(int(zero.get("stage", 0)), on_cpu("offload_optimizer"), on_cpu("offload_param"),
-                     f"{deepspeed_json}")
+    return ZeroSetup(
+        int(zero.get("stage", 0)), on_cpu("offload_optimizer"), on_cpu("offload_param"), f"{deepspeed_json}"
+    )
 
 
 # Where each part of a stage's memory lives, in bytes per process: (on the GPU, on the host). The dry run prints
@@ -172,8 +182,11 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
         r = int(recipe.get("lora_r") or 8)
         trainable = shape.layers * r * (4 * 2 * shape.hidden + 3 * (shape.hidden + shape.intermediate))
         part("weights", f"frozen base weights ({'4-bit' if four_bit else dtype})", shard(weight_bytes, 3))
-        part("optimizer", f"LoRA r={r}: {trainable / 1e6:.0f}M trainable params, grads + AdamW states (16 B/param)",
-             trainable * 16)
+        part(
+            "optimizer",
+            f"LoRA r={r}: {trainable / 1e6:.0f}M trainable params, grads + AdamW states (16 B/param)",
+            trainable * 16,
+        )
         if preference and rl != "slic":
             est.assumptions.append("reference model = the base with the adapter disabled: no second copy")
     else:
@@ -187,12 +200,22 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
             part("gradients", "gradients, copy for the CPU optimizer (4 B/param)", 4 * p / world, True)
         if zero.stage >= 1:
             # DeepSpeed keeps its own fp32 master partition (measured: even when the weights are fp32 already).
-            part("optimizer", "AdamW states, fp32 master + m + v (12 B/param)", shard(12.0 * p, 1), zero.offload_optimizer)
+            part(
+                "optimizer",
+                "AdamW states, fp32 master + m + v (12 B/param)",
+                shard(12.0 * p, 1),
+                zero.offload_optimizer,
+            )
         else:
             part("optimizer", f"AdamW states, m + v in {dtype} ({2 * e} B/param)", 2 * e * p)
         if preference and no_reference:
-            part("reference", "no reference model (" + ("rl: slic has none" if rl == "slic" else
-                 "reference log-probs precomputed") + ")", 0.0)
+            part(
+                "reference",
+                "no reference model ("
+                + ("rl: slic has none" if rl == "slic" else "reference log-probs precomputed")
+                + ")",
+                0.0,
+            )
         elif preference:
             part("reference", f"frozen reference model, {dtype}", shard(e * p, 3), zero.offload_param)
 
@@ -211,8 +234,11 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
     if zero.stage >= 3 and not adapter:
         # ZeRO-3 gathers one module's parameters at a time (+ the prefetch bucket, 0.9 h^2 when "auto").
         largest = max(shape.vocab * shape.hidden, shape.hidden * shape.intermediate)
-        part("activations", f"ZeRO-3 gathered parameters (largest module + prefetch, {dtype})",
-             (largest + 0.9 * shape.hidden ** 2) * e)
+        part(
+            "activations",
+            f"ZeRO-3 gathered parameters (largest module + prefetch, {dtype})",
+            (largest + 0.9 * shape.hidden**2) * e,
+        )
     # Peak in backward: the logits, their gradient and two more full-size tensors into which the backward of the
     # per-row log-softmax and gather scatter their gradients (measured 4.05x on CPU; axolotl's fused Triton
     # log-softmax on GPUs needs less, so this errs high there). In forward, policy + reference logits = 2x.
@@ -221,19 +247,28 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
         # logits and their gradient), plus the head's weight gradient until it is reduced (benchmarks/
         # bench_chunked_logps.py measured 0.19x the full-logits step at vocab 152k).
         chunk = min(int(recipe.get("dpop_logps_chunk_size") or 1024), tokens)
-        part("logits", f"chunked head: 2 x {chunk}-token chunk x vocab (fp32) + head gradient ({dtype})",
-             2 * chunk * shape.vocab * 4 + shape.vocab * shape.hidden * e)
+        part(
+            "logits",
+            f"chunked head: 2 x {chunk}-token chunk x vocab (fp32) + head gradient ({dtype})",
+            2 * chunk * shape.vocab * 4 + shape.vocab * shape.hidden * e,
+        )
     else:
-        part("logits", f"logits and the log-softmax backward (4 x {rows_per_step} x {seq} x vocab, {dtype})",
-             4 * tokens * shape.vocab * e)
+        part(
+            "logits",
+            f"logits and the log-softmax backward (4 x {rows_per_step} x {seq} x vocab, {dtype})",
+            4 * tokens * shape.vocab * e,
+        )
 
     est.assumptions += [
         f"{shape.billions:.2f}B parameters ({shape.source})",
         f"ZeRO stage {zero.stage}, offload optimizer: {zero.offload_optimizer}, offload params: "
         f"{zero.offload_param} ({zero.source}); sharded over world size {world}",
-        (f"frozen base in 4-bit NF4 (~0.55 B/param with quantisation constants) or {dtype}; LoRA weights, grads "
-         "and optimizer states ~16 B per trainable param" if adapter else
-         f"{dtype} weights and gradients; AdamW m + v (DeepSpeed: + fp32 master weights)"),
+        (
+            f"frozen base in 4-bit NF4 (~0.55 B/param with quantisation constants) or {dtype}; LoRA weights, grads "
+            "and optimizer states ~16 B per trainable param"
+            if adapter
+            else f"{dtype} weights and gradients; AdamW m + v (DeepSpeed: + fp32 master weights)"
+        ),
         f"activations without an s^2 attention term (flash-attention / SDPA); {act_note}",
     ]
     if preference and not adapter and not no_reference:

@@ -34,7 +34,7 @@ def detect_gpus() -> tuple[list[float], str]:
     return sizes, f"{len(sizes)} CUDA device(s): {', '.join(sorted(names))}"
 
 
-def preflight(chain: "Chain", launch: "Launch", gpus: tuple[list[float], str] | None = None) -> None:
+def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None = None) -> None:
     hardware = chain.hardware
     if hardware.get("accelerator") != "cuda":
         return
@@ -43,8 +43,10 @@ def preflight(chain: "Chain", launch: "Launch", gpus: tuple[list[float], str] | 
     sizes, found = gpus if gpus is not None else detect_gpus()
     problems = []
     if launch.world_size < need_total:
-        problems.append(f"it is sized for {need_total} GPUs in total but NUM_GPUS x NNODES = "
-                        f"{launch.num_gpus} x {launch.nnodes} = {launch.world_size}")
+        problems.append(
+            f"it is sized for {need_total} GPUs in total but NUM_GPUS x NNODES = "
+            f"{launch.num_gpus} x {launch.nnodes} = {launch.world_size}"
+        )
     if len(sizes) < launch.num_gpus:
         problems.append(f"this node should have NUM_GPUS={launch.num_gpus} GPUs and has {found}")
     small = [f"{gib:.0f} GiB" for gib in sizes[: launch.num_gpus] if gib < need_gib]

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from axolotl_dpop.atomic import write_text
 from smaug.common.errors import UserError
-from smaug.common.files import write_text_atomic
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
 
 # Recipes that are not runnable on their own: the generator's bases and the data/templates folders.
@@ -45,8 +45,10 @@ def resolve_recipe_path(name: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise UserError(f"recipe {name!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
-                    f"`smaug recipes list` shows the recipes")
+    raise UserError(
+        f"recipe {name!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
+        f"`smaug recipes list` shows the recipes"
+    )
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -117,9 +119,11 @@ def dump_recipe(recipe: dict[str, Any], header: str = "") -> str:
 
 def write_derived_recipe(path: Path, recipe: dict[str, Any], source: str | Path, what_differs: str) -> Path:
     """Write a derived recipe with a header saying where it comes from and what differs (edit the source)."""
-    header = (f"# Derived from {rel(source)} by smaug: {what_differs}.\n"
-              "# Edit the source recipe, not this file: it is rewritten on every run.")
-    return write_text_atomic(path, dump_recipe(recipe, header))
+    header = (
+        f"# Derived from {rel(source)} by smaug: {what_differs}.\n"
+        "# Edit the source recipe, not this file: it is rewritten on every run."
+    )
+    return write_text(path, dump_recipe(recipe, header))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -163,8 +167,9 @@ def _one_line(err: Exception) -> str:
     errors = getattr(err, "errors", None)
     if callable(errors):
         try:
-            return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'config'}: {e.get('msg')}"
-                             for e in errors())
+            return "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'config'}: {e.get('msg')}" for e in errors()
+            )
         except Exception:  # noqa: BLE001 - fall back to the text
             pass
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())

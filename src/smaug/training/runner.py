@@ -30,8 +30,9 @@ def axolotl_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def train_command(config: str | Path, launcher_args: list[str] | None = None,
-                  overrides: dict[str, Any] | None = None) -> list[str]:
+def train_command(
+    config: str | Path, launcher_args: list[str] | None = None, overrides: dict[str, Any] | None = None
+) -> list[str]:
     """`axolotl train CONFIG [--key=value ...]`, then either `--launcher python` (one process: nothing for
     accelerate to launch, and a second interpreter start saved) or `--launcher accelerate -- ARGS`."""
     cmd = [str(venv_bin() / "axolotl"), "train", str(config), *override_args(overrides)]
@@ -62,19 +63,36 @@ def display(cmd: list[str]) -> str:
     return "AXOLOTL_DO_NOT_TRACK=1 " + shlex.join(shown)
 
 
-def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, *, cwd: Path = REPO_ROOT,
-               echo: bool = True, pass_fds: list[int] | tuple[int, ...] = ()) -> int:
+def run_logged(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    cwd: Path = REPO_ROOT,
+    echo: bool = True,
+    pass_fds: list[int] | tuple[int, ...] = (),
+) -> int:
     """Run ``cmd``, appending its output to ``log_path`` (and echoing it when ``echo``); the exit code.
     ``pass_fds``: descriptors the command inherits (the chain's lock files)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n=== {dt.datetime.now(dt.timezone.utc).isoformat()} {shlex.join(cmd)}\n")
+        log.write(f"\n=== {dt.datetime.now(dt.UTC).isoformat()} {shlex.join(cmd)}\n")
         log.flush()
         if not echo:
-            return subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
-                                  pass_fds=tuple(pass_fds)).returncode
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1, pass_fds=tuple(pass_fds))
+            return subprocess.run(
+                cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False, pass_fds=tuple(pass_fds)
+            ).returncode
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            pass_fds=tuple(pass_fds),
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smaug.common.files import write_json_atomic
-from smaug.common.records import compact_utc_timestamp, utc_timestamp
+from axolotl_dpop.atomic import write_json
+from axolotl_dpop.provenance import utc_stamp
 from smaug.training.checkpoints import (
     complete_checkpoints,
     finished_training,
@@ -39,8 +39,14 @@ DONE_MARKER = ".smaug_stage_done"
 INPUTS_RECORD = ".smaug_stage_inputs"
 RECORD_SCHEMA = 2
 # Files of a model folder that are not the model: left out of a local base folder's fingerprint.
-_NOT_MODEL_FILES = {"smaug_provenance.json", "README.md", "training_args.bin", "smaug_stage.log",
-                    "smaug_stage_config.yml", "debug.log"}
+_NOT_MODEL_FILES = {
+    "smaug_provenance.json",
+    "README.md",
+    "training_args.bin",
+    "smaug_stage.log",
+    "smaug_stage_config.yml",
+    "debug.log",
+}
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -49,7 +55,7 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def new_run_id() -> str:
-    return compact_utc_timestamp() + "-" + secrets.token_hex(3)
+    return utc_stamp() + "-" + secrets.token_hex(3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -94,25 +100,45 @@ def _inputs_problem(inputs: Any) -> str | None:
     files, base = inputs.get("files", {}), inputs.get("base", {})
     if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
         return "`files` must map paths to hashes"
-    if not isinstance(base, dict) or base.get("files") is not None and not (
-            isinstance(base["files"], dict) and all(isinstance(v, dict) for v in base["files"].values())):
+    if (
+        not isinstance(base, dict)
+        or base.get("files") is not None
+        and not (isinstance(base["files"], dict) and all(isinstance(v, dict) for v in base["files"].values()))
+    ):
         return "`base` must be an object"
     return None
 
 
-def stage_record(*, recipe_name: str, digest: str, settings: dict[str, Any], run_id: str, inputs: dict[str, Any],
-                 output_dir: Path, prepared: str | None, started_at: str | None = None) -> dict[str, Any]:
-    return {"schema": RECORD_SCHEMA, "recipe": recipe_name, "sha256": digest, "run_id": run_id,
-            "output_dir": str(output_dir), "started_at": started_at or utc_timestamp(),
-            "dataset_prepared_path": prepared, "inputs": inputs, "settings": settings}
+def stage_record(
+    *,
+    recipe_name: str,
+    digest: str,
+    settings: dict[str, Any],
+    run_id: str,
+    inputs: dict[str, Any],
+    output_dir: Path,
+    prepared: str | None,
+    started_at: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "schema": RECORD_SCHEMA,
+        "recipe": recipe_name,
+        "sha256": digest,
+        "run_id": run_id,
+        "output_dir": str(output_dir),
+        "started_at": started_at or utc_stamp(),
+        "dataset_prepared_path": prepared,
+        "inputs": inputs,
+        "settings": settings,
+    }
 
 
 def write_inputs_record(output_dir: Path, record: dict[str, Any]) -> Path:
-    return write_json_atomic(output_dir / INPUTS_RECORD, record)
+    return write_json(output_dir / INPUTS_RECORD, record)
 
 
 def write_done_marker(output_dir: Path, record: dict[str, Any]) -> Path:
-    return write_json_atomic(output_dir / DONE_MARKER, {**record, "finished_at": utc_timestamp()})
+    return write_json(output_dir / DONE_MARKER, {**record, "finished_at": utc_stamp()})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,8 +157,12 @@ def file_fingerprint(path: Path, previous: dict[str, Any] | None = None) -> dict
     """Content hash of a file; the hash in ``previous`` is reused when size and mtime are unchanged (as git and
     make do), so checking a large unchanged file costs one stat."""
     st = path.stat()
-    if (previous and previous.get("sha256") and previous.get("size") == st.st_size
-            and previous.get("mtime_ns") == st.st_mtime_ns):
+    if (
+        previous
+        and previous.get("sha256")
+        and previous.get("size") == st.st_size
+        and previous.get("mtime_ns") == st.st_mtime_ns
+    ):
         return dict(previous)
     return {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -164,28 +194,43 @@ def input_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
         elif label not in old_files:
             changes.append(f"{label} is read now but was not then")
         elif old_files[label].get("sha256") != new_files[label].get("sha256"):
-            changes.append(f"{label} changed (sha256 {old_files[label].get('sha256', '?')[:12]} -> "
-                           f"{new_files[label]['sha256'][:12]})")
+            changes.append(
+                f"{label} changed (sha256 {old_files[label].get('sha256', '?')[:12]} -> "
+                f"{new_files[label]['sha256'][:12]})"
+            )
     old_base, new_base = recorded.get("base") or {}, current.get("base") or {}
     # A base is the same stage (by recipe), the same files or the same Hub id wherever the outputs now live.
-    if old_base.get("kind") != new_base.get("kind") or _base_text(old_base) != _base_text(new_base) and \
-            new_base.get("kind") != "folder":
+    if (
+        old_base.get("kind") != new_base.get("kind")
+        or _base_text(old_base) != _base_text(new_base)
+        and new_base.get("kind") != "folder"
+    ):
         if old_base or new_base:
             changes.append(f"its base model changed ({_base_text(old_base)} -> {_base_text(new_base)})")
     elif new_base.get("kind") == "stage" and old_base.get("run_id") != new_base.get("run_id"):
         if new_base.get("run_id") is None:
-            changes.append(f"its base stage {new_base.get('stage')} is not finished now (it will be trained "
-                           "again, so this stage's outputs would not come from it)")
+            changes.append(
+                f"its base stage {new_base.get('stage')} is not finished now (it will be trained "
+                "again, so this stage's outputs would not come from it)"
+            )
         else:
-            changes.append(f"its base stage {new_base.get('stage')} was retrained (run {old_base.get('run_id')} "
-                           f"-> {new_base.get('run_id')})")
+            changes.append(
+                f"its base stage {new_base.get('stage')} was retrained (run {old_base.get('run_id')} "
+                f"-> {new_base.get('run_id')})"
+            )
     elif new_base.get("kind") == "folder" and new_base.get("files") is not None:
         old, new = old_base.get("files") or {}, new_base["files"]
-        differ = sorted(name for name in set(old) | set(new)
-                        if (old.get(name) or {}).get("sha256") != (new.get(name) or {}).get("sha256"))
+        differ = sorted(
+            name
+            for name in set(old) | set(new)
+            if (old.get(name) or {}).get("sha256") != (new.get(name) or {}).get("sha256")
+        )
         if differ:
-            changes.append(f"its base model folder {new_base.get('path')} changed ({', '.join(differ[:4])}"
-                           + (f" and {len(differ) - 4} more" if len(differ) > 4 else "") + ")")
+            changes.append(
+                f"its base model folder {new_base.get('path')} changed ({', '.join(differ[:4])}"
+                + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                + ")"
+            )
     elif new_base.get("kind") == "hub" and old_base.get("revision") != new_base.get("revision"):
         changes.append(f"its base model revision changed ({old_base.get('revision')} -> {new_base.get('revision')})")
     return changes
@@ -239,17 +284,28 @@ class StageState:
         return self.kind in ("done", "weights-missing", "finished")
 
 
-def assess(output_dir: Path, digest: str, settings: dict[str, Any],
-           inputs_now: Callable[[dict[str, Any] | None], dict[str, Any]], *, adapter: bool = False,
-           merged: bool = False) -> StageState:
+def assess(
+    output_dir: Path,
+    digest: str,
+    settings: dict[str, Any],
+    inputs_now: Callable[[dict[str, Any] | None], dict[str, Any]],
+    *,
+    adapter: bool = False,
+    merged: bool = False,
+) -> StageState:
     """The state of one stage folder. ``inputs_now(previous)`` gives what the stage would consume now (with
     ``previous`` the recorded inputs, so unchanged files are not hashed again)."""
     checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
     last = checkpoints[-1] if checkpoints else None
     trainer = read_trainer_state(last) if last else None
     logged_step, loss = last_logged(trainer)
-    base = {"checkpoint": last, "step": trainer["global_step"] if trainer else None,
-            "max_steps": trainer.get("max_steps") if trainer else None, "logged_step": logged_step, "loss": loss}
+    base = {
+        "checkpoint": last,
+        "step": trainer["global_step"] if trainer else None,
+        "max_steps": trainer.get("max_steps") if trainer else None,
+        "logged_step": logged_step,
+        "loss": loss,
+    }
 
     def restorable() -> Path | None:
         if last is None or not finished_training(trainer) or settings.get("load_best_model_at_end"):
@@ -267,8 +323,12 @@ def assess(output_dir: Path, digest: str, settings: dict[str, Any],
     if marker is not None and not marker.get("run_id"):  # an older smaug's marker: its bytes identify the run
         marker["run_id"] = "marker-" + sha256_file(output_dir / DONE_MARKER)[:12]
     if problem:
-        return StageState("unreadable", f"its done-marker {output_dir / DONE_MARKER} {problem}",
-                          bad_file=output_dir / DONE_MARKER, **base)
+        return StageState(
+            "unreadable",
+            f"its done-marker {output_dir / DONE_MARKER} {problem}",
+            bad_file=output_dir / DONE_MARKER,
+            **base,
+        )
     if marker:
         changes = [] if marker["sha256"] == digest else settings_changes(marker.get("settings"), settings)
         note = ""
@@ -280,33 +340,62 @@ def assess(output_dir: Path, digest: str, settings: dict[str, Any],
             return StageState("stale", "; ".join(changes), run_id=marker.get("run_id"), record=marker, **base)
         weights, merge_missing = final_problem()
         if weights:
-            return StageState("weights-missing", weights, run_id=marker.get("run_id"), record=marker,
-                              weights=weights, merge_missing=merge_missing,
-                              restore_from=None if merge_missing else restorable(), note=note, **base)
+            return StageState(
+                "weights-missing",
+                weights,
+                run_id=marker.get("run_id"),
+                record=marker,
+                weights=weights,
+                merge_missing=merge_missing,
+                restore_from=None if merge_missing else restorable(),
+                note=note,
+                **base,
+            )
         return StageState("done", run_id=marker.get("run_id"), record=marker, note=note, **base)
 
     if last is None:
         if weights_problem(output_dir, adapter) is None:
-            return StageState("occupied", "it holds model weights but no done-marker and no checkpoints (not "
-                                          "written by a run of this stage, or its records were deleted)", **base)
+            return StageState(
+                "occupied",
+                "it holds model weights but no done-marker and no checkpoints (not "
+                "written by a run of this stage, or its records were deleted)",
+                **base,
+            )
         return StageState("new", **base)
     record, problem = read_record(output_dir / INPUTS_RECORD)
     if problem:
-        return StageState("unreadable", f"its run record {output_dir / INPUTS_RECORD} {problem}",
-                          bad_file=output_dir / INPUTS_RECORD, **base)
+        return StageState(
+            "unreadable",
+            f"its run record {output_dir / INPUTS_RECORD} {problem}",
+            bad_file=output_dir / INPUTS_RECORD,
+            **base,
+        )
     note = ""
     if record:
         changes = [] if record["sha256"] == digest else settings_changes(record.get("settings"), settings)
         if isinstance(record.get("inputs"), dict):
             changes += input_changes(record["inputs"], inputs_now(record["inputs"]))
         if changes:
-            return StageState("stale", "the checkpoints were written with other inputs: " + "; ".join(changes),
-                              run_id=record.get("run_id"), record=record, **base)
+            return StageState(
+                "stale",
+                "the checkpoints were written with other inputs: " + "; ".join(changes),
+                run_id=record.get("run_id"),
+                record=record,
+                **base,
+            )
     else:
         note = "checkpoints written without a run record (by hand or by an older smaug): taken as they are"
     if finished_training(trainer):
         weights, merge_missing = final_problem()
-        return StageState("finished", weights or "", run_id=(record or {}).get("run_id"), record=record,
-                          weights=weights, merge_missing=merge_missing,
-                          restore_from=restorable() if weights and not merge_missing else None, note=note, **base)
+        return StageState(
+            "finished",
+            weights or "",
+            run_id=(record or {}).get("run_id"),
+            record=record,
+            weights=weights,
+            merge_missing=merge_missing,
+            restore_from=restorable() if weights and not merge_missing else None,
+            note=note,
+            **base,
+        )
     return StageState("resumable", run_id=(record or {}).get("run_id"), record=record, note=note, **base)

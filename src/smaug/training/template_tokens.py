@@ -50,14 +50,20 @@ class TokenCheck:
         if self.single:
             note = "; `tokens:` adds nothing" if self.added_by_recipe else ""
             if self.added_to_base:
-                note += ("; an added token of this tokenizer: whether the model's training used it (a trained "
-                         "embedding) is not visible from the tokenizer")
+                note += (
+                    "; an added token of this tokenizer: whether the model's training used it (a trained "
+                    "embedding) is not visible from the tokenizer"
+                )
             return f"{self.text} -> id {self.ids[0]} (one token{note})"
         if self.added_by_recipe:
-            return (f"{self.text} -> NEW: not in this tokenizer ({len(self.ids)} pieces); `tokens:` adds it with an "
-                    "untrained embedding that only this stage's training will train")
-        return (f"{self.text} -> NOT one token: {len(self.ids)} pieces {self.ids}; the template's boundary is "
-                "ordinary text to this model (add it under `tokens:`, or use the model's own template)")
+            return (
+                f"{self.text} -> NEW: not in this tokenizer ({len(self.ids)} pieces); `tokens:` adds it with an "
+                "untrained embedding that only this stage's training will train"
+            )
+        return (
+            f"{self.text} -> NOT one token: {len(self.ids)} pieces {self.ids}; the template's boundary is "
+            "ordinary text to this model (add it under `tokens:`, or use the model's own template)"
+        )
 
 
 def _axolotl_template(name: str) -> str | None:
@@ -122,8 +128,9 @@ def prompt_starts(recipe: dict[str, Any], tokenizer) -> list[tuple[str, str]]:
     for where, text in template_texts(recipe):
         if "chat_template" in where:
             try:
-                rendered = tokenizer.apply_chat_template(message, chat_template=text, tokenize=False,
-                                                         add_generation_prompt=True)
+                rendered = tokenizer.apply_chat_template(
+                    message, chat_template=text, tokenize=False, add_generation_prompt=True
+                )
             except Exception as err:  # a template this tokenizer cannot render: say so, do not stop the plan
                 starts.append((where, f"<cannot render: {err}>"))
                 continue
@@ -138,16 +145,20 @@ def check_tokens(recipe: dict[str, Any], tokenizer) -> tuple[list[TokenCheck], l
     added = {str(t) for t in recipe.get("tokens") or []}
     own = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
     extra = set(tokenizer.get_added_vocab()) - own
-    checks = [TokenCheck(text, where, tokenizer.encode(text, add_special_tokens=False), text in added, text in extra)
-              for text, where in template_special_tokens(recipe).items()]
+    checks = [
+        TokenCheck(text, where, tokenizer.encode(text, add_special_tokens=False), text in added, text in extra)
+        for text, where in template_special_tokens(recipe).items()
+    ]
     warnings = []
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
     if adds_bos:
         twice = [where for where, text in prompt_starts(recipe, tokenizer) if text.startswith(bos)]
         if twice:
-            warnings.append(f"BOS twice: the tokenizer adds {bos} and the prompt text already starts with it "
-                            f"({'; '.join(twice)}); TRL 1.9 tokenizes prompt text with special tokens")
+            warnings.append(
+                f"BOS twice: the tokenizer adds {bos} and the prompt text already starts with it "
+                f"({'; '.join(twice)}); TRL 1.9 tokenizes prompt text with special tokens"
+            )
     return checks, warnings
 
 
@@ -211,20 +222,30 @@ def dry_run_lines(recipe: dict[str, Any], indent: str = "  ") -> list[str]:
     name, found = tokenizer_source(recipe)
     listed = ", ".join(wanted)
     if found is None:
-        where = (f"the folder {name} does not exist yet (an earlier stage writes it)" if looks_local(name)
-                 else f"the tokenizer of {name} is not on this machine (a local folder or the Hugging Face cache)")
+        where = (
+            f"the folder {name} does not exist yet (an earlier stage writes it)"
+            if looks_local(name)
+            else f"the tokenizer of {name} is not on this machine (a local folder or the Hugging Face cache)"
+        )
         return lines + [f"{indent}special tokens: {listed} -- not checked: {where}"]
     try:
         tokenizer = load_local_tokenizer(name, found)
     except Exception as err:  # a broken or partial download: the plan still prints
-        return lines + [f"{indent}special tokens: {listed} -- not checked: cannot load the tokenizer of {name} "
-                        f"({err})"]
+        return lines + [f"{indent}special tokens: {listed} -- not checked: cannot load the tokenizer of {name} ({err})"]
     checks, warnings = check_tokens(recipe, tokenizer)
     split = sum(1 for c in checks if not c.single and not c.added_by_recipe)
     new = sum(1 for c in checks if not c.single and c.added_by_recipe)
-    verdict = "; ".join(part for part in (f"{split} of {len(checks)} NOT one token" if split else "",
-                                          f"{new} of {len(checks)} NEW (untrained embeddings)" if new else "")
-                        if part) or "each is one token"
+    verdict = (
+        "; ".join(
+            part
+            for part in (
+                f"{split} of {len(checks)} NOT one token" if split else "",
+                f"{new} of {len(checks)} NEW (untrained embeddings)" if new else "",
+            )
+            if part
+        )
+        or "each is one token"
+    )
     lines.append(f"{indent}special tokens (tokenizer of {name}): {verdict}")
     lines += [f"{indent}  {check.describe()}" for check in checks]
     lines += [f"{indent}  WARNING {warning}" for warning in warnings]

@@ -79,5 +79,9 @@ def _write_provenance(out_dir: Path, seed: int) -> None:
     """Created from scratch here, so the lineage ends with our own licence (see model_cards/)."""
     from axolotl_dpop.provenance import provenance_record, write_provenance
 
-    write_provenance(out_dir, provenance_record(
-        base_model=None, license="apache-2.0", created_by=f"smaug showcase tiny-model (random init, seed {seed})"))
+    write_provenance(
+        out_dir,
+        provenance_record(
+            base_model=None, license="apache-2.0", created_by=f"smaug showcase tiny-model (random init, seed {seed})"
+        ),
+    )

@@ -48,14 +48,45 @@ from smaug.training.chains.plan import (
 from smaug.training.chains.progress import NextStep, assess_chain, assess_stage, json_settings, next_step, state_text
 from smaug.training.chains.report import describe, host_ram_check, status_report
 from smaug.training.chains.run import run_chain, stage_log, wait_for_node0, write_merged_provenance
-from smaug.training.preflight import detect_gpus, hardware_text, preflight
 from smaug.training.checkpoints import complete_checkpoints, set_aside_incomplete_checkpoints
+from smaug.training.preflight import detect_gpus, hardware_text, preflight
 
 __all__ = [
-    "CHAINS_FILE", "DEFAULT_OUTPUT_ROOT", "RESOLVED_CONFIG", "STAGE_LOG", "Chain", "ChainStage", "Launch", "NextStep",
-    "assess_chain", "assess_stage", "check_settings", "complete_checkpoints", "consumed_paths", "describe",
-    "detect_gpus", "hardware_text", "host_ram_check", "json_settings", "load_chains", "merge_command",
-    "missing_inputs", "next_step", "plan_chain", "preflight", "prepared_folder", "run_chain",
-    "set_aside_incomplete_checkpoints", "stage_env", "stage_inputs", "stage_log", "state_text", "status_report",
-    "tracking_settings", "train_command", "validate_stages", "wait_for_node0", "write_merged_provenance",
+    "CHAINS_FILE",
+    "DEFAULT_OUTPUT_ROOT",
+    "RESOLVED_CONFIG",
+    "STAGE_LOG",
+    "Chain",
+    "ChainStage",
+    "Launch",
+    "NextStep",
+    "assess_chain",
+    "assess_stage",
+    "check_settings",
+    "complete_checkpoints",
+    "consumed_paths",
+    "describe",
+    "detect_gpus",
+    "hardware_text",
+    "host_ram_check",
+    "json_settings",
+    "load_chains",
+    "merge_command",
+    "missing_inputs",
+    "next_step",
+    "plan_chain",
+    "preflight",
+    "prepared_folder",
+    "run_chain",
+    "set_aside_incomplete_checkpoints",
+    "stage_env",
+    "stage_inputs",
+    "stage_log",
+    "state_text",
+    "status_report",
+    "tracking_settings",
+    "train_command",
+    "validate_stages",
+    "wait_for_node0",
+    "write_merged_provenance",
 ]

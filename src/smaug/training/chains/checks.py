@@ -36,8 +36,16 @@ _RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "lora_dropout": (0, True, 1, False),
     "val_set_size": (0, True, None, False),
 }  # dpop_lambda is the DPOP plugin's to check (axolotl_dpop.args), through validate_stages
-_WHOLE = {"max_steps", "micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "sequence_len",
-          "save_total_limit", "warmup_steps", "lora_r"}
+_WHOLE = {
+    "max_steps",
+    "micro_batch_size",
+    "eval_batch_size",
+    "gradient_accumulation_steps",
+    "sequence_len",
+    "save_total_limit",
+    "warmup_steps",
+    "lora_r",
+}
 
 
 def _as_number(value: Any) -> float | None:
@@ -90,15 +98,19 @@ def check_settings(chain: Chain) -> None:
             too_low = low is not None and (number < low or (number == low and not low_ok))
             too_high = high is not None and (number > high or (number == high and not high_ok))
             if too_low or too_high:
-                span = (f"{'>=' if low_ok else '>'} {low:g}" if low is not None else "") + \
-                       (" and " if low is not None and high is not None else "") + \
-                       (f"{'<=' if high_ok else '<'} {high:g}" if high is not None else "")
+                span = (
+                    (f"{'>=' if low_ok else '>'} {low:g}" if low is not None else "")
+                    + (" and " if low is not None and high is not None else "")
+                    + (f"{'<=' if high_ok else '<'} {high:g}" if high is not None else "")
+                )
                 raise UserError(f"{where}: `{key}: {value!r}` is out of range; it must be {span}")
         if is_preference(recipe):
             beta = _as_number(recipe.get("rl_beta"))
             if "rl_beta" in recipe and (beta is None or not math.isfinite(beta) or beta <= 0):
-                raise UserError(f"{where}: `rl_beta: {recipe.get('rl_beta')!r}` must be a number > 0 (the paper "
-                                "uses 0.3); beta <= 0 reverses or removes the preference objective")
+                raise UserError(
+                    f"{where}: `rl_beta: {recipe.get('rl_beta')!r}` must be a number > 0 (the paper "
+                    "uses 0.3); beta <= 0 reverses or removes the preference objective"
+                )
 
 
 def validation_capabilities(chain: Chain, launch: Launch) -> dict[str, Any]:
@@ -109,8 +121,9 @@ def validation_capabilities(chain: Chain, launch: Launch) -> dict[str, Any]:
     return {**H100_NODE_CAPABILITIES, "n_gpu": launch.world_size, "n_node": launch.nnodes}
 
 
-def validate_stages(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]],
-                    stages: list[ChainStage] | None = None) -> dict[int, Any]:
+def validate_stages(
+    chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]], stages: list[ChainStage] | None = None
+) -> dict[int, Any]:
     """axolotl's own validation (with the DPOP plugin's) of each stage as it will run, before any stage trains.
     Returns the validated configs by stage index."""
     from smaug.training.recipes import validate_offline
@@ -119,12 +132,12 @@ def validate_stages(chain: Chain, launch: Launch, tracking: dict[int, dict[str, 
     validated = {}
     for stage in stages if stages is not None else chain.stages:
         where = stage.where(chain.name)
-        cfg = validate_offline({**stage.recipe, **tracking.get(stage.index, {})}, capabilities=capabilities,
-                               name=where)
+        cfg = validate_offline({**stage.recipe, **tracking.get(stage.index, {})}, capabilities=capabilities, name=where)
         bad = _non_finite(dict(cfg))
         if bad:
-            raise UserError(f"{where}: `{bad[0]}` becomes {bad[1]} in axolotl's config; training settings must "
-                            "be finite numbers")
+            raise UserError(
+                f"{where}: `{bad[0]}` becomes {bad[1]} in axolotl's config; training settings must be finite numbers"
+            )
         _check_names(cfg, where)
         validated[stage.index] = cfg
     return validated
@@ -141,10 +154,14 @@ def _check_names(cfg: Any, where: str) -> None:
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
-    for key, known in (("optimizer", {o.value for o in OptimizerNames} | {o.value for o in CustomSupportedOptimizers}),
-                       ("lr_scheduler", {s.value for s in SchedulerType} | _AXOLOTL_SCHEDULERS)):
+    for key, known in (
+        ("optimizer", {o.value for o in OptimizerNames} | {o.value for o in CustomSupportedOptimizers}),
+        ("lr_scheduler", {s.value for s in SchedulerType} | _AXOLOTL_SCHEDULERS),
+    ):
         value = cfg.get(key)
         value = getattr(value, "value", value)
         if value is not None and value not in known:
-            raise UserError(f"{where}: `{key}: {value}` is not one transformers or axolotl knows; use one of "
-                            f"{', '.join(sorted(known))}")
+            raise UserError(
+                f"{where}: `{key}: {value}` is not one transformers or axolotl knows; use one of "
+                f"{', '.join(sorted(known))}"
+            )

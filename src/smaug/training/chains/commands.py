@@ -42,18 +42,30 @@ def tracking_settings(chain: Chain, stage: ChainStage, env: dict[str, str]) -> d
 
 def _need_package(package: str, variable: str) -> None:
     if importlib.util.find_spec(package) is None:
-        raise UserError(f"{variable} is set but the `{package}` package is not installed, and axolotl logs to it "
-                        f"through that package: pip install {package} (or unset {variable})")
+        raise UserError(
+            f"{variable} is set but the `{package}` package is not installed, and axolotl logs to it "
+            f"through that package: pip install {package} (or unset {variable})"
+        )
 
 
-def train_command(stage: ChainStage, launch: Launch, accelerator: str,
-                  overrides: dict[str, Any] | None = None) -> list[str]:
+def train_command(
+    stage: ChainStage, launch: Launch, accelerator: str, overrides: dict[str, Any] | None = None
+) -> list[str]:
     config = rel(stage.run_config)
     if accelerator == "cpu":
         return runner.train_command(config, overrides=overrides)
-    args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes),
-            "--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr,
-            "--main_process_port", str(launch.master_port)]
+    args = [
+        "--num_processes",
+        str(launch.world_size),
+        "--num_machines",
+        str(launch.nnodes),
+        "--machine_rank",
+        str(launch.node_rank),
+        "--main_process_ip",
+        launch.master_addr,
+        "--main_process_port",
+        str(launch.master_port),
+    ]
     if stage.recipe.get("deepspeed"):
         if launch.world_size > 1:
             # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP)

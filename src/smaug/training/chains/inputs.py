@@ -69,41 +69,54 @@ def missing_inputs(chain: Chain) -> list[str]:
                 problems.append(f"{where}: `{key}` names {path}, which does not exist; fix the path or create it")
         base = stage.base_path
         if base is not None and base not in made and not base.exists():
-            problems.append(f"{where}: base_model {stage.recipe['base_model']} does not exist and no earlier "
-                            "stage of the chain writes it; fix base_model or create that model first")
+            problems.append(
+                f"{where}: base_model {stage.recipe['base_model']} does not exist and no earlier "
+                "stage of the chain writes it; fix base_model or create that model first"
+            )
         elif base is not None and base.is_file():
-            problems.append(f"{where}: base_model {stage.recipe['base_model']} is a file; it must name a model "
-                            "folder (config.json, weights, tokenizer) or a Hub id")
+            problems.append(
+                f"{where}: base_model {stage.recipe['base_model']} is a file; it must name a model "
+                "folder (config.json, weights, tokenizer) or a Hub id"
+            )
     return problems
 
 
-def stage_inputs(chain: Chain, stage: ChainStage, earlier: list[StageState],
-                 previous: dict[str, Any] | None) -> dict[str, Any]:
+def stage_inputs(
+    chain: Chain, stage: ChainStage, earlier: list[StageState], previous: dict[str, Any] | None
+) -> dict[str, Any]:
     """What the stage consumes now: content hashes of its local files and its base model's identity."""
     previous = previous or {}
     old_files = previous.get("files") or {}
     files = {}
     for _, path in consumed_paths(stage.recipe):
-        for item in (folder_files(path, recursive=True) if path.is_dir() else [path] if path.is_file() else []):
+        for item in folder_files(path, recursive=True) if path.is_dir() else [path] if path.is_file() else []:
             label = rel(item)
             files[label] = file_fingerprint(item, old_files.get(label))
     return {"files": files, "base": _base_identity(chain, stage, earlier, previous.get("base") or {})}
 
 
-def _base_identity(chain: Chain, stage: ChainStage, earlier: list[StageState],
-                   previous: dict[str, Any]) -> dict[str, Any]:
+def _base_identity(
+    chain: Chain, stage: ChainStage, earlier: list[StageState], previous: dict[str, Any]
+) -> dict[str, Any]:
     base = stage.base_path
     if base is None:
         return {"kind": "hub", "id": str(stage.recipe["base_model"]), "revision": stage.recipe.get("revision_of_model")}
     for other, state in zip(chain.stages[: stage.index], earlier):
         if base in (other.output_dir, other.output_dir / "merged"):
-            return {"kind": "stage", "stage": other.name, "path": str(base),
-                    "run_id": state.run_id if state.reusable else None}
+            return {
+                "kind": "stage",
+                "stage": other.name,
+                "path": str(base),
+                "run_id": state.run_id if state.reusable else None,
+            }
     if not base.is_dir():  # gone: what the stage made from it stands; nothing to compare
         return {"kind": "folder", "path": str(base), "files": None}
     old = previous.get("files") or {} if previous.get("kind") == "folder" else {}
-    return {"kind": "folder", "path": str(base),
-            "files": {p.name: file_fingerprint(p, old.get(p.name)) for p in folder_files(base, recursive=False)}}
+    return {
+        "kind": "folder",
+        "path": str(base),
+        "files": {p.name: file_fingerprint(p, old.get(p.name)) for p in folder_files(base, recursive=False)},
+    }
 
 
 def inputs_digest(inputs: dict[str, Any]) -> str | None:

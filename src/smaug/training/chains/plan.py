@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from smaug.common.errors import UserError
 from smaug.common.files import nearest_existing
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, looks_local, rel, repo_path
@@ -25,8 +26,14 @@ DEFAULT_OUTPUT_ROOT = REPO_ROOT / "outputs"
 STAGE_LOG = "smaug_stage.log"
 RESOLVED_CONFIG = "smaug_stage_config.yml"
 # Recipe keys that hold paths under the output root (rebased by --output-root).
-_PATH_KEYS = ("output_dir", "base_model", "dataset_prepared_path", "lora_model_dir", "tokenizer_config",
-              "dpop_ref_logps_cache_dir")
+_PATH_KEYS = (
+    "output_dir",
+    "base_model",
+    "dataset_prepared_path",
+    "lora_model_dir",
+    "tokenizer_config",
+    "dpop_ref_logps_cache_dir",
+)
 _OUTPUT_PREFIXES = ("./outputs/", "outputs/")
 # axolotl's own default when a recipe sets no dataset_prepared_path (relative to where it runs: the repo root).
 _AXOLOTL_PREPARED_DEFAULT = "last_run_prepared"
@@ -61,7 +68,7 @@ class Launch:
         return self.num_gpus * self.nnodes
 
     @classmethod
-    def from_env(cls, hardware: dict[str, Any], env: dict[str, str] | None = None) -> "Launch":
+    def from_env(cls, hardware: dict[str, Any], env: dict[str, str] | None = None) -> Launch:
         env = dict(os.environ if env is None else env)
 
         def number(name: str, default: int, low: int = 1, high: int | None = None) -> int:
@@ -73,16 +80,20 @@ class Launch:
             except ValueError:
                 raise UserError(f"{name}={raw!r} is not a whole number; set e.g. {name}={default}") from None
             if value < low or (high is not None and value > high):
-                raise UserError(f"{name}={raw!r} is out of range ({low}..{high if high is not None else ''}); "
-                                f"set e.g. {name}={default}")
+                raise UserError(
+                    f"{name}={raw!r} is out of range ({low}..{high if high is not None else ''}); "
+                    f"set e.g. {name}={default}"
+                )
             return value
 
         nnodes = number("NNODES", 1)
         wanted = int(hardware.get("gpus") or 1) if hardware.get("accelerator") == "cuda" else 1
         if not env.get("NUM_GPUS") and hardware.get("accelerator") == "cuda" and wanted % nnodes:
-            raise UserError(f"NNODES={nnodes} cannot give the {wanted} GPUs in total this chain is sized for "
-                            f"({hardware.get('label', '')}): use a node count that divides {wanted}, or set "
-                            f"NUM_GPUS (per node) so that NUM_GPUS x NNODES = {wanted}")
+            raise UserError(
+                f"NNODES={nnodes} cannot give the {wanted} GPUs in total this chain is sized for "
+                f"({hardware.get('label', '')}): use a node count that divides {wanted}, or set "
+                f"NUM_GPUS (per node) so that NUM_GPUS x NNODES = {wanted}"
+            )
         launch = cls(
             num_gpus=number("NUM_GPUS", max(1, wanted // nnodes)),
             nnodes=nnodes,
@@ -91,8 +102,10 @@ class Launch:
             master_port=number("MASTER_PORT", 29500, low=1, high=65535),
         )
         if not launch.master_addr or any(c.isspace() or c in "/@" for c in launch.master_addr):
-            raise UserError(f"MASTER_ADDR={launch.master_addr!r} is not a host name or IP address; set it to node "
-                            "0's address, e.g. MASTER_ADDR=10.0.0.1")
+            raise UserError(
+                f"MASTER_ADDR={launch.master_addr!r} is not a host name or IP address; set it to node "
+                "0's address, e.g. MASTER_ADDR=10.0.0.1"
+            )
         if launch.node_rank >= launch.nnodes:
             raise UserError(f"NODE_RANK={launch.node_rank} but NNODES={launch.nnodes}: ranks are 0..NNODES-1")
         return launch
@@ -174,8 +187,9 @@ def load_chains(path: Path = CHAINS_FILE) -> dict[str, dict[str, Any]]:
         gpus, gib = hardware.get("gpus"), hardware.get("min_gpu_memory_gib")
         if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1):
             raise UserError(f"{where}.gpus is {gpus!r}; it must be the whole number of GPUs in total (>= 1)")
-        if gib is not None and (isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib)
-                                or gib <= 0):
+        if gib is not None and (
+            isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0
+        ):
             raise UserError(f"{where}.min_gpu_memory_gib is {gib!r}; it must be a number of GiB > 0")
     return chains
 
@@ -184,7 +198,7 @@ def _rebase(value: Any, output_root: Path) -> Any:
     if isinstance(value, str):
         for prefix in _OUTPUT_PREFIXES:
             if value.startswith(prefix):
-                return str(output_root / value[len(prefix):])
+                return str(output_root / value[len(prefix) :])
     return value
 
 
@@ -210,15 +224,26 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             if not recipe.get(key) or not isinstance(recipe[key], str):
                 raise UserError(f"{where}: `{key}` is missing (it must name a folder or a Hub model id)")
         if not recipe.get("save_steps") or recipe.get("auto_resume_from_checkpoints") is not True:
-            raise UserError(f"{where}: a chain stage must be resumable: set `save_steps:` and "
-                            "`auto_resume_from_checkpoints: true`")
+            raise UserError(
+                f"{where}: a chain stage must be resumable: set `save_steps:` and `auto_resume_from_checkpoints: true`"
+            )
         committed = recipe
         if rebase:
             recipe = {k: (_rebase(v, root) if k in _PATH_KEYS else v) for k, v in recipe.items()}
         output_dir = real_path(repo_path(recipe["output_dir"]))
         run_config = output_dir / RESOLVED_CONFIG if rebase else path
-        stages.append(ChainStage(index, path, recipe, output_dir, run_config, rebase, committed=committed,
-                                 merge_lora=bool(recipe.get("adapter"))))
+        stages.append(
+            ChainStage(
+                index,
+                path,
+                recipe,
+                output_dir,
+                run_config,
+                rebase,
+                committed=committed,
+                merge_lora=bool(recipe.get("adapter")),
+            )
+        )
 
     # A stage that starts from an earlier LoRA stage must start from its merged weights.
     for later in stages:
@@ -227,8 +252,10 @@ def plan_chain(name: str, output_root: Path | None = None, chains_file: Path = C
             if base is None or not earlier.recipe.get("adapter"):
                 continue
             if base == earlier.output_dir:
-                raise UserError(f"{later.name}: base_model points at the LoRA adapter folder of {earlier.name}; "
-                                f"point it at {earlier.recipe['output_dir']}/merged (the chain merges it)")
+                raise UserError(
+                    f"{later.name}: base_model points at the LoRA adapter folder of {earlier.name}; "
+                    f"point it at {earlier.recipe['output_dir']}/merged (the chain merges it)"
+                )
 
     prepare = []
     for step in spec.get("prepare") or []:
@@ -248,45 +275,60 @@ def _within(inner: Path, outer: Path) -> bool:
 
 def _check_folders(chain: Chain) -> None:
     """Refuse a plan whose stages would write over each other or read what they or a later stage write."""
+
     def who(stage: ChainStage) -> str:
         return f"stage {stage.index + 1} ({stage.name})"
 
     for a in chain.stages:
-        for b in chain.stages[a.index + 1:]:
+        for b in chain.stages[a.index + 1 :]:
             if _within(a.output_dir, b.output_dir) or _within(b.output_dir, a.output_dir):
                 how = "the same output folder" if a.output_dir == b.output_dir else "nested output folders"
-                raise UserError(f"chain {chain.name!r}: {who(a)} and {who(b)} write to {how} ({a.output_dir}, "
-                                f"{b.output_dir}): one would resume from or overwrite the other's checkpoints and "
-                                "model; give each stage its own `output_dir`")
+                raise UserError(
+                    f"chain {chain.name!r}: {who(a)} and {who(b)} write to {how} ({a.output_dir}, "
+                    f"{b.output_dir}): one would resume from or overwrite the other's checkpoints and "
+                    "model; give each stage its own `output_dir`"
+                )
     for stage in chain.stages:
         base = stage.base_path
         if base is not None:
             if _within(base, stage.output_dir):
-                raise UserError(f"chain {chain.name!r}: {who(stage)} starts from its own output folder "
-                                f"(base_model {stage.recipe['base_model']} is in output_dir {stage.output_dir}); "
-                                "point base_model at the model it should start from")
+                raise UserError(
+                    f"chain {chain.name!r}: {who(stage)} starts from its own output folder "
+                    f"(base_model {stage.recipe['base_model']} is in output_dir {stage.output_dir}); "
+                    "point base_model at the model it should start from"
+                )
             if _within(stage.output_dir, base):
-                raise UserError(f"chain {chain.name!r}: {who(stage)} writes inside the model folder it starts from "
-                                f"(output_dir {stage.output_dir} is in base_model {base}); give it its own folder")
-            for later in chain.stages[stage.index + 1:]:
+                raise UserError(
+                    f"chain {chain.name!r}: {who(stage)} writes inside the model folder it starts from "
+                    f"(output_dir {stage.output_dir} is in base_model {base}); give it its own folder"
+                )
+            for later in chain.stages[stage.index + 1 :]:
                 if _within(base, later.output_dir):
-                    raise UserError(f"chain {chain.name!r}: {who(stage)} starts from {base}, the output of "
-                                    f"{who(later)}, which runs after it (a cycle); order the stages in "
-                                    f"{rel(CHAINS_FILE)} so that {later.name} comes first, or fix base_model")
+                    raise UserError(
+                        f"chain {chain.name!r}: {who(stage)} starts from {base}, the output of "
+                        f"{who(later)}, which runs after it (a cycle); order the stages in "
+                        f"{rel(CHAINS_FILE)} so that {later.name} comes first, or fix base_model"
+                    )
         if stage.recipe.get("dataset_prepared_path"):
             for other in chain.stages:
                 if _within(stage.prepared_root, other.output_dir):
-                    raise UserError(f"chain {chain.name!r}: the dataset_prepared_path of {who(stage)} "
-                                    f"({stage.prepared_root}) is inside the output folder of {who(other)}; moving "
-                                    "that folder aside to retrain it would take the prepared data along: put it "
-                                    "outside every output_dir")
+                    raise UserError(
+                        f"chain {chain.name!r}: the dataset_prepared_path of {who(stage)} "
+                        f"({stage.prepared_root}) is inside the output folder of {who(other)}; moving "
+                        "that folder aside to retrain it would take the prepared data along: put it "
+                        "outside every output_dir"
+                    )
     for folder in [stage.output_dir for stage in chain.stages] + [step["tiny_model"] for step in chain.prepare]:
         blocker = nearest_existing(folder)
         if not blocker.is_dir():
-            raise UserError(f"chain {chain.name!r}: {blocker} is a file, where the chain needs the folder {folder}; "
-                            "move the file, or choose another output_dir / --output-root")
+            raise UserError(
+                f"chain {chain.name!r}: {blocker} is a file, where the chain needs the folder {folder}; "
+                "move the file, or choose another output_dir / --output-root"
+            )
     for step in chain.prepare:
         for stage in chain.stages:
             if _within(step["tiny_model"], stage.output_dir) or _within(stage.output_dir, step["tiny_model"]):
-                raise UserError(f"chain {chain.name!r}: the prepared model {step['tiny_model']} and the output "
-                                f"folder of {who(stage)} overlap; keep them apart")
+                raise UserError(
+                    f"chain {chain.name!r}: the prepared model {step['tiny_model']} and the output "
+                    f"folder of {who(stage)} overlap; keep them apart"
+                )

@@ -28,30 +28,44 @@ def host_ram_check(hardware: dict[str, Any], est: memory.Estimate) -> list[str]:
         verdict = f"recipes/chains.yaml states {stated:g} GB: ok"
     else:
         verdict = f"MORE than the {stated:g} GB recipes/chains.yaml states: correct host_ram_gb there"
-    lines = [f"    host RAM per node for offloaded states (estimate): {need_gb:.0f} GB ({est.host_gib:.0f} GiB); "
-             f"{verdict}"]
+    lines = [
+        f"    host RAM per node for offloaded states (estimate): {need_gb:.0f} GB ({est.host_gib:.0f} GiB); {verdict}"
+    ]
     lines += [f"      {what:<76s} {gib * memory.GIB / 1e9:7.0f} GB" for what, gib in est.host_rows]
     return lines
 
 
-def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] | None = None,
-             states: list[StageState] | None = None) -> str:
+def describe(
+    chain: Chain,
+    launch: Launch,
+    tracking: dict[int, dict[str, Any]] | None = None,
+    states: list[StageState] | None = None,
+) -> str:
     tracking = tracking or {}
     states = states or assess_chain(chain)
     hw = chain.hardware
-    lines = [f"chain {chain.name}: {chain.description}",
-             f"hardware: {hardware_text(hw)}"
-             + (f" ({hw.get('gpus')} GPUs in total, >= {hw.get('min_gpu_memory_gib')} GiB each)"
-                if hw.get("accelerator") == "cuda" else ""),
-             f"launch: NUM_GPUS={launch.num_gpus} NNODES={launch.nnodes} NODE_RANK={launch.node_rank} "
-             f"MASTER_ADDR={launch.master_addr} MASTER_PORT={launch.master_port} (world size {launch.world_size})",
-             f"output root: {chain.output_root}"]
+    lines = [
+        f"chain {chain.name}: {chain.description}",
+        f"hardware: {hardware_text(hw)}"
+        + (
+            f" ({hw.get('gpus')} GPUs in total, >= {hw.get('min_gpu_memory_gib')} GiB each)"
+            if hw.get("accelerator") == "cuda"
+            else ""
+        ),
+        f"launch: NUM_GPUS={launch.num_gpus} NNODES={launch.nnodes} NODE_RANK={launch.node_rank} "
+        f"MASTER_ADDR={launch.master_addr} MASTER_PORT={launch.master_port} (world size {launch.world_size})",
+        f"output root: {chain.output_root}",
+    ]
     if hw.get("accelerator") == "cuda" and launch.world_size != int(hw.get("gpus") or 1):
-        lines.append(f"WARNING: NUM_GPUS x NNODES = {launch.world_size}, but the recipes are sized for "
-                     f"{hw.get('gpus')} GPUs in total (the run's preflight stops on fewer)")
+        lines.append(
+            f"WARNING: NUM_GPUS x NNODES = {launch.world_size}, but the recipes are sized for "
+            f"{hw.get('gpus')} GPUs in total (the run's preflight stops on fewer)"
+        )
     for step in chain.prepare:
-        lines.append(f"prepare: smaug showcase tiny-model {step['tiny_model']}"
-                     + ("  [exists, skipped]" if (step["tiny_model"] / "config.json").is_file() else ""))
+        lines.append(
+            f"prepare: smaug showcase tiny-model {step['tiny_model']}"
+            + ("  [exists, skipped]" if (step["tiny_model"] / "config.json").is_file() else "")
+        )
     shapes: dict[Path, memory.ModelShape | None] = {}
     for stage, state in zip(chain.stages, states):
         recipe = stage.recipe
@@ -61,27 +75,47 @@ def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] |
         if recipe.get("adapter"):
             kind += f", {recipe['adapter']}"
         step = next_step(chain, stage, state)
-        lines += ["", f"stage {stage.index + 1}/{len(chain.stages)}: {stage.name}  [{kind}]  ({state_text(state)}: "
-                      f"{'STOPS: ' + step.fix if step.blocking else step.text})",
-                  f"  base_model: {recipe['base_model']}",
-                  f"  output_dir: {stage.output_dir}"]
-        hyper = [f"{k}={recipe[k]}" for k in ("rl_beta", "dpop_lambda", "slic_lambda", "learning_rate", "optimizer",
-                                               "max_steps", "micro_batch_size", "gradient_accumulation_steps",
-                                               "sequence_len")
-                 if recipe.get(k) is not None]
+        lines += [
+            "",
+            f"stage {stage.index + 1}/{len(chain.stages)}: {stage.name}  [{kind}]  ({state_text(state)}: "
+            f"{'STOPS: ' + step.fix if step.blocking else step.text})",
+            f"  base_model: {recipe['base_model']}",
+            f"  output_dir: {stage.output_dir}",
+        ]
+        hyper = [
+            f"{k}={recipe[k]}"
+            for k in (
+                "rl_beta",
+                "dpop_lambda",
+                "slic_lambda",
+                "learning_rate",
+                "optimizer",
+                "max_steps",
+                "micro_batch_size",
+                "gradient_accumulation_steps",
+                "sequence_len",
+            )
+            if recipe.get(k) is not None
+        ]
         lines.append(f"  settings: {', '.join(hyper)}")
         lines += template_tokens.dry_run_lines(recipe)
         if stage.rebased:
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
-        overrides = {**tracking.get(stage.index, {}), "dataset_prepared_path": _planned_prepared(chain, stage, state,
-                                                                                                  states)}
+        overrides = {
+            **tracking.get(stage.index, {}),
+            "dataset_prepared_path": _planned_prepared(chain, stage, state, states),
+        }
         command = train_command(stage, launch, hw.get("accelerator", "cuda"), overrides)
         lines.append(f"  command: {runner.display(command)}")
         if str(overrides["dataset_prepared_path"]).endswith(PENDING_PREPARED):
-            lines.append(f"  ({PENDING_PREPARED}: inputs-<digest of its data files and base>, known once the stage "
-                         "it starts from has run)")
+            lines.append(
+                f"  ({PENDING_PREPARED}: inputs-<digest of its data files and base>, known once the stage "
+                "it starts from has run)"
+            )
         if stage.merge_lora:
-            lines.append(f"  then:    {runner.display(merge_command(stage))}" + ("   (node 0 only)" if launch.nnodes > 1 else ""))
+            lines.append(
+                f"  then:    {runner.display(merge_command(stage))}" + ("   (node 0 only)" if launch.nnodes > 1 else "")
+            )
         base = str(recipe["base_model"])
         inherited = shapes.get(stage.base_path) if stage.base_path else None
         shape = memory.model_shape(base, inherited)
@@ -97,7 +131,9 @@ def describe(chain: Chain, launch: Launch, tracking: dict[int, dict[str, Any]] |
         verdict = ""
         if budget:
             verdict = "  -> fits" if est.total_gib <= float(budget) else f"  -> does NOT fit in {budget} GiB"
-        lines.append(f"    {'total (+ allocator/NCCL overhead, typically a few GiB)':<78s} {est.total_gib:7.1f} GiB{verdict}")
+        lines.append(
+            f"    {'total (+ allocator/NCCL overhead, typically a few GiB)':<78s} {est.total_gib:7.1f} GiB{verdict}"
+        )
         if est.host_gib:
             lines += host_ram_check(hw, est)
         lines.append("    assumptions: " + "; ".join(est.assumptions))
@@ -124,8 +160,11 @@ def status_report(chain: Chain) -> str:
     steps = [next_step(chain, stage, state) for stage, state in zip(chain.stages, states)]
     lines = [f"chain {chain.name}: {chain.description}", f"output root: {chain.output_root}"]
     for stage, state, step in zip(chain.stages, states, steps):
-        lines += ["", f"stage {stage.index + 1}/{len(chain.stages)} {stage.name}: {state_text(state)}",
-                  f"  output: {stage.output_dir}"]
+        lines += [
+            "",
+            f"stage {stage.index + 1}/{len(chain.stages)} {stage.name}: {state_text(state)}",
+            f"  output: {stage.output_dir}",
+        ]
         if state.logged_step is not None:
             where = f" ({state.checkpoint.name})" if state.checkpoint is not None else ""
             lines.append(f"  last logged: step {state.logged_step} of {state.max_steps}, loss {state.loss:.4f}{where}")
@@ -138,7 +177,10 @@ def status_report(chain: Chain) -> str:
     elif all(state.kind == "done" for state in states):
         lines.append(f"next `{chain.rerun()}`: nothing to do (every stage is done)")
     else:
-        todo = [f"stage {s.index + 1}: {step.text}" for s, state, step in zip(chain.stages, states, steps)
-                if state.kind != "done"]
+        todo = [
+            f"stage {s.index + 1}: {step.text}"
+            for s, state, step in zip(chain.stages, states, steps)
+            if state.kind != "done"
+        ]
         lines.append(f"next `{chain.rerun()}`: " + "; ".join(todo))
     return "\n".join(lines)

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from axolotl_dpop.atomic import atomic_directory, copy_file, remove_stale_temps
+from axolotl_dpop.provenance import utc_stamp
 from smaug.common.errors import UserError
-from smaug.common.records import compact_utc_timestamp
-from smaug.common.files import atomic_directory, copy_file_atomic, remove_stale_temps
 from smaug.common.paths import rel
 from smaug.training import lock, runner
 from smaug.training.chains.checks import check_settings, validate_stages
@@ -29,14 +29,14 @@ from smaug.training.chains.progress import (
     state_text,
 )
 from smaug.training.chains.report import describe
-from smaug.training.preflight import preflight
-from smaug.training.recipes import write_derived_recipe
 from smaug.training.checkpoints import (
     complete_checkpoints,
     set_aside_incomplete_checkpoints,
     weight_files,
     weights_problem,
 )
+from smaug.training.preflight import preflight
+from smaug.training.recipes import write_derived_recipe
 from smaug.training.state import (
     StageState,
     new_run_id,
@@ -91,9 +91,14 @@ def _last_error(log_path: Path, offset: int) -> str:
     return ""
 
 
-def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
-              skip_preflight: bool = False, env: dict[str, str] | None = None,
-              chains_file: Path = CHAINS_FILE) -> int:
+def run_chain(
+    name: str,
+    output_root: Path | None = None,
+    dry_run: bool = False,
+    skip_preflight: bool = False,
+    env: dict[str, str] | None = None,
+    chains_file: Path = CHAINS_FILE,
+) -> int:
     env = dict(os.environ if env is None else env)
     chain = plan_chain(name, output_root, chains_file)
     launch = Launch.from_env(chain.hardware, env)
@@ -140,8 +145,15 @@ def run_chain(name: str, output_root: Path | None = None, dry_run: bool = False,
     return 0
 
 
-def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch,
-               tracking: dict[str, Any], validated: dict[int, Any], held: list[int]) -> tuple[int, StageState | None]:
+def _run_stage(
+    chain: Chain,
+    stage: ChainStage,
+    earlier: list[StageState],
+    launch: Launch,
+    tracking: dict[str, Any],
+    validated: dict[int, Any],
+    held: list[int],
+) -> tuple[int, StageState | None]:
     """One stage, under the chain's locks; ``held`` (the lock files' descriptors) is passed on to axolotl, so that
     the locks stay held while it runs even if this process is killed. Returns the exit code, and the stage's
     state when it was done and skipped (nothing changed, so the next stage need not assess it again)."""
@@ -167,8 +179,15 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
     if record is None:
         inputs, run_id = stage_inputs(chain, stage, earlier, None), new_run_id()
         prepared = prepared_folder(stage, inputs) or stage.prepared_root / f"run-{run_id}"
-        record = stage_record(recipe_name=stage.name, digest=stage.digest, settings=json_settings(stage),
-                              run_id=run_id, inputs=inputs, output_dir=stage.output_dir, prepared=str(prepared))
+        record = stage_record(
+            recipe_name=stage.name,
+            digest=stage.digest,
+            settings=json_settings(stage),
+            run_id=run_id,
+            inputs=inputs,
+            output_dir=stage.output_dir,
+            prepared=str(prepared),
+        )
         if launch.node_rank == 0:
             write_inputs_record(stage.output_dir, record)
     prepared = Path(record.get("dataset_prepared_path") or stage.prepared_root / f"run-{record.get('run_id')}")
@@ -178,8 +197,7 @@ def _run_stage(chain: Chain, stage: ChainStage, earlier: list[StageState], launc
     checkpoints = complete_checkpoints(stage.output_dir)
     print(f"{label}: " + (f"resuming from {checkpoints[-1]}" if checkpoints else "starting"), flush=True)
     if stage.rebased:
-        write_derived_recipe(stage.run_config, stage.recipe, stage.recipe_path,
-                             f"its paths under {chain.output_root}")
+        write_derived_recipe(stage.run_config, stage.recipe, stage.recipe_path, f"its paths under {chain.output_root}")
     env_vars = stage_env(stage, tracking)
     log_path = stage_log(stage, launch)
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -213,8 +231,10 @@ def write_merged_provenance(stage: ChainStage) -> Path:
 
     provenance = read_provenance(stage.output_dir)
     if provenance is None:
-        raise UserError(f"{stage.output_dir}: no {PROVENANCE_FILE} after training {stage.name}; is "
-                        "axolotl_dpop.DPOPPlugin listed under `plugins:`?")
+        raise UserError(
+            f"{stage.output_dir}: no {PROVENANCE_FILE} after training {stage.name}; is "
+            "axolotl_dpop.DPOPPlugin listed under `plugins:`?"
+        )
     provenance["merged_lora"] = {"adapter_dir": str(stage.output_dir), "command": "axolotl merge-lora"}
     return write_provenance(stage.output_dir / "merged", provenance)
 
@@ -223,8 +243,9 @@ NODE0_WAIT_ENV = "SMAUG_NODE0_WAIT_S"  # how long other nodes wait for node 0's 
 NODE0_POLL_S = 10.0
 
 
-def wait_for_node0(chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch, label: str,
-                   wait_s: float | None = None) -> None:
+def wait_for_node0(
+    chain: Chain, stage: ChainStage, earlier: list[StageState], launch: Launch, label: str, wait_s: float | None = None
+) -> None:
     """Every node but 0 waits until node 0 has marked the stage done (node 0 may still be saving or merging after
     the distributed run ended) instead of going on to a stage whose input is not there yet."""
     print(f"{label}: finished on node {launch.node_rank}; waiting for node 0 to mark it done", flush=True)
@@ -232,34 +253,64 @@ def wait_for_node0(chain: Chain, stage: ChainStage, earlier: list[StageState], l
     deadline = time.monotonic() + wait_s
     while (state := assess_stage(chain, stage, earlier)).kind != "done":
         if state.kind in ("stale", "unreadable"):
-            raise UserError(f"{stage.marker}: {state_text(state)}: node 0 and node {launch.node_rank} do not run the "
-                            "same recipes and inputs; run the same checkout on every node")
+            raise UserError(
+                f"{stage.marker}: {state_text(state)}: node 0 and node {launch.node_rank} do not run the "
+                "same recipes and inputs; run the same checkout on every node"
+            )
         if time.monotonic() >= deadline:
-            raise UserError(f"node {launch.node_rank}: {stage.name} ended here, but node 0 has not marked it done "
-                            f"({stage.marker}) after {wait_s:.0f} s; see node 0's log {stage.output_dir / STAGE_LOG} "
-                            f"({NODE0_WAIT_ENV} sets the wait)")
+            raise UserError(
+                f"node {launch.node_rank}: {stage.name} ended here, but node 0 has not marked it done "
+                f"({stage.marker}) after {wait_s:.0f} s; see node 0's log {stage.output_dir / STAGE_LOG} "
+                f"({NODE0_WAIT_ENV} sets the wait)"
+            )
         time.sleep(NODE0_POLL_S)
 
 
-def _report_failure(chain: Chain, stage: ChainStage, before: StageState, earlier: list[StageState], code: int,
-                    log_path: Path, offset: int, label: str) -> None:
+def _report_failure(
+    chain: Chain,
+    stage: ChainStage,
+    before: StageState,
+    earlier: list[StageState],
+    code: int,
+    log_path: Path,
+    offset: int,
+    label: str,
+) -> None:
     after = assess_stage(chain, stage, earlier)
     if after.kind == "finished":
-        print(f"{label}: ended with exit code {code} after training had finished ({after.checkpoint.name}); log: "
-              f"{log_path}. Run `{chain.rerun()}` again: it completes the stage without training.", file=sys.stderr)
+        print(
+            f"{label}: ended with exit code {code} after training had finished ({after.checkpoint.name}); log: "
+            f"{log_path}. Run `{chain.rerun()}` again: it completes the stage without training.",
+            file=sys.stderr,
+        )
         return
     if after.checkpoint is not None and (before.step is None or (after.step or 0) > before.step):
-        print(f"{label}: stopped with exit code {code} after saving {after.checkpoint.name}; log: {log_path}. Run "
-              f"`{chain.rerun()}` again to resume from there.", file=sys.stderr)
+        print(
+            f"{label}: stopped with exit code {code} after saving {after.checkpoint.name}; log: {log_path}. Run "
+            f"`{chain.rerun()}` again to resume from there.",
+            file=sys.stderr,
+        )
         return
     error = _last_error(log_path, offset)
-    print(f"{label}: failed with exit code {code} before saving a new checkpoint; log: {log_path}"
-          + (f"; last error: {error}" if error else "") + f". Fix the cause, then run `{chain.rerun()}` again "
-          "(done stages are skipped, a stage with checkpoints resumes).", file=sys.stderr)
+    print(
+        f"{label}: failed with exit code {code} before saving a new checkpoint; log: {log_path}"
+        + (f"; last error: {error}" if error else "")
+        + f". Fix the cause, then run `{chain.rerun()}` again "
+        "(done stages are skipped, a stage with checkpoints resumes).",
+        file=sys.stderr,
+    )
 
 
-def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState, earlier: list[StageState],
-                             launch: Launch, validated: dict[int, Any], label: str, held: list[int]) -> int:
+def _finish_without_training(
+    chain: Chain,
+    stage: ChainStage,
+    state: StageState,
+    earlier: list[StageState],
+    launch: Launch,
+    validated: dict[int, Any],
+    label: str,
+    held: list[int],
+) -> int:
     """Training had finished (or a done stage lost its final weights): restore the final weights from the last
     checkpoint and/or merge, and write the marker. Never trains."""
     out = stage.output_dir
@@ -269,11 +320,13 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
         return 0
     if state.restore_from is not None and state.weights:
         for source in weight_files(state.restore_from):
-            copy_file_atomic(source, out / source.name)
+            copy_file(source, out / source.name)
         problem = weights_problem(out, bool(stage.recipe.get("adapter")))
         if problem:
-            raise UserError(f"{label}: restoring the final weights from {state.restore_from} failed ({problem}); "
-                            f"mv {out} {out}.stale-{compact_utc_timestamp()} && {chain.rerun()} to retrain")
+            raise UserError(
+                f"{label}: restoring the final weights from {state.restore_from} failed ({problem}); "
+                f"mv {out} {out}.stale-{utc_stamp()} && {chain.rerun()} to retrain"
+            )
         print(f"{label}: training had finished at {state.restore_from.name}; copied its weights to {out} (no training)")
     if stage.merge_lora and weights_problem(out / "merged") is not None:
         log_path = out / STAGE_LOG
@@ -286,13 +339,22 @@ def _finish_without_training(chain: Chain, stage: ChainStage, state: StageState,
     record = state.record
     if record is None or (state.kind == "finished" and not isinstance(record.get("inputs"), dict)):
         inputs = stage_inputs(chain, stage, earlier, None)
-        record = stage_record(recipe_name=stage.name, digest=stage.digest, settings=json_settings(stage),
-                              run_id=(record or {}).get("run_id") or new_run_id(), inputs=inputs, output_dir=out,
-                              prepared=(record or {}).get("dataset_prepared_path"))
+        record = stage_record(
+            recipe_name=stage.name,
+            digest=stage.digest,
+            settings=json_settings(stage),
+            run_id=(record or {}).get("run_id") or new_run_id(),
+            inputs=inputs,
+            output_dir=out,
+            prepared=(record or {}).get("dataset_prepared_path"),
+        )
     if state.kind == "finished":
         write_done_marker(out, record)
-        print(f"{label}: training had finished at {state.checkpoint.name if state.checkpoint else '?'}; "
-              f"marked done without training ({stage.marker})", flush=True)
+        print(
+            f"{label}: training had finished at {state.checkpoint.name if state.checkpoint else '?'}; "
+            f"marked done without training ({stage.marker})",
+            flush=True,
+        )
     else:
         print(f"{label}: done ({stage.marker})", flush=True)
     return 0
@@ -305,6 +367,8 @@ def _write_missing_provenance(stage: ChainStage, cfg: Any, launch: Launch, state
     if cfg is None or (stage.output_dir / PROVENANCE_FILE).is_file():
         return
     record = training_record(cfg, recipe=stage.name, world_size=launch.world_size)
-    record["completed_by"] = (f"smaug chain: training finished at {state.checkpoint.name if state.checkpoint else '?'}"
-                              " but the run ended before axolotl's post-train hook; written by the chain")
+    record["completed_by"] = (
+        f"smaug chain: training finished at {state.checkpoint.name if state.checkpoint else '?'}"
+        " but the run ended before axolotl's post-train hook; written by the chain"
+    )
     write_provenance(stage.output_dir, record)

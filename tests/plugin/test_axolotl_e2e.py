@@ -1,0 +1,250 @@
+"""The real `axolotl train` CLI with rl: dpop (and rl: dpo next to it), on a tiny model, CPU, offline."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.axolotl_runner import assert_ok, log_history, run_axolotl_train, tiny_config, write_pairs
+
+pytestmark = pytest.mark.slow
+DPOP_KEYS = {"dpop/penalty", "dpop/active_fraction"}
+TRL_KEYS = {
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+}
+
+
+# Runs that the chunked-head tests below repeat with dpop_chunked_logps: true and compare step by step.
+LORA = {
+    "adapter": "lora",
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "lora_target_linear": True,
+    "gradient_accumulation_steps": 2,
+    "micro_batch_size": 2,
+}
+PRECOMPUTE = {
+    "precompute_ref_log_probs": True,
+    "gradient_checkpointing": True,
+    "gradient_accumulation_steps": 2,
+    "micro_batch_size": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
+
+
+def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, **overrides):
+    out = tmp_path / name / "out"
+    cfg = tiny_config(tiny_model_dir, pairs, out, **overrides)
+    proc = run_axolotl_train(cfg, tmp_path / name, launcher_args=launcher_args)
+    assert_ok(proc)
+    return out, log_history(out), proc
+
+
+@pytest.fixture(scope="module")
+def ref_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ref-logps-cache")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, pairs):
+    return _train(tmp_path_factory.mktemp("runs"), tiny_model_dir, pairs, "lora", **LORA)
+
+
+@pytest.fixture(scope="module")
+def precompute_run(tmp_path_factory, tiny_model_dir, pairs, ref_cache_dir):
+    return _train(
+        tmp_path_factory.mktemp("runs"),
+        tiny_model_dir,
+        pairs,
+        "precompute",
+        dpop_ref_logps_cache_dir=str(ref_cache_dir),
+        **PRECOMPUTE,
+    )
+
+
+def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(tmp_path, tiny_model_dir, pairs):
+    out, logs, _ = _train(tmp_path, tiny_model_dir, pairs, "full", max_steps=4, save_steps=4)
+    assert len(logs) == 4
+    for entry in logs:
+        assert DPOP_KEYS | TRL_KEYS <= entry.keys()
+        assert 0.0 <= entry["dpop/active_fraction"] <= 1.0 and entry["dpop/penalty"] >= 0.0
+    # step 1: policy = reference, so the penalty is off and the loss is log 2
+    assert logs[0]["dpop/penalty"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # lr 5e-4 on a random model pushes some chosen log-probs below the reference: the penalty must notice
+    assert max(entry["dpop/active_fraction"] for entry in logs[1:]) > 0
+
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diffs = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), base.state_dict().values())]
+    assert any(diffs), "training changed no weight"
+    provenance = json.loads((out / "smaug_provenance.json").read_text())
+    assert provenance["training"]["rl"] == "dpop" and provenance["training"]["dpop_lambda"] == 50.0
+    assert provenance["base_model"] == str(tiny_model_dir)
+
+
+def test_lora_reference_is_the_adapter_disabled(lora_run):
+    out, logs, _ = lora_run
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+    # LoRA's B matrix starts at zero: at step 1 the policy IS the adapter-disabled reference
+    assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["rewards/rejected"] == 0.0
+    assert logs[-1]["rewards/chosen"] != 0.0
+
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert model.peft_config["default"].r == 4
+
+
+def test_precomputed_reference_log_probs(precompute_run, ref_cache_dir):
+    _, logs, proc = precompute_run
+    output = proc.stdout + proc.stderr
+    assert "Computing reference log probs" in output
+    # a full fine-tune with precomputed reference log-probs keeps no second copy of the model
+    assert "no reference model is loaded" in output
+    assert len(list(ref_cache_dir.glob("*.safetensors"))) == 1
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+    assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_rl_dpo_is_unchanged_by_the_plugin_and_lambda_zero_is_dpo(tmp_path, tiny_model_dir, pairs):
+    common = {"rl": "dpo", "dpop_lambda": None, "max_steps": 4, "save_steps": 4}
+    _, with_plugin, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-plugin", **common)
+    _, without, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-bare", plugins=None, **common)
+    _, dpop_zero, _ = _train(tmp_path, tiny_model_dir, pairs, "dpop-0", dpop_lambda=0, max_steps=4, save_steps=4)
+    losses = [e["loss"] for e in without]
+    assert [e["loss"] for e in with_plugin] == losses
+    assert not any(DPOP_KEYS & e.keys() for e in with_plugin)
+    # our DPOPTrainer with lambda = 0 reproduces TRL's own DPO loss step by step
+    assert [e["loss"] for e in dpop_zero] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    assert [e["logps/chosen"] for e in dpop_zero] == pytest.approx([e["logps/chosen"] for e in without], rel=1e-5)
+    assert losses[0] != losses[-1]
+
+
+def test_two_process_cpu_launch(tmp_path, tiny_model_dir, pairs, monkeypatch):
+    # accelerate's multi-process launcher; ACCELERATE_USE_CPU makes it pick gloo on a machine without CUDA.
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    launcher = [
+        "--",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+    ]
+    _, logs, single_proc = _train(
+        tmp_path, tiny_model_dir, pairs, "ddp", launcher_args=launcher, max_steps=2, save_steps=2
+    )
+    assert '"world_size": 2' in single_proc.stdout + single_proc.stderr
+    # both ranks' batches count: 2 steps x 2 processes x micro_batch 4 pairs = 16 of 24 pairs = 2/3 epoch
+    assert logs[-1]["epoch"] == pytest.approx(16 / 24, rel=1e-3)
+    assert all(DPOP_KEYS <= entry.keys() for entry in logs)
+
+
+def test_slic_loss_is_the_papers_formula_on_the_logged_log_probs_without_a_reference(tmp_path, tiny_model_dir, pairs):
+    # One pair per step, so each logged value is that pair's own: the hinge can be recomputed from the logged
+    # log-probs. beta 5 nats keeps the hinge active on the tiny random model's near-equal pairs.
+    beta, lam = 5.0, 0.5
+    out, logs, proc = _train(
+        tmp_path,
+        tiny_model_dir,
+        pairs,
+        "slic",
+        rl="slic",
+        dpop_lambda=None,
+        slic_lambda=lam,
+        rl_beta=beta,
+        micro_batch_size=1,
+        max_steps=1,
+        save_steps=1,
+    )
+    first = logs[0]
+    chosen, rejected = first["logps/chosen"], first["logps/rejected"]
+    hinge = max(0.0, beta - chosen + rejected)
+    assert hinge > 0
+    assert first["loss"] == pytest.approx(hinge - lam * chosen, rel=1e-5)
+    assert first["slic/hinge"] == pytest.approx(hinge, rel=1e-5)
+    assert first["slic/regulariser"] == pytest.approx(-chosen, rel=1e-6)
+    assert first["rewards/margins"] == pytest.approx(chosen - rejected, rel=1e-5)  # policy log-prob margin
+    assert not DPOP_KEYS & first.keys()
+    # No reference model: one set of weights loaded (an rl: dpop run loads two: policy and reference; TRL's own
+    # fallback copy would be a second load too), the trainer holds none, and SLiCTrainer.compute_ref_log_probs
+    # (which raises) was never called, or the run would have failed.
+    log = proc.stdout + proc.stderr
+    assert log.count("Loading weights: 100%") == 1
+    assert f"SLIC: beta={beta} lambda={lam}; reference model: None" in log
+    provenance = json.loads((out / "smaug_provenance.json").read_text())
+    assert provenance["training"]["rl"] == "slic" and provenance["training"]["slic_lambda"] == lam
+
+
+# --- dpop_chunked_logps: the same runs with the token-chunked head, compared step by step -----------------
+
+
+def _assert_same_steps(chunked, unchunked):
+    """Step by step after AdamW updates: the last digits of the gradients differ (summation order), and
+    Adam's normalisation passes that on, so the tolerance is 1e-6 relative + 1e-5 absolute (margins and
+    penalties are differences of ~190-nat log-probs)."""
+    assert len(chunked) == len(unchunked) >= 3
+    for key in (
+        "loss",
+        "logps/chosen",
+        "logps/rejected",
+        "rewards/chosen",
+        "rewards/margins",
+        "dpop/penalty",
+        "entropy",
+        "logits/chosen",
+        "mean_token_accuracy",
+    ):
+        assert [e[key] for e in chunked] == pytest.approx([e[key] for e in unchunked], rel=1e-6, abs=1e-5), key
+    assert unchunked[-1]["loss"] != unchunked[0]["loss"]
+
+
+def test_chunked_head_with_precompute_hits_the_cache_and_matches(
+    tmp_path, tiny_model_dir, pairs, precompute_run, ref_cache_dir
+):
+    """Full fine-tune, gradient accumulation and checkpointing, precomputed reference: the second run (same
+    reference model, data and tokenisation) reads the first run's reference log-probs from the cache."""
+    _, logs, proc = _train(
+        tmp_path,
+        tiny_model_dir,
+        pairs,
+        "precompute-chunked",
+        dpop_chunked_logps=True,
+        dpop_logps_chunk_size=16,
+        dpop_ref_logps_cache_dir=str(ref_cache_dir),
+        **PRECOMPUTE,
+    )
+    output = proc.stdout + proc.stderr
+    assert "chunked log-probs, 16 completion tokens per chunk" in output
+    assert "read from the cache" in output and "Computing reference log probs" not in output
+    _assert_same_steps(logs, precompute_run[1])
+
+
+def test_chunked_head_with_lora_matches(tmp_path, tiny_model_dir, pairs, lora_run):
+    """Also shows that two LoRA runs of one config draw the same adapter (the plugin seeds before loading)."""
+    _, logs, proc = _train(
+        tmp_path, tiny_model_dir, pairs, "lora-chunked", dpop_chunked_logps=True, dpop_logps_chunk_size=16, **LORA
+    )
+    assert "chunked log-probs" in proc.stdout + proc.stderr
+    _assert_same_steps(logs, lora_run[1])
