@@ -81,17 +81,16 @@ def test_a_long_chain_of_local_folders_is_followed_to_its_hub_base(tmp_path):
     assert resolve_license(tmp_path / "s69").license.license == "llama2"
 
 
-def test_a_deeply_nested_provenance_file_is_read_and_walked(tmp_path):
-    # 3,000 nested `parent`s (the plugin nests every local base's record): past the stdlib parser's recursion.
+def test_a_provenance_file_nested_too_deep_to_read_is_refused_naming_it(tmp_path):
+    # 3,000 nested `parent`s: past the stdlib parser's recursion; no real lineage is that long.
     depth = 3000
-    text = "".join('{"schema": 1, "base_model": "/gone/s%d", "license": null, "parent": ' % i for i in range(depth))
+    text = "".join(f'{{"schema": 1, "base_model": "/gone/s{i}", "license": null, "parent": ' for i in range(depth))
     text += json.dumps(_record("meta-llama/Llama-2-7b-chat-hf")) + "}" * depth
     with pytest.raises(RecursionError):
         json.loads(text)
     (tmp_path / plugin.PROVENANCE_FILE).write_text(text)
-    stages, hub_base = local_stages(tmp_path)
-    assert (len(stages), hub_base) == (depth + 1, "meta-llama/Llama-2-7b-chat-hf")
-    assert stages[-1].where.endswith(f"`parent` #{depth}")
+    with pytest.raises(UserError, match=f"{plugin.PROVENANCE_FILE}: its `parent` records are nested deeper"):
+        local_stages(tmp_path)
 
 
 def test_a_cycle_of_local_folders_is_refused_by_identity(tmp_path):
@@ -105,35 +104,12 @@ def test_a_cycle_of_local_folders_is_refused_by_identity(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("parent", "oops"), ("base_model", 7), ("datasets", ["x"]), ("training", [1])])
 def test_provenance_fields_of_the_wrong_type_are_named(tmp_path, field, value):
-    plugin.write_provenance(tmp_path, {**_record("meta-llama/Llama-2-7b-chat-hf"), field: value})
+    record = {**_record("meta-llama/Llama-2-7b-chat-hf"), field: value}
+    with pytest.raises(ValueError, match=f"`{field}`"):  # never written
+        plugin.write_provenance(tmp_path, record)
+    (tmp_path / plugin.PROVENANCE_FILE).write_text(json.dumps(record))
     with pytest.raises(UserError, match=f"`{field}`"):
         local_stages(tmp_path)
-
-
-def test_the_plugin_parser_matches_json_loads_at_any_depth():
-    samples = [
-        "{}",
-        "[]",
-        " [ 1 , [ ] , { } ] ",
-        "-0",
-        "1E5",
-        '"s\\u00e9\\n"',
-        "NaN",
-        "-Infinity",
-        '{"a":1,"a":2}',
-        '{"a": [1, 2.5, -3e2, true, false, null], "b": {"c": {}}}',
-    ]
-    for text in samples:
-        assert json.dumps(plugin.loads_any_depth(text)) == json.dumps(json.loads(text)), text
-    for bad in ["{", "[1,]", '{"a" 1}', '{"a":1,}', "[1 2]", "01", '{"a":1}x', "", '"\x01"', "{1:2}"]:
-        with pytest.raises(json.JSONDecodeError):
-            json.loads(bad)
-        with pytest.raises(json.JSONDecodeError):
-            plugin.loads_any_depth(bad)
-    value = plugin.loads_any_depth("[" * 100_000 + "]" * 100_000)
-    for _ in range(99_999):
-        value = value[0]
-    assert value == []
 
 
 def test_licence_table_chains_of_any_depth_and_real_cycles(tmp_path):

@@ -68,9 +68,9 @@ def _local_model(path: Path) -> ResolvedModel:
     if prov_file.is_file():
         digest.update(prov_file.read_bytes())
         try:
-            provenance = read_provenance(path)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{prov_file}: not valid JSON ({err}); fix or delete it") from err
+            provenance = read_provenance(path).record()
+        except ValueError as err:
+            raise UserError(str(err)) from None
     return ResolvedModel(
         name=str(path),
         pretrained=str(path),

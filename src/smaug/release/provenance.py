@@ -8,7 +8,6 @@ newest first, until a stage that starts from a Hub id (or a model we created fro
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,9 @@ def load_provenance(model_dir: str | Path) -> dict[str, Any]:
             "model's lineage, licence and training settings are unknown."
         )
     try:
-        data = read_provenance(model_dir)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err}); re-create it by re-running the stage that wrote it.") from err
+        data = read_provenance(model_dir).record()
+    except ValueError as err:
+        raise UserError(str(err)) from None
     except OSError as err:
         raise UserError(f"{path}: cannot be read ({err.strerror or err}); check its permissions.") from err
     _check_schema(data, str(path))

@@ -98,15 +98,15 @@ def run_is_done(run_dir: Path, expect: dict[str, Any] | None = None, parent: Pat
         return False
     try:
         provenance = read_provenance(run_dir)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:
         return False
     if provenance is None:
         return False
-    training = provenance.get("training") or {}
+    training = provenance.training or {}
     if any(training.get(key) is None or float(training[key]) != float(value) for key, value in (expect or {}).items()):
         return False
     if parent is not None:
-        if (provenance.get("parent") or {}).get("finished_at") != (read_provenance(parent) or {}).get("finished_at"):
+        if (provenance.parent or {}).get("finished_at") != getattr(read_provenance(parent), "finished_at", None):
             return False
     return True
 

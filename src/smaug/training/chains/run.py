@@ -235,7 +235,7 @@ def write_merged_provenance(stage: ChainStage) -> Path:
             f"{stage.output_dir}: no {PROVENANCE_FILE} after training {stage.name}; is "
             "axolotl_dpop.DPOPPlugin listed under `plugins:`?"
         )
-    provenance["merged_lora"] = {"adapter_dir": str(stage.output_dir), "command": "axolotl merge-lora"}
+    provenance.merged_lora = {"adapter_dir": str(stage.output_dir), "command": "axolotl merge-lora"}
     return write_provenance(stage.output_dir / "merged", provenance)
 
 
