@@ -172,4 +172,4 @@ def test_cli_with_texts_file(memorised_model, tiny_model_dir, tmp_path, capsys):
             str(texts),
         ]
     )
-    assert rc == 2 and "no such folder" in capsys.readouterr().err
+    assert rc == 2 and "does not exist" in capsys.readouterr().err

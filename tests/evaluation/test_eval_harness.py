@@ -12,11 +12,11 @@ import pytest
 
 from smaug.common.errors import UserError
 from smaug.common.paths import REPO_ROOT, eval_dir
-from smaug.evaluation import harness as harness_mod
 from smaug.evaluation.cli import find_summary, register
 from smaug.evaluation.harness import check_suite_tasks, evaluate, resolve_model, task_manager_for
 from smaug.evaluation.suites import TASKS_DIR, get_suite, load_suites
 from smaug.evaluation.summary import (
+    Summary,
     build_summary,
     compare_table,
     leaf_tasks,
@@ -123,7 +123,7 @@ def full_task_manager():
 
 def test_leaderboard_v1_tasks_pass_lm_eval_validation(full_task_manager):
     suite = get_suite("leaderboard_v1")
-    assert [s.key for s in suite.tasks] == LEADERBOARD_KEYS
+    assert [s.key for s in suite.tasks.values()] == LEADERBOARD_KEYS
     checked = check_suite_tasks(suite, full_task_manager)
     assert len(checked["mmlu"]) == 57 and all(name.startswith("mmlu_") for name in checked["mmlu"])
     expected = {
@@ -134,17 +134,17 @@ def test_leaderboard_v1_tasks_pass_lm_eval_validation(full_task_manager):
         "winogrande": ("acc", 5),
         "gsm8k": ("exact_match", 5),
     }
-    for spec in suite.tasks:
+    for spec in suite.tasks.values():
         assert (spec.metric, spec.num_fewshot) == expected[spec.key]
         for name, config in checked[spec.key].items():
             assert config.num_fewshot == spec.num_fewshot, name  # the override lands in lm-eval's config
             # The dataset we report against is the one the harness evaluates on.
-            assert config.dataset_path.split("/")[-1] == spec.dataset["type"].split("/")[-1], name
-            assert (config.test_split or config.validation_split) == spec.dataset["split"], name
+            assert config.dataset_path.split("/")[-1] == spec.dataset.type.split("/")[-1], name
+            assert (config.test_split or config.validation_split) == spec.dataset.split, name
             if spec.aggregation == "task":
-                assert config.dataset_name == spec.dataset["config"], name
-    assert get_suite("gsm8k").tasks[0].filter == "strict-match"
-    assert get_suite("mmlu").tasks[0].aggregation == "unweighted_mean_of_subtasks"
+                assert config.dataset_name == spec.dataset.config, name
+    assert get_suite("gsm8k").task("gsm8k").filter == "strict-match"
+    assert get_suite("mmlu").task("mmlu").aggregation == "unweighted_mean_of_subtasks"
 
 
 def test_a_wrong_metric_in_the_suite_is_caught_before_running(full_task_manager, tmp_path, monkeypatch):
@@ -201,7 +201,7 @@ def test_offline_tasks_build_from_the_repo_files(monkeypatch, tmp_path):
 
     monkeypatch.chdir(REPO_ROOT)  # data_files are relative to the repo root, as `smaug eval` runs them
     suite = get_suite("offline_mini")
-    task_dict = get_task_dict([s.harness_config() for s in suite.tasks], task_manager_for(suite))
+    task_dict = get_task_dict([s.harness_config() for s in suite.tasks.values()], task_manager_for(suite))
 
     def flatten(d):
         for name, value in d.items():
@@ -246,7 +246,7 @@ def _constructed_mmlu() -> dict:
 
 
 def test_unweighted_mmlu_mean_from_subject_results():
-    spec = get_suite("mmlu").tasks[0]
+    spec = get_suite("mmlu").task("mmlu")
     raw = _constructed_mmlu()
     assert leaf_tasks(raw["group_subtasks"], "mmlu") == ["mmlu_a", "mmlu_b", "mmlu_c"]
     agg = unweighted_subtask_mean(raw, spec)
@@ -271,10 +271,12 @@ def test_missing_metric_in_results_names_the_task():
 
 @pytest.fixture
 def no_harness(monkeypatch):
+    import lm_eval
+
     def fail(*args, **kwargs):
         raise AssertionError("lm-eval must not start on bad input")
 
-    monkeypatch.setattr(harness_mod, "run_harness", fail)
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fail)
 
 
 @pytest.mark.parametrize("model", ["./no-such-model", "/no/such/model", "~/no-such-model-dir", "a/b/c"])
@@ -336,7 +338,7 @@ def test_local_revision_follows_the_folder_content(tiny_model_copy):
 def test_broken_suites_file_names_the_field(tmp_path):
     bad = tmp_path / "suites.yaml"
     bad.write_text("suites:\n  s:\n    tasks:\n      arc: {task: arc_challenge, metric: acc, dataset: {}}\n")
-    with pytest.raises(UserError, match=r"suites\.s\.tasks\.arc: missing num_fewshot"):
+    with pytest.raises(UserError, match=r"field `suites\.s\.tasks\.arc\.num_fewshot`: field required"):
         load_suites(bad)
 
 
@@ -354,17 +356,17 @@ def test_cli_arguments():
 # --- comparison tables -----------------------------------------------------------------------------------
 
 
-def _summary(model: str, values: dict[str, float], limit=None) -> dict:
+def _summary(model: str, values: dict[str, float], limit=None) -> Summary:
     raw = {"group_subtasks": {}, "results": {}}
     suite = get_suite("leaderboard_v1")
-    for spec in suite.tasks:
+    for spec in suite.tasks.values():
         if spec.aggregation == "task":
             raw["results"][spec.task] = {spec.result_key: values[spec.key]}
         else:
             raw["group_subtasks"][spec.task] = ["s1", "s2"]
             for subject in ("s1", "s2"):
                 raw["results"][subject] = {spec.result_key: values[spec.key]}
-    return build_summary(raw, suite, {"model": model, "limit": limit})
+    return Summary.model_validate(build_summary(raw, suite, {"model": model, "limit": limit}))
 
 
 def test_compare_table_rows_models_columns_tasks():
@@ -377,7 +379,7 @@ def test_compare_table_rows_models_columns_tasks():
     assert lines[3].startswith("| jondurbin/bagel-34b-v0.2 * | 69.17 | 70.00 |")
     assert "--limit" in lines[-1]
     with pytest.raises(UserError, match="different suites"):
-        compare_table([a, {**b, "suite": "offline_mini"}])
+        compare_table([a, b.model_copy(update={"suite": "offline_mini"})])
 
 
 def test_compare_cli_finds_summaries_by_model_folder_or_file(offline_run, tiny_model_dir, tmp_path, capsys):
@@ -485,26 +487,41 @@ GOOD_SUMMARY = {"model": "m", "suite": "leaderboard_v1", "average": 0.5, "tasks"
         (b"\xff\xfe{}", "not UTF-8 text"),
         (b'{"model": "m",\n "suite": }', "s.json:2: not valid JSON"),
         (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
-        (b"[]", "a JSON list, not an object"),
-        (json.dumps({**GOOD_SUMMARY, "suite": ["a"]}).encode(), "field `suite` is ['a']"),
-        (json.dumps({**GOOD_SUMMARY, "average": "high"}).encode(), "field `average` is 'high'"),
-        (json.dumps({**GOOD_SUMMARY, "versions": ["x"]}).encode(), "field `versions`"),
-        (json.dumps({**GOOD_SUMMARY, "tasks": {"arc": 3}}).encode(), "tasks.arc is not an object"),
+        (b"[]", "s.json: input should be a valid dictionary"),
+        (
+            json.dumps({**GOOD_SUMMARY, "suite": ["a"]}).encode(),
+            "field `suite`: input should be a valid string (got ['a'])",
+        ),
+        (
+            json.dumps({**GOOD_SUMMARY, "average": "high"}).encode(),
+            "field `average`: input should be a valid number (got 'high')",
+        ),
+        (
+            json.dumps({**GOOD_SUMMARY, "versions": ["x"]}).encode(),
+            "field `versions`: input should be a valid dictionary",
+        ),
+        (
+            json.dumps({**GOOD_SUMMARY, "tasks": {"arc": 3}}).encode(),
+            "field `tasks.arc`: input should be a valid dictionary (got 3)",
+        ),
         (
             json.dumps({**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "num_fewshot": "25"}}}).encode(),
-            "tasks.arc.num_fewshot",
+            "field `tasks.arc.num_fewshot`: input should be a valid integer (got '25')",
         ),
         (
             json.dumps({**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "dataset": "ARC"}}}).encode(),
-            "tasks.arc.dataset is 'ARC'",
+            "field `tasks.arc.dataset`: input should be a valid dictionary (got 'ARC')",
         ),
         (
             json.dumps(
                 {**GOOD_SUMMARY, "tasks": {"arc": {**GOOD_TASK, "dataset": {"name": "ARC", "type": 5}}}}
             ).encode(),
-            "tasks.arc.dataset.type",
+            "field `tasks.arc.dataset.type`: input should be a valid string (got 5)",
         ),
-        (b'{"model": "m", "suite": "s", "average": NaN, "tasks": {}}', "field `average` is nan"),
+        (
+            b'{"model": "m", "suite": "s", "average": NaN, "tasks": {}}',
+            "field `average`: input should be a finite number (got nan)",
+        ),
     ],
 )
 def test_wrong_summary_files_are_named_with_the_problem(tmp_path, capsys, content, problem):

@@ -173,7 +173,7 @@ def test_bad_pairs_are_named_before_loading(tmp_path, tiny_model_dir, capsys):
         ]
     )
     assert rc == 2 and "line 2" in capsys.readouterr().err
-    with pytest.raises(UserError, match="no such folder"):
+    with pytest.raises(UserError, match="does not exist"):
         lp.analyse_pairs([str(tmp_path / "missing")], str(tiny_model_dir), PAIRS)
 
 

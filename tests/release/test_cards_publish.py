@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,9 @@ from axolotl_dpop.provenance import PROVENANCE_FILE
 from smaug.cli import main as cli_main
 from smaug.common import paths
 from smaug.common.errors import UserError
-from smaug.release import cards, licenses, publish, upload_plan
+from smaug.common.licenses import load_license_table
+from smaug.evaluation.summary import Summary
+from smaug.release import cards, lineage, publish, upload_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_TOKEN = "hf_" + "SmaugTestTokenNotReal0123456789abcdXYZ"
@@ -220,19 +223,25 @@ def test_smaug34b_chain_as_the_plugin_writes_it(tiny_model_dir, tmp_path):
     assert f"| beta (rl_beta) | {recipe['rl_beta']} |" in card.text
     assert f"| lambda (dpop_lambda) | {recipe['dpop_lambda']} |" in card.text
     assert str(tmp_path) not in card.text and str(REPO_ROOT) not in card.text
-    assert [m["name"] for m in cards._lineage_view(licenses.resolve_license(dpop))] == [
-        "01-ai/Yi-34B-200K",
-        "jondurbin/bagel-34b-v0.2",
-        "smaug34b-sft",
-        "smaug34b-dpop",
+    assert _lineage_table(card) == ["01-ai/Yi-34B-200K", "jondurbin/bagel-34b-v0.2", "smaug34b-sft", "smaug34b-dpop"]
+
+
+def _lineage_table(card) -> list[str]:
+    """The models of the card's lineage table, in its order (oldest first)."""
+    table = card.text.split("## Lineage")[1].split("## Training")[0]
+    return [
+        re.search(r"^\| \d+ \| \[?`?([^]`]+)", line)[1] for line in table.splitlines() if re.match(r"\| \d+ \|", line)
     ]
 
 
 def test_lineage_shows_every_hub_ancestor(tiny_model_copy):
     model = write_provenance(tiny_model_copy, provenance("moreh/MoMo-72B-lora-1.8.7-DPO"))
-    lineage = licenses.resolve_license(model)
-    assert [e.model for e in lineage.hub_chain] == ["moreh/MoMo-72B-lora-1.8.7-DPO", "Qwen/Qwen-72B"]
-    assert [m["name"] for m in cards._lineage_view(lineage)][:2] == ["Qwen/Qwen-72B", "moreh/MoMo-72B-lora-1.8.7-DPO"]
+    resolved = lineage.resolve_license(model)
+    assert [e.model for e in resolved.hub_chain] == ["moreh/MoMo-72B-lora-1.8.7-DPO", "Qwen/Qwen-72B"]
+    assert _lineage_table(cards.render_card(model, auto_evals=False))[:2] == [
+        "Qwen/Qwen-72B",
+        "moreh/MoMo-72B-lora-1.8.7-DPO",
+    ]
 
 
 def test_unknown_lineage_is_refused_with_the_stanza_to_add(tiny_model_copy, capsys):
@@ -253,7 +262,7 @@ def test_local_base_without_provenance_is_refused(tiny_model_copy, tmp_path):
     bare.mkdir()
     model = write_provenance(tiny_model_copy, provenance(str(bare)))
     with pytest.raises(UserError, match="smaug_provenance.json"):
-        licenses.resolve_license(model)
+        lineage.resolve_license(model)
 
 
 def test_model_created_from_scratch_ends_the_lineage(tiny_model_copy):
@@ -280,27 +289,27 @@ def test_conflicting_lineage_rule(tiny_model_copy, tmp_path):
     child = {"parent": "acme/base-7b", "license": "apache-2.0"}
     table = _table(tmp_path, {"acme/base-7b": parent, "acme/derived-7b": child})
     with pytest.raises(UserError, match="licence conflict.*acme/derived-7b.*acme/base-7b"):
-        licenses.resolve_license(model, table_path=table)
+        lineage.resolve_license(model, table_path=table)
     # The most-derived entry wins only when the table says why it may differ from its parent.
     child["supersedes_parent"] = "relicensed by the parent's authors, see https://example.org/notice"
     table = _table(tmp_path, {"acme/base-7b": parent, "acme/derived-7b": child})
-    lineage = licenses.resolve_license(model, table_path=table)
-    assert lineage.license.license == "apache-2.0" and lineage.decided_by == "acme/derived-7b"
+    resolved = lineage.resolve_license(model, table_path=table)
+    assert resolved.license.license == "apache-2.0" and resolved.decided_by == "acme/derived-7b"
     # Same terms all the way up: no conflict, the derived entry decides.
     table = _table(
         tmp_path, {"acme/base-7b": parent, "acme/derived-7b": {"parent": "acme/base-7b", "license": "llama2"}}
     )
-    assert licenses.resolve_license(model, table_path=table).license.license == "llama2"
+    assert lineage.resolve_license(model, table_path=table).license.license == "llama2"
 
 
 def test_licence_table_rejects_bad_entries(tmp_path):
     with pytest.raises(UserError, match="not a Hub licence id"):
-        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "apache2"}}))
+        load_license_table(_table(tmp_path, {"a/b": {"license": "apache2"}}))
     with pytest.raises(UserError, match="license_name"):
-        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "other", "license_link": "https://x"}}))
+        load_license_table(_table(tmp_path, {"a/b": {"license": "other", "license_link": "https://x"}}))
     with pytest.raises(UserError, match="parent"):
-        licenses.load_license_table(_table(tmp_path, {"a/b": {"license": "mit", "parent": "c/d"}}))
-    table = licenses.load_license_table()  # the shipped table is valid and covers every base the recipes use
+        load_license_table(_table(tmp_path, {"a/b": {"license": "mit", "parent": "c/d"}}))
+    table = load_license_table()  # the shipped table is valid and covers every base the recipes use
     assert {
         "meta-llama/Llama-2-7b-chat-hf",
         "jondurbin/bagel-34b-v0.2",
@@ -316,7 +325,7 @@ def test_licence_table_rejects_bad_entries(tmp_path):
 def test_every_recipe_base_model_is_in_the_licence_table():
     import yaml
 
-    table = licenses.load_license_table()
+    table = load_license_table()
     recipes = sorted((REPO_ROOT / "recipes").rglob("*.yml"))
     hub_bases = {}
     for recipe in recipes:
@@ -357,7 +366,7 @@ def test_eval_summaries_found_in_results_dir_and_checked(tiny_model_copy, tmp_pa
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
     assert "limit 10 docs/task" in card.text and "90.00" in card.text
     bad = summary(tmp_path, value=43.21, name="bad.json")  # a percentage where lm-eval writes a fraction
-    with pytest.raises(UserError, match=r"bad.json: tasks.arc.value"):
+    with pytest.raises(UserError, match=r"bad.json: field `tasks.arc.value`"):
         cards.render_card(model, [bad], auto_evals=False)
 
 
@@ -663,20 +672,26 @@ def _write(name, content: bytes):
         (_write("tokenizer_config.json", b"\xff\xfe{}"), "tokenizer_config.json: not UTF-8"),
         (_delete("tokenizer.json"), "no tokenizer files"),
         (_symlinked("tokenizer.json"), "tokenizer.json is a symlink"),
-        (_write("model.safetensors", b""), "model.safetensors: 0 bytes, shorter than a safetensors header"),
-        (_edit_weights(lambda h, d, p: p.write_bytes(p.read_bytes()[:-100])), "model.safetensors: the tensors need"),
-        (_edit_weights(lambda h, d, p: (h, d + b"\0" * 8)), "trailing bytes"),
+        (_write("model.safetensors", b""), "model.safetensors: empty (0 bytes)"),
+        (
+            _edit_weights(lambda h, d, p: p.write_bytes(p.read_bytes()[:-100])),
+            "model.safetensors: incomplete metadata, file not fully covered",
+        ),
+        (
+            _edit_weights(lambda h, d, p: (h, d + b"\0" * 8)),
+            "model.safetensors: incomplete metadata, file not fully covered",
+        ),
         (
             _edit_weights(lambda h, d, p: p.write_bytes((10**6).to_bytes(8, "little") + p.read_bytes()[8:])),
-            "its header claims 1000000 bytes",
+            "model.safetensors: invalid header length",
         ),
         (
             _edit_weights(lambda h, d, p: p.write_bytes(p.read_bytes()[:8] + b"[" + p.read_bytes()[9:])),
-            "not valid JSON",
+            "model.safetensors: invalid JSON in header",
         ),
-        (_edit_weights(_overlap), "overlaps the previous one"),
-        (_edit_weights(_wrong_shape), "data_offsets give"),
-        (_edit_weights(_unknown_dtype), "unknown dtype 'F128'"),
+        (_edit_weights(_overlap), "model.safetensors: invalid offset for tensor"),
+        (_edit_weights(_wrong_shape), "model.safetensors: invalid shape, data type, or offset for tensor"),
+        (_edit_weights(_unknown_dtype), "model.safetensors: invalid JSON in header: unknown variant `F128`"),
         (_edit_weights(_no_tensors), "it holds no tensors"),
         (_symlinked("model.safetensors"), "model.safetensors is a symlink"),
         (
@@ -823,7 +838,7 @@ def _suite_summary(tmp_path: Path, suite_name: str, values: dict, limit=None) ->
 
     suite = get_suite(suite_name)
     results, groups = {}, {}
-    for spec in suite.tasks:
+    for spec in suite.tasks.values():
         value = values[spec.key]
         if spec.aggregation == "unweighted_mean_of_subtasks":
             groups[spec.task] = [f"{spec.task}_a", f"{spec.task}_b"]
@@ -857,15 +872,15 @@ def test_every_score_stays_with_its_own_dataset_in_the_model_index(tiny_model_co
 
     # Each leaderboard entry comes back exactly once, under its own dataset, with its own metric and value.
     expected = sorted(
-        (s.dataset["name"], s.dataset["type"], s.metric, round(100 * leaderboard_values[s.key], 2))
-        for s in get_suite("leaderboard_v1").tasks
+        (s.dataset.name, s.dataset.type, s.metric, round(100 * leaderboard_values[s.key], 2))
+        for s in get_suite("leaderboard_v1").tasks.values()
     )
     assert sorted((r.dataset_name, r.dataset_type, r.metric_type, r.metric_value) for r in results) == expected
     assert all("suite leaderboard_v1" in r.source_name for r in results)
     # The smoke suite and the duplicate are in the body table only, each row saying why.
     body = loaded.text
-    for spec in get_suite("offline_mini").tasks:
-        row = next(line for line in body.splitlines() if f"| {spec.dataset['name']} |" in line)
+    for spec in get_suite("offline_mini").tasks.values():
+        row = next(line for line in body.splitlines() if f"| {spec.dataset.name} |" in line)
         assert (
             f"| {100 * DEMO_VALUES[spec.key]:.2f} |" in row
             and "smoke suite: not comparable, not in the metadata" in row
@@ -883,7 +898,7 @@ def test_results_sharing_a_dataset_identity_never_merge(tmp_path):
     data = json.loads(summary(tmp_path).read_text())
     data["tasks"]["gsm8k"]["dataset"] = {**data["tasks"]["arc"]["dataset"], "name": "Another dataset"}
     data["tasks"]["gsm8k"]["metric"] = "acc"
-    results, rows = cards.eval_results_from_summaries([data])
+    results, rows = cards.eval_results_from_summaries([Summary.model_validate(data)])
     assert [(r.dataset_name, r.metric_type) for r in results] == [("AI2 Reasoning Challenge (25-Shot)", "acc_norm")]
     assert rows[1]["dataset"] == "Another dataset" and "same dataset identity" in rows[1]["note"]
 
@@ -896,9 +911,9 @@ def test_suites_file_keeps_distinct_datasets_apart(tmp_path):
     suites = load_suites()
     identities: dict[tuple, str] = {}
     for suite in suites.values():
-        for spec in suite.tasks:  # in the shipped file every dataset name has its own identity, in every suite
-            ident = (spec.dataset["type"], spec.dataset["config"], spec.dataset["split"])
-            assert identities.setdefault(ident, spec.dataset["name"]) == spec.dataset["name"], ident
+        for spec in suite.tasks.values():  # in the shipped file every dataset name has its own identity, in every suite
+            ident = (spec.dataset.type, spec.dataset.config, spec.dataset.split)
+            assert identities.setdefault(ident, spec.dataset.name) == spec.dataset.name, ident
     assert (
         suites["leaderboard_v1"].model_index and suites["gsm8k"].model_index and not suites["offline_mini"].model_index
     )

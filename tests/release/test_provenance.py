@@ -7,7 +7,7 @@ import pytest
 from axolotl_dpop import provenance as plugin
 from axolotl_dpop.provenance import package_versions
 from smaug.common.errors import UserError
-from smaug.release.provenance import load_provenance, local_stages
+from smaug.release.lineage import load_provenance, local_stages, resolve_license
 
 
 def test_package_versions_names_what_is_installed_and_what_is_not():
@@ -27,9 +27,9 @@ def test_record_written_by_the_plugin_is_read_back_and_nests_its_parent(tmp_path
         child, plugin.provenance_record(base_model=str(base), recipe="recipes/x.yml", training={"rl": "dpop"})
     )
     record = load_provenance(child)
-    assert record["schema"] == plugin.SCHEMA_VERSION and record["recipe"] == "recipes/x.yml"
-    assert record["parent"]["created_by"] == "t" and record["parent"]["license"] == "apache-2.0"
-    assert record["finished_at"].endswith("Z") and record["versions"]["torch"]
+    assert record.schema_version == plugin.SCHEMA_VERSION and record.recipe == "recipes/x.yml"
+    assert record.parent["created_by"] == "t" and record.parent["license"] == "apache-2.0"
+    assert record.finished_at.endswith("Z") and record.versions["torch"]
     stages, hub_base = local_stages(child)
     assert len(stages) == 2 and hub_base is None
     assert not [p for p in child.iterdir() if p.name.endswith(".tmp")]
@@ -53,8 +53,8 @@ def test_unreadable_provenance_is_a_user_error_naming_the_file(tmp_path, content
 
 def test_tiny_model_provenance_ends_the_lineage_with_its_own_licence(tiny_model_dir):
     record = load_provenance(tiny_model_dir)
-    assert record["license"] == "apache-2.0" and record["base_model"] is None
-    assert record["created_by"].startswith("smaug showcase tiny-model")
+    assert record.license == "apache-2.0" and record.base_model is None
+    assert record.model_extra["created_by"].startswith("smaug showcase tiny-model")
 
 
 # --- lineages of any depth, and real cycles -----------------------------------------------------------------
@@ -71,8 +71,6 @@ def _record(base_model, parent=None, license=None):
 
 
 def test_a_long_chain_of_local_folders_is_followed_to_its_hub_base(tmp_path):
-    from smaug.release.licenses import resolve_license
-
     base = "meta-llama/Llama-2-7b-chat-hf"
     for index in range(70):  # 70 stages, each a folder whose base_model is the previous folder (not nested)
         plugin.write_provenance(tmp_path / f"s{index}", _record(str(tmp_path / f"s{index - 1}") if index else base))
@@ -114,8 +112,6 @@ def test_provenance_fields_of_the_wrong_type_are_named(tmp_path, field, value):
 
 def test_licence_table_chains_of_any_depth_and_real_cycles(tmp_path):
     import yaml
-
-    from smaug.release.licenses import resolve_license
 
     plugin.write_provenance(tmp_path / "m", _record("acme/m40"))
     models = {f"acme/m{i}": {"license": "mit", "parent": f"acme/m{i - 1}" if i else None} for i in range(41)}

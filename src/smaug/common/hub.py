@@ -1,8 +1,9 @@
-"""Hugging Face Hub repo ids: one validator (huggingface_hub's own), telling ids from local paths, and which
-exceptions mean "the network or the Hub failed" (not a bug)."""
+"""Hub repo ids, local paths and model references: checked before anything loads or uploads."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 from pathlib import Path
@@ -10,6 +11,23 @@ from pathlib import Path
 from smaug.common.errors import UserError
 
 _ASCII_REPO_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?")
+# The weight files transformers (and PEFT) look for, and the files a tokenizer is built from (any one set).
+WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+VOCABULARIES = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("*.tiktoken",),
+)
+NO_TOKENIZER = "no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt or *.tiktoken)"
 
 
 def repo_id_problem(value: object, *, namespace: bool = True) -> str | None:
@@ -33,10 +51,6 @@ def repo_id_problem(value: object, *, namespace: bool = True) -> str | None:
     return None
 
 
-def is_repo_id(value: object, *, namespace: bool = True) -> bool:
-    return repo_id_problem(value, namespace=namespace) is None
-
-
 def check_repo_id(value: object, what: str, example: str = "abacusai/Smaug-34B-v0.1") -> str:
     """``value`` if it is an `org/name` repo id, else a UserError naming ``what`` (e.g. `--repo`)."""
     problem = repo_id_problem(value)
@@ -45,62 +59,86 @@ def check_repo_id(value: object, what: str, example: str = "abacusai/Smaug-34B-v
     return str(value)
 
 
-def looks_like_hub_id(name: str | None) -> bool:
-    """`org/name` that is not also an existing local path (a local folder wins, as transformers does)."""
-    return bool(name) and is_repo_id(name) and not Path(name).expanduser().exists()
+def looks_local(value: object) -> bool:
+    """Whether a model, tokenizer or data reference names a local path rather than a Hub id: written as a path,
+    not a repo id, existing here or under the repository root, or inside a folder that exists here
+    (`outputs/run1` with `outputs/` here is a path not yet written, not a Hub id)."""
+    from smaug.common.paths import repo_path  # paths imports this module
+
+    text = str(value)
+    path = Path(text).expanduser()
+    return (
+        text.startswith(("./", "../", "/", "~"))
+        or repo_id_problem(text, namespace=False) is not None
+        or path.exists()
+        or repo_path(text).exists()
+        or ("/" in text and path.parent.is_dir())
+    )
 
 
 def display_name(model: str | None) -> str:
     """A Hub id as is; a local path as its folder name (cards and tables must not leak local paths)."""
     if not model:
         return "unknown"
-    return model if looks_like_hub_id(model) else Path(model.rstrip("/")).name or model
+    return Path(model.rstrip("/")).name or model if looks_local(model) else model
 
 
 def hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def check_model_ref(model: str, what: str = "model") -> None:
-    """Fail before loading anything when a model is neither a local folder nor a Hub id (cached when offline)."""
-    if Path(model).expanduser().is_dir():
-        return
-    if not is_repo_id(model) or model.startswith("."):
-        raise UserError(f"{what} {model!r}: no such folder; pass a local model folder or a Hub id (org/name)")
+def has_vocabulary(names: list[str] | set[str]) -> bool:
+    return any(all(fnmatch.filter(names, part) for part in vocabulary) for vocabulary in VOCABULARIES)
+
+
+def check_model_ref(model: str, what: str = "model", revision: str | None = None) -> Path | None:
+    """The local model folder ``model`` names, or None for a Hub id (in the cache, when offline). Refused in one
+    line before anything loads: a missing folder, or one without a model config, weights or tokenizer."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        names = os.listdir(path)
+        problems = [] if set(names) & set(WEIGHT_NAMES) else [f"no weights ({', '.join(WEIGHT_NAMES[:4])})"]
+        try:
+            config = json.loads((path / "config.json").read_bytes())
+            if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+                raise ValueError("no model_type")
+        except FileNotFoundError:
+            problems.insert(0, "no config.json")
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, not a transformers config
+            problems.insert(0, f"{path / 'config.json'}: not a model config ({err})")
+        problems += [] if has_vocabulary(names) else [NO_TOKENIZER]
+        if problems:
+            raise UserError(
+                f"{what} {model}: {'; '.join(problems)}; pass a folder written by save_pretrained (a training "
+                "run's output_dir with merged weights) or a Hub id"
+            )
+        return path.resolve()
+    if path.exists() or looks_local(model):
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{what} folder {model} {state} (resolved to {path.resolve()}); check the path")
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(model, "config.json"), str):
-            return  # in the local Hub cache: loads offline
-        raise UserError(
-            f"{what} {model!r}: not a local folder and HF_HUB_OFFLINE is set; download it first or pass a local path"
-        )
+        if not isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str):
+            raise UserError(
+                f"{what} {model!r} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
+                f"HF_HUB_OFFLINE=1 forbids downloading it: download it first (`hf download {model}`) or unset "
+                f"HF_HUB_OFFLINE; for a local folder give its path (./{model})"
+            )
+    return None
 
 
 def network_failure(err: BaseException) -> BaseException | None:
     """The network/Hub error behind ``err`` (itself or an exception it was raised from), or None when ``err``
-    is something else (a bug must keep its traceback). huggingface_hub raises httpx errors (connection resets,
-    `RemoteProtocolError`, timeouts), `HfHubHTTPError` for HTTP statuses, `OSError`s for sockets, and wraps
-    LFS upload failures in a bare `RuntimeError` whose cause is the real error."""
+    is something else (a bug keeps its traceback). huggingface_hub wraps LFS upload failures in a bare
+    `RuntimeError` raised from the real error."""
     import socket
     import ssl
 
     import httpx
 
-    kinds: tuple[type[BaseException], ...] = (
-        httpx.HTTPError,
-        httpx.InvalidURL,
-        ConnectionError,
-        TimeoutError,
-        socket.gaierror,
-        ssl.SSLError,
-    )
-    try:
-        import requests
-
-        kinds += (requests.RequestException,)
-    except ImportError:  # pragma: no cover - requests is optional for huggingface_hub 1.x
-        pass
+    kinds = (httpx.HTTPError, httpx.InvalidURL, ConnectionError, TimeoutError, socket.gaierror, ssl.SSLError)
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:  # only `raise ... from`: a bug in an except

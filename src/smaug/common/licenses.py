@@ -1,25 +1,20 @@
-"""Licence tables: entries that say which licence a Hub model or dataset declares and where that was read.
-
-One format for both tables, `model_cards/licenses.yaml` (`models:`, read by `smaug.release.licenses` for model
-cards) and `model_cards/dataset_licenses.yaml` (`datasets:`, read by `smaug.data.card` for dataset cards), and
-one set of checks, so a licence id the Hub would reject never reaches a card."""
+"""Licence tables (`model_cards/licenses.yaml` for model cards, `dataset_licenses.yaml` for dataset cards): which
+licence a Hub model or dataset declares and where that was read, checked so the Hub would accept it on a card."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from smaug.common.errors import UserError
+from smaug.common.errors import UserError, validation_error
 from smaug.common.hub import repo_id_problem
 from smaug.common.paths import MODEL_CARDS_DIR
 
 # Licence identifiers the Hub accepts in card metadata, copied from huggingface/hub-docs
-# docs/hub/repositories-licenses.md (the "region licenses" table). Kept in code because the Hub's own
-# validation endpoint cannot be reached offline.
+# docs/hub/repositories-licenses.md: its validation endpoint cannot be reached offline.
 HUB_LICENSE_IDS = frozenset(
     """
     apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
@@ -38,9 +33,21 @@ LICENSE_URLS = {
 }
 
 
-@dataclass
-class LicenseEntry:
-    model: str  # the Hub id of the entry: a model's, or a dataset's in the `datasets:` table
+def license_fields_problem(license_id: object, name: object, link: object) -> str | None:
+    """Why these licence fields would not pass the Hub's metadata checks (None when they would)."""
+    if license_id not in HUB_LICENSE_IDS:
+        return f"license {license_id!r} is not a Hub licence id (see hub-docs repositories-licenses.md)"
+    if license_id == "other" and not (isinstance(name, str) and LICENSE_NAME_RE.match(name)):
+        return "license: other needs license_name, a lowercase slug such as `yi-license`"
+    if license_id == "other" and not (isinstance(link, str) and link.startswith(("https://", "http://"))):
+        return "license: other needs license_link, an absolute URL to the licence text"
+    return None
+
+
+class LicenseEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str  # the entry's Hub id: a model's, or a dataset's in the `datasets:` table
     license: str
     license_name: str | None = None
     license_link: str | None = None
@@ -49,6 +56,16 @@ class LicenseEntry:
     supersedes_parent: str | None = None
     source: str | None = None
 
+    @model_validator(mode="after")
+    def _hub_accepts_it(self):
+        problem = license_fields_problem(self.license, self.license_name, self.license_link)
+        problem = problem or (
+            self.parent and repo_id_problem(self.parent) and f"parent {self.parent!r} is not a Hub id"
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def same_terms(self, other: LicenseEntry) -> bool:
         return (self.license, self.license_name) == (other.license, other.license_name)
 
@@ -56,26 +73,8 @@ class LicenseEntry:
         return self.license_name if self.license == "other" else self.license
 
 
-def license_fields_problem(license_id: Any, name: Any, link: Any) -> str | None:
-    """Why these licence fields would not pass the Hub's metadata checks (None when they would)."""
-    if license_id not in HUB_LICENSE_IDS:
-        return (
-            f"license {license_id!r} is not a Hub licence id (see HUB_LICENSE_IDS / hub-docs repositories-licenses.md)"
-        )
-    if license_id == "other":
-        if not isinstance(name, str) or not LICENSE_NAME_RE.match(name):
-            return "license: other needs license_name, a lowercase slug such as `yi-license`"
-        if not isinstance(link, str) or not link.startswith(("https://", "http://")):
-            return "license: other needs license_link, an absolute URL to the licence text"
-    return None
-
-
-def load_license_table(
-    path: str | Path = MODEL_CARDS_DIR / "licenses.yaml", section: str = "models"
-) -> dict[str, LicenseEntry]:
-    """The ``section`` (`models` in model_cards/licenses.yaml, `datasets` in dataset_licenses.yaml) of a licence
-    table, every entry checked: known fields only, a Hub licence id, `other` with its name and link, parents
-    that are in the table."""
+def load_license_table(path: str | Path = MODEL_CARDS_DIR / "licenses.yaml", section: str = "models"):
+    """The ``section`` of a licence table, every entry checked, every `parent` in the table."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -84,22 +83,14 @@ def load_license_table(
     if not isinstance(raw, dict) or raw.get("schema") != 1 or not isinstance(raw.get(section), dict):
         raise UserError(f"{path}: expected `schema: 1` and a `{section}:` mapping of Hub id -> licence fields.")
     table: dict[str, LicenseEntry] = {}
-    known = {f for f in LicenseEntry.__dataclass_fields__ if f != "model"}
     for model, fields in raw[section].items():
-        if not isinstance(fields, dict) or "license" not in fields:
-            raise UserError(f"{path}: {section}.{model}: needs at least `license:`.")
-        unknown = set(fields) - known
-        if unknown:
-            raise UserError(f"{path}: {section}.{model}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}.")
-        for what, repo_id in ((f"{section}.{model}", model), (f"{section}.{model}.parent", fields.get("parent"))):
-            problem = repo_id_problem(repo_id) if repo_id is not None else None
-            if problem:
-                raise UserError(f"{path}: {what}: {repo_id!r} is not a Hub repo id: {problem}.")
-        entry = LicenseEntry(model=model, **fields)
-        problem = license_fields_problem(entry.license, entry.license_name, entry.license_link)
-        if problem:
-            raise UserError(f"{path}: {section}.{model}: {problem}.")
-        table[model] = entry
+        problem = repo_id_problem(model)
+        if problem or not isinstance(fields, dict):
+            raise UserError(f"{path}: {section}.{model}: {problem or 'needs at least `license:`'}.")
+        try:
+            table[model] = LicenseEntry(model=model, **fields)
+        except ValidationError as err:
+            raise validation_error(err, f"{path}: {section}.{model}") from None
     for entry in table.values():
         if entry.parent is not None and entry.parent not in table:
             raise UserError(f"{path}: {section}.{entry.model}.parent {entry.parent!r} is not in the table; add it too.")

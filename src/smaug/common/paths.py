@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from smaug.common.hub import looks_local  # noqa: F401  (the chain's import of the one predicate)
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RECIPES_DIR = REPO_ROOT / "recipes"
 EVAL_CONFIG_DIR = REPO_ROOT / "eval"
@@ -29,13 +31,6 @@ def repo_path(path: str | Path) -> Path:
     """A path as written in a recipe or chains.yaml: absolute as is, else relative to the repository root."""
     path = Path(path)
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
-
-
-def looks_local(value: object) -> bool:
-    """A recipe's model or tokenizer value that names a local folder (written as a path, or existing relative to
-    here or to the repository root) rather than a Hub id."""
-    text = str(value)
-    return text.startswith(("./", "../", "/", "~")) or Path(text).expanduser().exists() or repo_path(text).exists()
 
 
 def model_slug(model: str) -> str:

@@ -1,30 +1,14 @@
-"""Benchmark contamination check of a model against a reference model (the Smaug paper's Table 3).
+"""Benchmark contamination of a model against a reference model (the Smaug paper's Table 3: the Open LLM
+Leaderboard's detector, github.com/swj0419/detect-pretrain-code-contamination, after Shi et al. 2023).
 
-The Smaug paper ran the Open LLM Leaderboard's contamination detector (github.com/swj0419/
-detect-pretrain-code-contamination, built on Shi et al. 2023, "Detecting Pretraining Data from Large Language
-Models", the Min-K% Prob paper) with a reference model, and reports one score per benchmark where a value
-above 0.85 suggests contamination. We implement that reference-based test and, alongside it, plain
-Min-K% Prob for both models:
+* Min-K% Prob of a text: the mean of its lowest ceil(k·n) token log-probs (k = 0.2); seen text scores higher.
+* Reference-neighbour test: the reference model writes N neighbours of each text x (its first 40 % of words
+  kept, the rest sampled); p(x) = the fraction of neighbours the target finds easier than x (a memorised x:
+  p ≈ 0). A benchmark's score is the fraction of its texts with p(x) < 0.1; above 0.85 suggests contamination.
+* Also: the fraction of texts whose Min-K% under the target exceeds the reference's, and both means.
 
-* **Min-K% Prob** of a text under a model (Shi et al.): tokenise the text, take the log-prob of every token
-  given its prefix, and average the lowest ``k`` fraction of them (``ceil(k·n)`` tokens, k = 0.2). Seen text has
-  few surprising tokens, so a higher Min-K% means more likely seen.
-* **Reference-neighbour test** (the detector's ``minkprob_w/_ref``): for each benchmark text x, the
-  *reference* model writes ``N`` neighbours of x — the first ``ceil(0.4·words)`` words of x kept, the rest
-  sampled (``do_sample``, as many new tokens as words dropped). ``p(x)`` = fraction of neighbours z whose mean
-  token loss under the *target* model is lower than the target's loss on x itself. A model that memorised x
-  finds x easier than any of its neighbours, so ``p(x) ≈ 0``; a model that did not sees x as one more sample.
-* **Contamination score** of a benchmark = fraction of its examples with ``p(x) < 0.1``. Scores near 0 are
-  what a clean model shows; > 0.85 suggests the benchmark was trained on (the paper's threshold).
-* Also reported: ``mink_above_ref`` = fraction of examples where the target's Min-K% exceeds the reference's,
-  and the mean Min-K% of both models (cheap: one forward pass each; no sampling).
-
-Texts per benchmark (question with its gold answer, as a model would have seen them in training data):
-ARC: question + correct choice; GSM8K: question + answer; MMLU: question + correct choice; TruthfulQA:
-question + the mc1 correct answer; HellaSwag: context + correct ending; Winogrande: sentence with the blank
-filled by the correct option. They come from local JSONL files (``--data-dir``, default the offline eval data
-``eval/data/offline_mini``), from any JSONL with a ``text`` field (``--texts FILE --name NAME``), or from the Hub
-(``--hub``, needs network).
+Texts are each benchmark's questions with their gold answers, from local JSONL files (--data-dir, default
+eval/data/offline_mini), any JSONL with a `text` field (--texts FILE --name NAME), or the Hub (--hub).
 """
 
 from __future__ import annotations
@@ -45,45 +29,34 @@ FLAG_BELOW = 0.1  # an example is flagged when fewer than 10 % of its neighbours
 CONTAMINATION_THRESHOLD = 0.85  # the paper: a benchmark score above this suggests contamination
 
 
-def _arc(row):
-    labels, texts = row["choices"]["label"], row["choices"]["text"]
-    return f"{row['question']} {texts[labels.index(row['answerKey'])]}"
-
-
-def _gsm8k(row):
-    return f"{row['question']} {row['answer']}"
-
-
-def _mmlu(row):
-    return f"{row['question']} {row['choices'][int(row['answer'])]}"
-
-
-def _truthfulqa(row):
-    targets = row["mc1_targets"]
-    return f"{row['question']} {targets['choices'][targets['labels'].index(1)]}"
-
-
-def _hellaswag(row):
-    return f"{row['ctx']} {row['endings'][int(row['label'])]}"
-
-
-def _winogrande(row):
-    option = row["option1"] if str(row["answer"]) == "1" else row["option2"]
-    return row["sentence"].replace("_", option, 1)
-
-
-# name -> (local file glob under --data-dir, Hub (path, config, split), text builder)
+# name -> (local files under --data-dir, Hub (path, config, split), the question with its gold answer)
 BENCHMARKS: dict[str, tuple[str, tuple[str, str | None, str], Callable[[dict], str]]] = {
-    "arc": ("arc_challenge_test.jsonl", ("allenai/ai2_arc", "ARC-Challenge", "test"), _arc),
-    "hellaswag": ("hellaswag_validation.jsonl", ("Rowan/hellaswag", None, "validation"), _hellaswag),
-    "mmlu": ("mmlu_*_test.jsonl", ("cais/mmlu", "all", "test"), _mmlu),
+    "arc": (
+        "arc_challenge_test.jsonl",
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        lambda r: f"{r['question']} {r['choices']['text'][r['choices']['label'].index(r['answerKey'])]}",
+    ),
+    "hellaswag": (
+        "hellaswag_validation.jsonl",
+        ("Rowan/hellaswag", None, "validation"),
+        lambda r: f"{r['ctx']} {r['endings'][int(r['label'])]}",
+    ),
+    "mmlu": (
+        "mmlu_*_test.jsonl",
+        ("cais/mmlu", "all", "test"),
+        lambda r: f"{r['question']} {r['choices'][int(r['answer'])]}",
+    ),
     "truthfulqa": (
         "truthfulqa_mc2_validation.jsonl",
         ("truthfulqa/truthful_qa", "multiple_choice", "validation"),
-        _truthfulqa,
+        lambda r: f"{r['question']} {r['mc1_targets']['choices'][r['mc1_targets']['labels'].index(1)]}",
     ),
-    "winogrande": ("winogrande_validation.jsonl", ("allenai/winogrande", "winogrande_xl", "validation"), _winogrande),
-    "gsm8k": ("gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), _gsm8k),
+    "winogrande": (
+        "winogrande_validation.jsonl",
+        ("allenai/winogrande", "winogrande_xl", "validation"),
+        lambda r: r["sentence"].replace("_", r["option1"] if str(r["answer"]) == "1" else r["option2"], 1),
+    ),
+    "gsm8k": ("gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), lambda r: f"{r['question']} {r['answer']}"),
 }
 
 
@@ -138,19 +111,12 @@ def min_k_prob(token_logps: list[float], k: float = 0.2) -> float:
     return sum(lowest) / len(lowest)
 
 
-def _encode(tokenizer, texts: list[str]) -> list[tuple[list[int], int]]:
-    seqs = []
-    for text in texts:
-        ids = tokenizer(text)["input_ids"]
-        if len(ids) < 2:
-            ids = [tokenizer.bos_token_id or tokenizer.eos_token_id] + ids
-        seqs.append((ids, 1))
-    return seqs
-
-
 def text_logprobs(model, tokenizer, texts: list[str], batch_size: int = 8, desc: str = "texts") -> list[list[float]]:
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    bos = tokenizer.bos_token_id or tokenizer.eos_token_id  # a one-token text needs a token to be predicted from
+    seqs = [(seq if len(seq) > 1 else [bos, *seq], 1) for seq in ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return token_logprobs(model, _encode(tokenizer, texts), batch_size=batch_size, pad_id=pad, desc=desc)
+    return token_logprobs(model, seqs, batch_size=batch_size, pad_id=pad, desc=desc)
 
 
 def generate_neighbours(model, tokenizer, text: str, n: int, prefix_ratio: float = 0.4) -> list[str]:
@@ -163,13 +129,9 @@ def generate_neighbours(model, tokenizer, text: str, n: int, prefix_ratio: float
     ids = tokenizer(prefix, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.inference_mode():
+        new_tokens = max(1, len(words) - keep)
         out = model.generate(
-            ids,
-            do_sample=True,
-            max_new_tokens=max(1, len(words) - keep),
-            min_new_tokens=1,
-            num_return_sequences=n,
-            pad_token_id=pad,
+            ids, do_sample=True, max_new_tokens=new_tokens, min_new_tokens=1, num_return_sequences=n, pad_token_id=pad
         )
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
@@ -187,56 +149,43 @@ def score_texts(
     device: str | None = None,
     seed: int = 0,
 ) -> dict:
-    """Contamination statistics per benchmark for ``model`` against ``reference`` (see module doc).
-
-    ``max_examples`` samples that many texts per benchmark (seeded, like the detector's 100);
-    ``neighbours=0`` skips the (sampling-heavy) neighbour test and reports Min-K% only."""
+    """Contamination statistics per benchmark for ``model`` against ``reference``. ``max_examples`` texts are
+    sampled per benchmark (seeded, like the detector's 100); ``neighbours=0`` reports Min-K% only."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     check_model_ref(model)
     check_model_ref(reference, "reference")
-    chosen: dict[str, list[str]] = {}
-    for name, texts in texts_by_benchmark.items():
-        texts = list(texts)
-        if max_examples and len(texts) > max_examples:
-            texts = random.Random(seed).sample(texts, max_examples)
-        chosen[name] = texts
-
+    chosen = {
+        name: random.Random(seed).sample(list(texts), max_examples)
+        if max_examples and len(texts) > max_examples
+        else list(texts)
+        for name, texts in texts_by_benchmark.items()
+    }
     tok_t, tok_r = AutoTokenizer.from_pretrained(model), AutoTokenizer.from_pretrained(reference)
-    # Reference first: its Min-K% and the neighbours it writes; then it is freed before the target loads.
+    # The reference first: its Min-K% and the neighbours it writes; it is freed before the target loads.
     ref_model = load_causal_lm(reference, dtype, device)
     ref_logps = {
         name: text_logprobs(ref_model, tok_r, texts, batch_size, f"reference {name}") for name, texts in chosen.items()
     }
-    hoods: dict[str, list[list[str]]] = {}
-    if neighbours:
-        torch.manual_seed(seed)
-        for name, texts in chosen.items():
-            hoods[name] = [
-                generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio)
-                for t in tqdm(texts, desc=f"neighbours {name}", leave=False)
-            ]
-    del ref_model
-
-    target = load_causal_lm(model, dtype, device)
-    result = {
-        "model": model,
-        "reference": reference,
-        "k": k,
-        "neighbours": neighbours,
-        "prefix_ratio": prefix_ratio,
-        "flag_below": FLAG_BELOW,
-        "threshold": CONTAMINATION_THRESHOLD,
-        "dtype": dtype,
-        "seed": seed,
-        "benchmarks": {},
+    torch.manual_seed(seed)
+    hoods = {
+        name: [
+            generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio)
+            for t in tqdm(texts, desc=f"neighbours {name}", leave=False)
+        ]
+        for name, texts in (chosen.items() if neighbours else [])
     }
+    del ref_model
+    target = load_causal_lm(model, dtype, device)
+    settings = dict(
+        k=k, neighbours=neighbours, prefix_ratio=prefix_ratio, flag_below=FLAG_BELOW, threshold=CONTAMINATION_THRESHOLD
+    )
+    result = {"model": model, "reference": reference, **settings, "dtype": dtype, "seed": seed, "benchmarks": {}}
     for name, texts in chosen.items():
         logps = text_logprobs(target, tok_t, texts, batch_size, f"target {name}")
-        mink_t = [min_k_prob(x, k) for x in logps]
-        mink_r = [min_k_prob(x, k) for x in ref_logps[name]]
+        mink_t, mink_r = [min_k_prob(x, k) for x in logps], [min_k_prob(x, k) for x in ref_logps[name]]
         loss_t = [-sum(x) / len(x) for x in logps]
         entry = {
             "n": len(texts),
@@ -244,18 +193,15 @@ def score_texts(
             "mink_reference_mean": sum(mink_r) / len(mink_r),
             "mink_above_ref": sum(a > b for a, b in zip(mink_t, mink_r)) / len(texts),
             "per_example": {"mink_model": mink_t, "mink_reference": mink_r, "loss_model": loss_t},
+            "score": None,
         }
         if neighbours:
             p_values = []
             for text_loss, hood in zip(loss_t, tqdm(hoods[name], desc=f"scoring {name}", leave=False)):
-                hood_logps = text_logprobs(target, tok_t, hood, batch_size, "neighbours")
-                hood_loss = [-sum(x) / len(x) for x in hood_logps]
+                hood_loss = [-sum(x) / len(x) for x in text_logprobs(target, tok_t, hood, batch_size, "neighbours")]
                 p_values.append(sum(z < text_loss for z in hood_loss) / len(hood_loss))
             entry["per_example"]["p_neighbours"] = p_values
             entry["score"] = sum(p < FLAG_BELOW for p in p_values) / len(p_values)
-        else:
-            entry["score"] = None
         entry["suggests_contamination"] = entry["score"] is not None and entry["score"] > CONTAMINATION_THRESHOLD
         result["benchmarks"][name] = entry
-    del target
     return result

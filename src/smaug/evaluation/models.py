@@ -1,16 +1,14 @@
-"""Loading a causal LM for analysis and scoring token log-probs with it: the one model-loading module of the
-evaluation tools (log-prob analysis, MT-Bench, contamination)."""
+"""Loading a causal LM for the analysis tools (log-probs, MT-Bench, contamination) and scoring token log-probs."""
 
 from __future__ import annotations
 
 from smaug.common.errors import UserError
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("bfloat16", "float16", "float32", "auto")
 
 
 def resolve_device(device: str | None) -> str:
-    """``device`` checked before any model loads (a typo or a GPU this machine lacks is a UserError);
-    None or "auto": cuda when available, else cpu."""
+    """``device`` checked before any model loads; None or "auto": cuda when available, else cpu."""
     import torch
 
     if not device or device == "auto":
@@ -19,15 +17,13 @@ def resolve_device(device: str | None) -> str:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if parsed.type == "cuda" and (
-        not torch.cuda.is_available() or (parsed.index is not None and parsed.index >= torch.cuda.device_count())
-    ):
-        raise UserError(
-            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-            "use --device cpu or another index"
-        )
     if parsed.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {device!r}: smaug evaluates on cpu or cuda (or mps)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and (count == 0 or (parsed.index or 0) >= count):
+        raise UserError(
+            f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or another index"
+        )
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {device}: MPS is not available on this machine")
     return device
@@ -40,20 +36,21 @@ def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = resolve_device(device)  # before the weights load
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     return model.to(device).eval()
 
 
 def token_logprobs(
     model, sequences: list[tuple[list[int], int]], batch_size: int = 8, pad_id: int = 0, desc: str = "log-probs"
 ) -> list[list[float]]:
-    """For each (input_ids, start): log p(input_ids[t] | input_ids[:t]) for t >= start (start >= 1).
-
-    Sequences are sorted by length and right-padded in batches (causal attention: padding on the right does
-    not change real positions); log-softmax runs in float32 on the scored rows only, to bound memory."""
+    """For each (input_ids, start >= 1): log p(input_ids[t] | input_ids[:t]) for t >= start. Batches of similar
+    length, right-padded (causal attention: padding on the right does not change real positions); the
+    log-softmax runs in float32 on the scored rows only, to bound memory."""
     import torch
     from tqdm.auto import tqdm
 
+    if any(start < 1 for _, start in sequences):
+        raise ValueError("the first token has no prediction; start must be >= 1")
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]), reverse=True)
     results: list[list[float]] = [[] for _ in sequences]
@@ -61,17 +58,11 @@ def token_logprobs(
         for offset in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
             batch = order[offset : offset + batch_size]
             width = max(len(sequences[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = sequences[i][0]
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
+            ids = torch.tensor([sequences[i][0] + [pad_id] * (width - len(sequences[i][0])) for i in batch])
+            mask = torch.tensor([[1] * len(sequences[i][0]) + [0] * (width - len(sequences[i][0])) for i in batch])
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, i in enumerate(batch):
                 seq, start = sequences[i]
-                if start < 1:
-                    raise ValueError("the first token has no prediction; start must be >= 1")
                 scores = logits[row, start - 1 : len(seq) - 1].float().log_softmax(-1)
                 targets = torch.tensor(seq[start:], device=scores.device)
                 results[i] = scores.gather(-1, targets[:, None])[:, 0].cpu().tolist()

@@ -1,34 +1,56 @@
-"""From lm-eval's raw results to summary.json / summary.md, and side-by-side comparison tables.
-
-summary.json is the contract with the model-card code (`load_summary` checks every field the cards rely on);
-values are fractions in [0, 1] as lm-eval reports them, the Markdown tables show them x100 as the leaderboard did.
-"""
+"""From lm-eval's raw results to summary.json / summary.md (values are fractions in [0, 1] as lm-eval reports
+them; the Markdown tables show them x100 as the leaderboard did), and side-by-side comparison tables."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from axolotl_dpop.atomic import write_text
-from smaug.common.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from axolotl_dpop.atomic import atomic_directory
+from smaug.common.errors import UserError, validation_error
 from smaug.common.paths import eval_dir
-from smaug.evaluation.suites import Suite, TaskSpec
+from smaug.evaluation.suites import Dataset, Suite, TaskSpec
 
-SUMMARY_SCHEMA = 1
+_CHECKED = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+
+class TaskResult(BaseModel):
+    model_config = _CHECKED
+    task: str | None = None
+    label: str | None = None
+    metric: Annotated[str, Field(min_length=1)]
+    filter: str | None = None
+    value: Annotated[float, Field(ge=0, le=1)]  # a fraction, as lm-eval reports it
+    stderr: float | None = None
+    num_fewshot: int | None = None
+    aggregation: str = "task"
+    dataset: Dataset
+    subtasks: dict[str, float] | None = None
+
+
+class Summary(BaseModel):
+    """summary.json: what model cards and comparison tables read."""
+
+    model_config = _CHECKED
+    model: Annotated[str, Field(min_length=1)]
+    suite: Annotated[str, Field(min_length=1)]
+    tasks: dict[str, TaskResult] = Field(min_length=1)
+    average: float
+    limit: int | float | None = None
+    dtype: str | None = None
+    versions: dict[str, str | None] = {}
+    harness_sha256: str | None = None  # of harness.json beside it: the raw results it was computed from
 
 
 def leaf_tasks(group_subtasks: dict[str, list[str]], name: str) -> list[str]:
-    """The leaf tasks under `name`, following nested groups (mmlu -> mmlu_stem -> mmlu_abstract_algebra)."""
+    """The leaf tasks under ``name``, through nested groups (mmlu -> mmlu_stem -> mmlu_abstract_algebra)."""
     children = group_subtasks.get(name) or []
-    if not children:
-        return [name]
-    leaves: list[str] = []
-    for child in children:
-        leaves.extend(leaf_tasks(group_subtasks, child))
-    return leaves
+    return [leaf for child in children for leaf in leaf_tasks(group_subtasks, child)] if children else [name]
 
 
 def _number(value: Any) -> float | None:
@@ -41,8 +63,8 @@ def _number(value: Any) -> float | None:
 
 
 def unweighted_subtask_mean(harness: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
-    """Plain mean of `spec.metric` over the leaf tasks of group `spec.task` (the v1 leaderboard's MMLU:
-    every subject counts once, whatever its size). Its stderr treats the subjects as independent."""
+    """Plain mean over the leaf tasks of group ``spec.task`` (the v1 leaderboard's MMLU: every subject counts
+    once, whatever its size); the stderr treats the subjects as independent."""
     results = harness["results"]
     leaves = leaf_tasks(harness.get("group_subtasks", {}), spec.task)
     if leaves == [spec.task]:
@@ -50,219 +72,148 @@ def unweighted_subtask_mean(harness: dict[str, Any], spec: TaskSpec) -> dict[str
             f"{spec.task!r} has no subtasks in the harness results, so "
             f"'aggregation: unweighted_mean_of_subtasks' for {spec.key!r} in eval/suites.yaml cannot apply"
         )
-    values, stderrs = {}, []
-    for leaf in leaves:
-        if spec.result_key not in results.get(leaf, {}):
-            raise UserError(f"subtask {leaf!r} of {spec.task!r} has no {spec.result_key!r} result")
-        values[leaf] = float(results[leaf][spec.result_key])
-        stderrs.append(_number(results[leaf].get(spec.stderr_key)))
-    mean = sum(values.values()) / len(values)
+    missing = [leaf for leaf in leaves if spec.result_key not in results.get(leaf, {})]
+    if missing:
+        raise UserError(f"subtask {missing[0]!r} of {spec.task!r} has no {spec.result_key!r} result")
+    values = {leaf: float(results[leaf][spec.result_key]) for leaf in leaves}
+    stderrs = [_number(results[leaf].get(spec.stderr_key)) for leaf in leaves]
     stderr = None if None in stderrs else math.sqrt(sum(se**2 for se in stderrs)) / len(stderrs)
-    return {"value": mean, "stderr": stderr, "subtasks": values}
+    return {"value": sum(values.values()) / len(values), "stderr": stderr, "subtasks": values}
 
 
 def task_result(harness: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
-    """One summary entry: the reported number for `spec` plus what it was measured on."""
+    """One summary entry: the reported number for ``spec`` and what it was measured on."""
     entry: dict[str, Any] = {"task": spec.task, "metric": spec.metric}
+    row = harness["results"].get(spec.task) or {}
     if spec.aggregation == "unweighted_mean_of_subtasks":
-        agg = unweighted_subtask_mean(harness, spec)
-        entry.update(value=agg["value"], stderr=agg["stderr"])
-        group_value = harness["results"].get(spec.task, {}).get(spec.result_key)
-        entry["harness_group_value"] = _number(group_value)  # lm-eval's size-weighted number, for reference
-        entry["subtasks"] = agg["subtasks"]
+        entry.update(unweighted_subtask_mean(harness, spec))
+        entry["harness_group_value"] = _number(row.get(spec.result_key))  # lm-eval's size-weighted number
+    elif spec.result_key not in row:
+        have = sorted(k for k in row if "," in k and "_stderr" not in k)
+        raise UserError(
+            f"the harness reported no {spec.result_key!r} for task {spec.task!r} (it has: {', '.join(have) or 'nothing'}); "
+            f"fix metric/filter of {spec.key!r} in eval/suites.yaml"
+        )
     else:
-        row = harness["results"].get(spec.task)
-        if row is None or spec.result_key not in row:
-            have = sorted(k for k in (row or {}) if "," in k and "_stderr" not in k)
-            raise UserError(
-                f"the harness reported no {spec.result_key!r} for task {spec.task!r} "
-                f"(it has: {', '.join(have) or 'nothing'}); "
-                f"fix metric/filter of {spec.key!r} in eval/suites.yaml"
-            )
         entry.update(value=float(row[spec.result_key]), stderr=_number(row.get(spec.stderr_key)))
-    entry.update(
+    dataset = spec.dataset.model_dump()
+    return entry | dict(
         num_fewshot=spec.num_fewshot,
         filter=spec.filter,
         aggregation=spec.aggregation,
-        dataset=dict(spec.dataset),
+        dataset=dataset,
         label=spec.label,
     )
-    return entry
 
 
 def build_summary(harness: dict[str, Any], suite: Suite, run_info: dict[str, Any]) -> dict[str, Any]:
-    """summary.json's content. `run_info` holds model, model_revision, dtype, batch_size, versions, ..."""
-    tasks = {spec.key: task_result(harness, spec) for spec in suite.tasks}
+    """summary.json's content; ``run_info`` holds model, model_revision, dtype, batch_size, versions, ..."""
+    tasks = {key: task_result(harness, spec) for key, spec in suite.tasks.items()}
     average = sum(entry["value"] for entry in tasks.values()) / len(tasks)
-    return {"schema": SUMMARY_SCHEMA, **run_info, "suite": suite.name, "tasks": tasks, "average": average}
+    return {"schema": 1, **run_info, "suite": suite.name, "tasks": tasks, "average": average}
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def render_summary_md(summary: dict[str, Any]) -> str:
+def render_summary_md(summary: Summary) -> str:
+    extra = summary.model_extra
     lines = [
-        f"# {summary['model']} — {summary['suite']}",
+        f"# {summary.model} — {summary.suite}",
         "",
-        f"- revision: `{summary.get('model_revision')}`",
-        f"- dtype: {summary.get('dtype')}, batch size: {summary.get('batch_size')}, device: {summary.get('device')}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()),
+        f"- revision: `{extra.get('model_revision')}`",
+        f"- dtype: {summary.dtype}, batch size: {extra.get('batch_size')}, device: {extra.get('device')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in summary.versions.items()),
     ]
-    if summary.get("limit") is not None:
-        lines.append(f"- **limit {summary['limit']} documents per task: not comparable with leaderboard numbers**")
+    if summary.limit is not None:
+        lines.append(f"- **limit {summary.limit} documents per task: not comparable with leaderboard numbers**")
     lines += ["", "| Task | Metric | Shots | Score | ± stderr |", "|---|---|---:|---:|---:|"]
-    for entry in summary["tasks"].values():
-        metric = entry["metric"] + (f" ({entry['filter']})" if entry.get("filter") else "")
-        if entry.get("aggregation") == "unweighted_mean_of_subtasks":
-            metric += f", unweighted mean of {len(entry.get('subtasks', {}))} subtasks"
+    for entry in summary.tasks.values():
+        metric = entry.metric + (f" ({entry.filter})" if entry.filter else "")
+        if entry.subtasks:
+            metric += f", unweighted mean of {len(entry.subtasks)} subtasks"
         lines.append(
-            f"| {entry.get('label', entry['task'])} (`{entry['task']}`) | {metric} | {entry['num_fewshot']} "
-            f"| {_pct(entry['value'])} | {_pct(entry.get('stderr'))} |"
+            f"| {entry.label or entry.task} (`{entry.task}`) | {metric} | {entry.num_fewshot} "
+            f"| {_pct(entry.value)} | {_pct(entry.stderr)} |"
         )
-    lines.append(f"| **Average** | | | **{_pct(summary['average'])}** | |")
+    lines.append(f"| **Average** | | | **{_pct(summary.average)}** | |")
     return "\n".join(lines) + "\n"
 
 
-def compare_table(summaries: Iterable[dict[str, Any]]) -> str:
+def compare_table(summaries: list[Summary]) -> str:
     """Paper Table 1 style: one row per model, Average then one column per task (scores x100)."""
-    summaries = list(summaries)
     if not summaries:
         raise UserError("nothing to compare: give at least one summary.json, eval folder or model")
-    suites = sorted({s["suite"] for s in summaries})
+    suites = sorted({s.suite for s in summaries})
     if len(suites) > 1:
         raise UserError(
             f"these summaries come from different suites ({', '.join(suites)}); compare one suite at a time"
         )
-    columns: dict[str, str] = {}
-    for summary in summaries:
-        for key, entry in summary["tasks"].items():
-            columns.setdefault(key, entry.get("label", key))
+    columns = {key: entry.label or key for s in summaries for key, entry in s.tasks.items()}
     lines = ["| Model | Average | " + " | ".join(columns.values()) + " |", "|---|---:|" + "---:|" * len(columns)]
-    limited = False
-    for summary in summaries:
-        name = str(summary["model"])
-        if summary.get("limit") is not None:
-            name, limited = name + " *", True
-        cells = [_pct(summary["tasks"][key]["value"]) if key in summary["tasks"] else "—" for key in columns]
-        lines.append(f"| {name} | {_pct(summary['average'])} | " + " | ".join(cells) + " |")
-    if limited:
+    for s in summaries:
+        cells = [_pct(s.tasks[key].value) if key in s.tasks else "—" for key in columns]
+        name = s.model + (" *" if s.limit is not None else "")
+        lines.append(f"| {name} | {_pct(s.average)} | " + " | ".join(cells) + " |")
+    if any(s.limit is not None for s in summaries):
         lines += ["", "\\* evaluated with `--limit` (a subset of each task): not comparable with full runs."]
     return "\n".join(lines) + "\n"
 
 
-def to_jsonable(obj: Any) -> Any:
-    """lm-eval's results hold numpy numbers, sets and functions (in task configs): make them JSON."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        try:
-            return to_jsonable(obj.item())
-        except (TypeError, ValueError):
-            pass
-    return str(obj)
+def _plain(value: Any) -> Any:
+    """lm-eval's results hold numpy numbers, sets and functions (in task configs)."""
+    return (
+        value.tolist() if hasattr(value, "tolist") else sorted(value, key=str) if isinstance(value, set) else str(value)
+    )
 
 
-def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any]) -> None:
-    """harness.json, summary.md, then summary.json last: its presence means the set is complete."""
-    write_text(out_dir / "harness.json", json.dumps(to_jsonable(harness), indent=2) + "\n")
-    write_text(out_dir / "summary.md", render_summary_md(summary))
-    write_text(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
+def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any]) -> Summary:
+    """harness.json, summary.json (with the hash of the harness.json it was computed from) and summary.md, as
+    one folder: a kill leaves the old set or the new one, never a mix."""
+    raw = json.dumps(harness, indent=2, default=_plain) + "\n"
+    checked = Summary.model_validate({**summary, "harness_sha256": hashlib.sha256(raw.encode()).hexdigest()})
+
+    def write(folder: Path) -> None:
+        (folder / "harness.json").write_text(raw, encoding="utf-8")
+        (folder / "summary.md").write_text(render_summary_md(checked), encoding="utf-8")
+        (folder / "summary.json").write_text(checked.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    atomic_directory(out_dir, write)
+    return checked
 
 
 def find_summaries(model: str | Path, results_root: Path | None = None) -> list[Path]:
     """The summary.json of every suite `smaug eval run` wrote for ``model``."""
-    model_root = eval_dir(str(model), "_", root=results_root).parent
-    return sorted(model_root.glob("*/summary.json"))
+    return sorted(eval_dir(str(model), "_", root=results_root).parent.glob("*/summary.json"))
 
 
-def _problem(task: dict[str, Any], field_name: str, kinds: tuple[type, ...], required: bool) -> str | None:
-    value = task.get(field_name)
-    if value is None:
-        return "is missing" if required else None
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        return f"is {value!r}, expected {' or '.join(k.__name__ for k in kinds)}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"is {value!r}, expected a finite number"
-    if isinstance(value, str) and not value.strip():
-        return "is empty"
-    return None
-
-
-# summary.json fields the cards and tables read: (field, types, required)
-_SUMMARY_FIELDS = (
-    ("model", (str,), True),
-    ("suite", (str,), True),
-    ("average", (int, float), True),
-    ("limit", (int, float), False),
-    ("dtype", (str,), False),
-    ("versions", (dict,), False),
-)
-_TASK_FIELDS = (
-    ("metric", (str,), True),
-    ("value", (int, float), True),
-    ("dataset", (dict,), True),
-    ("stderr", (int, float), False),
-    ("num_fewshot", (int,), False),
-    ("filter", (str,), False),
-    ("label", (str,), False),
-    ("task", (str,), False),
-)
-_DATASET_FIELDS = (("name", (str,), True), ("type", (str,), True), ("config", (str,), False), ("split", (str,), False))
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    """A summary.json written by `smaug eval run`, checked field by field (``_path`` added: where it was read)."""
-    path = Path(path)
-    hint = "pass a summary.json written by `smaug eval run`"
+def load_summary(path: str | Path) -> Summary:
+    """A summary.json written by `smaug eval run`, checked field by field and against the harness.json beside it."""
+    path, hint = Path(path), "; pass a summary.json written by `smaug eval run`"
     try:
         data = path.read_bytes()
+        if not data.strip():
+            raise UserError(f"{path}: the file is empty{hint}")
+        summary = Summary.model_validate(json.loads(data.decode("utf-8")))
     except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror or err}); {hint}") from err
-    if not data.strip():
-        raise UserError(f"{path}: the file is empty; {hint}")
-    try:
-        summary = json.loads(data.decode("utf-8"))
+        raise UserError(f"{path}: cannot be read ({err.strerror or err}){hint}") from err
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); {hint}") from err
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}){hint}") from None
     except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); {hint}") from err
-    except RecursionError as err:
-        raise UserError(f"{path}: JSON nested too deeply to be a summary; {hint}") from err
-    if not isinstance(summary, dict):
-        raise UserError(f"{path}: a JSON {type(summary).__name__}, not an object; {hint}")
-    missing = [k for k in ("model", "suite", "tasks", "average") if k not in summary]
-    if missing:
-        raise UserError(f"{path}: missing {', '.join(missing)}: not a `smaug eval` summary.json")
-    for name, kinds, required in _SUMMARY_FIELDS:
-        problem = _problem(summary, name, kinds, required)
-        if problem:
-            raise UserError(f"{path}: field `{name}` {problem}; {hint}")
-    if not isinstance(summary["tasks"], dict) or not summary["tasks"]:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}){hint}") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be a summary{hint}") from None
+    except ValidationError as err:
+        raise validation_error(err, str(path), hint) from None
+    harness = path.parent / "harness.json"
+    if (
+        summary.harness_sha256
+        and harness.is_file()
+        and hashlib.sha256(harness.read_bytes()).hexdigest() != summary.harness_sha256
+    ):
         raise UserError(
-            f"{path}: field `tasks` is empty or not a mapping; pass a summary.json written by `smaug eval`."
+            f"{path} was not computed from the {harness.name} beside it (a run interrupted while writing, or files "
+            "copied from two runs): run `smaug eval run` again"
         )
-    for key, task in summary["tasks"].items():
-        if not isinstance(task, dict):
-            raise UserError(f"{path}: tasks.{key} is not an object; {hint}")
-        for name, kinds, required in _TASK_FIELDS:
-            problem = _problem(task, name, kinds, required)
-            if problem:
-                raise UserError(f"{path}: tasks.{key}.{name} {problem}.")
-        value = task["value"]
-        if not 0.0 <= value <= 1.0:
-            raise UserError(
-                f"{path}: tasks.{key}.value is {value!r}; expected a fraction in [0, 1] as lm-eval reports."
-            )
-        for name, kinds, required in _DATASET_FIELDS:
-            problem = _problem(task["dataset"], name, kinds, required)
-            if problem:
-                raise UserError(f"{path}: tasks.{key}.dataset.{name} {problem}.")
-    summary["_path"] = str(path)
     return summary

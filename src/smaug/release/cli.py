@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-def _add_card(sub):
+def _add_card(sub) -> None:
     parser = sub.add_parser("card", help="write the licence-aware model card (README.md) into a model folder")
     parser.add_argument("model_dir", type=Path, help="a trained model folder (holds smaug_provenance.json)")
     parser.add_argument(
@@ -16,15 +16,14 @@ def _add_card(sub):
         type=Path,
         default=[],
         metavar="SUMMARY_JSON",
-        help="a `smaug eval` summary.json to include (repeatable); those in results/eval/ for "
-        "this folder are found automatically",
+        help="a `smaug eval` summary.json to include (repeatable); those in results/eval/ for this folder are found",
     )
     parser.add_argument("--no-auto-eval", action="store_true", help="only use the --eval files given")
     parser.add_argument("--name", help="model name on the card (default: the folder name)")
     parser.set_defaults(func=_card)
 
 
-def _add_publish(sub):
+def _add_publish(sub) -> None:
     parser = sub.add_parser("publish", help="upload a trained model + its card to the Hub (private by default)")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--repo", required=True, help="target Hub repo, org/name")
@@ -44,8 +43,9 @@ def _add_publish(sub):
 
 
 def register(subparsers) -> None:
-    group = subparsers.add_parser("release", help="model cards and publishing to the Hub")
-    sub = group.add_subparsers(dest="release_command", required=True)
+    sub = subparsers.add_parser("release", help="model cards and publishing to the Hub").add_subparsers(
+        dest="release_command", required=True
+    )
     _add_card(sub)
     _add_publish(sub)
 
@@ -54,25 +54,17 @@ def _card(args: argparse.Namespace) -> int:
     from smaug.release.cards import render_card, write_card
 
     card = render_card(args.model_dir, args.evals, model_name=args.name, auto_evals=not args.no_auto_eval)
-    path = write_card(args.model_dir, card)
     data = card.data.to_dict()
     licence = data["license"] + (f" ({data['license_name']})" if data.get("license_name") else "")
-    n_results = len(card.data.eval_results or [])
-    print(
-        f"wrote {path} (license: {licence}; base_model: {data.get('base_model', 'none')}; {n_results} eval result(s))"
-    )
+    results = len(card.data.eval_results or [])
+    path = write_card(args.model_dir, card)
+    print(f"wrote {path} (license: {licence}; base_model: {data.get('base_model', 'none')}; {results} eval result(s))")
     return 0
 
 
 def _publish(args: argparse.Namespace) -> int:
     from smaug.release.publish import publish
 
-    publish(
-        args.model_dir,
-        args.repo,
-        public=args.public,
-        dry_run=args.dry_run,
-        evals=args.evals,
-        commit_message=args.message,
-    )
+    options = dict(public=args.public, dry_run=args.dry_run, evals=args.evals, commit_message=args.message)
+    publish(args.model_dir, args.repo, **options)
     return 0

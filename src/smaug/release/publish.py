@@ -1,13 +1,5 @@
-"""`smaug release publish MODEL_DIR --repo org/name`: upload a trained model and its card to the Hub, safely.
-
-Only what belongs in a model repo goes up (an allowlist of top-level files: safetensors weights and their
-index, configs, tokenizer files, chat template, README.md, LICENSE/NOTICE, smaug_provenance.json). Everything
-is checked BEFORE any request: the repo id (huggingface_hub's validator), a licence must be derivable, no
-pickled weights, no secret-looking file names nor tokens in any uploaded file (whatever its size) or safetensors
-header, and the repo must be one a user can load (see "What a loadable repo is" in model_cards/README.md). The
-repo is private unless --public. A network failure is one line saying what is and is not on the Hub. After the commit, the remote file list, sizes and hashes are compared with
-the local files. The token comes from HF_TOKEN or the login cache and is never printed or written.
-"""
+"""`smaug release publish MODEL_DIR --repo org/name`: the upload plan and the card checked before any request,
+then one commit (private unless --public), verified file by file. The token is never printed or written."""
 
 from __future__ import annotations
 
@@ -18,69 +10,59 @@ from smaug.common.hub import check_repo_id, hub_offline, network_failure
 from smaug.release.upload_plan import TOKEN_RE, UploadPlan, plan_upload
 
 
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-
-
 def _prepare_card(model_dir: Path, plan: UploadPlan, repo_id: str, evals, lineage):
-    """Render the card when missing; when present make sure it agrees with the lineage's licence."""
+    """The card to generate when the folder has none; an existing one must pass the checks and carry the
+    lineage's licence."""
     from huggingface_hub import ModelCard
 
     from smaug.release.cards import check_card, render_card
 
     if plan.card_missing:
-        return render_card(model_dir, evals, model_name=repo_id, lineage=lineage)
+        card = render_card(model_dir, evals, model_name=repo_id, lineage=lineage)
+        if TOKEN_RE.search(str(card).encode("utf-8")):  # it quotes provenance and summaries
+            raise UserError(
+                f"{model_dir}: refusing to publish, the generated card would contain what looks like a Hugging Face "
+                "token (hf_...); find it in smaug_provenance.json or the --eval summaries."
+            )
+        return card
+    readme = model_dir / "README.md"
     try:
-        content = (model_dir / "README.md").read_text(encoding="utf-8")
+        problems = check_card(readme.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise UserError(
-            f"{model_dir / 'README.md'}: not UTF-8 text (byte {err.start}); regenerate it with "
-            f"`smaug release card {model_dir}`."
-        ) from err
-    problems = check_card(content)
-    data = ModelCard(content).data.to_dict() if not problems else {}
+        problems = [f"not UTF-8 text (byte {err.start})"]
     lic = lineage.license
-    if not problems and (data.get("license"), data.get("license_name")) != (
-        lic.license,
-        lic.license_name if lic.license == "other" else None,
-    ):
-        problems.append(
-            f"its licence ({data.get('license')}, {data.get('license_name')}) differs from the lineage's "
-            f"({lic.license}, {lic.license_name})"
-        )
+    expected = (lic.license, lic.license_name if lic.license == "other" else None)
+    declared = (
+        () if problems else tuple(ModelCard.load(readme).data.to_dict().get(k) for k in ("license", "license_name"))
+    )
+    if not problems and declared != expected:
+        problems.append(f"its licence {declared} differs from the lineage's {expected}")
     if problems:
         raise UserError(
-            f"{model_dir / 'README.md'}: {'; '.join(problems)}. Regenerate it with `smaug release card {model_dir}` "
+            f"{readme}: {'; '.join(problems)}. Regenerate it with `smaug release card {model_dir}` "
             "(or delete it and publish again: a missing card is generated)."
         )
     return None
 
 
-def _verify_remote(api, repo_id: str, plan: UploadPlan, uploaded_sha256: dict[str, str]) -> list[str]:
-    """Compare the remote tree with the local files: path, size and content hash. ``uploaded_sha256`` holds the
-    sha256 huggingface_hub computed for each file when the upload was prepared (LFS files are compared with it,
-    not hashed a second time: tens of GB at 34B/72B). Returns extra remote paths."""
+def _verify_remote(api, repo_id: str, plan: UploadPlan, operations) -> list[str]:
+    """The remote tree against the local files: path, size, and the hash huggingface_hub computed for the
+    upload (LFS files are not hashed a second time: tens of GB at 34B/72B). Returns extra remote paths."""
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils.sha import git_hash
 
     remote = {f.path: f for f in api.list_repo_tree(repo_id, recursive=True) if isinstance(f, RepoFile)}
+    sha256 = {op.path_in_repo: op.upload_info.sha256.hex() for op in operations}
     problems = []
     for rel, size in plan.files:
         entry = remote.get(rel)
-        if entry is None:
-            problems.append(f"{rel}: missing on the Hub")
-            continue
-        if entry.size != size:
-            problems.append(f"{rel}: {entry.size} bytes on the Hub, {size} locally")
-            continue
-        local = plan.model_dir / rel
-        if entry.lfs is not None:
-            if entry.lfs.sha256 != uploaded_sha256.get(rel):
-                problems.append(f"{rel}: sha256 on the Hub differs from the local file")
-        elif entry.blob_id != git_hash(local.read_bytes()):
+        if entry is None or entry.size != size:
+            problems.append(
+                f"{rel}: {'missing' if entry is None else f'{entry.size} bytes'} on the Hub, {size} locally"
+            )
+        elif entry.lfs is not None and entry.lfs.sha256 != sha256[rel]:
+            problems.append(f"{rel}: sha256 on the Hub differs from the local file")
+        elif entry.lfs is None and entry.blob_id != git_hash((plan.model_dir / rel).read_bytes()):
             problems.append(f"{rel}: git blob id on the Hub differs from the local file")
     if problems:
         raise UserError(f"{repo_id}: the uploaded files do not match the local folder: {'; '.join(problems)}")
@@ -98,49 +80,34 @@ def publish(
     out=print,
 ) -> dict:
     """Publish ``model_dir`` to ``repo_id``. Every refusal happens before the first request to the Hub."""
-    from huggingface_hub import constants
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+    from tqdm import tqdm
 
     from smaug.release.cards import write_card
-    from smaug.release.licenses import resolve_license
+    from smaug.release.lineage import resolve_license
 
     model_dir = Path(model_dir)
     check_repo_id(repo_id, "--repo")
     plan = plan_upload(model_dir)
-    lineage = resolve_license(model_dir)  # no licence -> UserError, nothing uploaded
+    lineage = resolve_license(model_dir)  # no licence: refused, nothing uploaded
     card = _prepare_card(model_dir, plan, repo_id, evals, lineage)
     if card is not None:
-        if TOKEN_RE.search(str(card).encode("utf-8")):  # it quotes provenance and summaries: scanned like the rest
-            raise UserError(
-                f"{model_dir}: refusing to publish, the generated card would contain what looks like a "
-                "Hugging Face token (hf_...); find it in smaug_provenance.json or the --eval summaries."
-            )
-        plan.files.append(("README.md", len(str(card).encode("utf-8"))))
-        plan.files.sort()
-    visibility = "public" if public else "private"
+        plan.files = sorted([*plan.files, ("README.md", len(str(card).encode("utf-8")))])
     where = f"{constants.ENDPOINT}/{repo_id}"
     out(
-        f"{'would upload' if dry_run else 'uploading'} {len(plan.files)} file(s), {_human(plan.total_bytes)} "
-        f"({plan.total_bytes} bytes) to {where} ({visibility}); loads as: {plan.kind}; "
-        f"licence {lineage.license.describe()}"
+        f"{'would upload' if dry_run else 'uploading'} {len(plan.files)} file(s), "
+        f"{tqdm.format_sizeof(plan.total_bytes, 'B', 1024)} ({plan.total_bytes} bytes) to {where} "
+        f"({'public' if public else 'private'}); loads as: {plan.kind}; licence {lineage.license.describe()}"
     )
     for rel, size in plan.files:
-        note = "  (card generated at upload)" if rel == "README.md" and card is not None else ""
-        out(f"  {size:>14}  {rel}{note}")
+        out(f"  {size:>14}  {rel}" + ("  (card generated at upload)" if rel == "README.md" and card else ""))
     for rel, why in plan.skipped:
         out(f"  not uploaded: {rel} ({why})")
-    result = {
-        "repo_id": repo_id,
-        "endpoint": constants.ENDPOINT,
-        "private": not public,
-        "files": [rel for rel, _ in plan.files],
-        "uploaded": False,
-    }
+    result = {"repo_id": repo_id, "endpoint": constants.ENDPOINT, "private": not public, "uploaded": False}
+    result["files"] = [rel for rel, _ in plan.files]
     if dry_run:
         out("dry run: nothing was uploaded.")
         return result
-
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
-
     if hub_offline():
         raise UserError(
             "HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to publish (--dry-run works offline)."
@@ -154,33 +121,27 @@ def publish(
     step, commit = "create", None
     try:
         api.create_repo(repo_id, repo_type="model", private=not public, exist_ok=True)
-        info = api.repo_info(repo_id, repo_type="model")
-        if info.private is False and not public:
+        private = api.repo_info(repo_id, repo_type="model").private
+        if private is False and not public:
             raise UserError(
                 f"{where} already exists and is public; nothing was uploaded. Pass --public to publish to it, "
                 "or choose another --repo."
             )
-        if info.private and public:
+        if private and public:
             out(f"note: {where} exists and is private; --public does not change an existing repo's visibility")
         operations = [
             CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(model_dir / rel)) for rel, _ in plan.files
         ]
-        # Large files first, then the commit: a failure can then say whether a commit was made.
-        step = "upload"
+        step = "upload"  # large files first, then the commit: a failure can say whether a commit was made
         api.preupload_lfs_files(repo_id, additions=operations, repo_type="model")
         step = "commit"
-        commit = api.create_commit(
-            repo_id,
-            operations=operations,
-            repo_type="model",
-            commit_message=commit_message or f"Upload {model_dir.resolve().name} with smaug release publish",
-        )
+        message = commit_message or f"Upload {model_dir.resolve().name} with smaug release publish"
+        commit = api.create_commit(repo_id, operations=operations, repo_type="model", commit_message=message)
         step = "verify"
-        uploaded_sha256 = {op.path_in_repo: op.upload_info.sha256.hex() for op in operations}
-        extra = _verify_remote(api, repo_id, plan, uploaded_sha256)
+        extra = _verify_remote(api, repo_id, plan, operations)
     except UserError:
         raise
-    except Exception as err:  # noqa: BLE001 - network failures become one line; anything else is a bug and re-raised
+    except Exception as err:  # noqa: BLE001 - network failures become one line; anything else is a bug
         failure = network_failure(err)
         if failure is None:
             raise
@@ -188,8 +149,7 @@ def publish(
     out(f"published {where} at commit {commit.oid}; remote files, sizes and hashes match the local folder")
     if extra:
         out(f"note: the repo also holds files not in this folder (left untouched): {', '.join(extra)}")
-    result.update(uploaded=True, commit=commit.oid, extra_remote=extra)
-    return result
+    return {**result, "uploaded": True, "commit": commit.oid, "extra_remote": extra}
 
 
 def _failure_message(where: str, step: str, failure: BaseException, commit, n_files: int) -> str:
@@ -204,11 +164,9 @@ def _failure_message(where: str, step: str, failure: BaseException, commit, n_fi
         "create": "nothing was uploaded",
         "upload": f"no commit was made, so the repo holds none of the {n_files} file(s) (large files that reached "
         "the Hub's storage are reused, not sent again)",
-        "commit": (
-            f"the Hub refused the commit, so the repo holds none of the {n_files} file(s)"
-            if answered
-            else "the commit request got no answer, so the commit may or may not have been made"
-        ),
+        "commit": f"the Hub refused the commit, so the repo holds none of the {n_files} file(s)"
+        if answered
+        else "the commit request got no answer, so the commit may or may not have been made",
         "verify": f"commit {getattr(commit, 'oid', '?')} was made with all {n_files} file(s), but they could not be "
         "checked against the local folder",
     }[step]
