@@ -298,6 +298,77 @@ def test_folder_without_config_is_a_user_error(no_harness, tmp_path):
         evaluate(str(tmp_path / "empty"), "offline_mini", results_root=tmp_path)
 
 
+def test_a_folder_without_weights_or_tokenizer_is_refused_in_one_line_before_lm_eval(
+    no_harness, tiny_model_dir, tmp_path, capsys
+):
+    """Issue 22.5: only config.json, or weights without tokenizer files, used to fail inside transformers."""
+    from smaug.cli import main
+    from smaug.evaluation.logprobs import analyse_pairs
+
+    only_config = tmp_path / "only-config"
+    only_config.mkdir()
+    (only_config / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((tiny_model_dir / name).read_bytes())
+    assert main(["eval", "run", str(only_config), "--suite", "offline_mini"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{only_config}: no weights (model.safetensors" in err and "no tokenizer files (tokenizer.json" in err
+    with pytest.raises(UserError, match=r"no-tokenizer: no tokenizer files \(tokenizer.json") as refused:
+        evaluate(str(no_tokenizer), "offline_mini", results_root=tmp_path)
+    assert "no weights" not in str(refused.value)
+    with pytest.raises(UserError, match="reference .*no-tokenizer: no tokenizer files"):
+        analyse_pairs([str(tiny_model_dir)], str(no_tokenizer), [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+
+
+def _canned_harness(suite_name: str, value: float) -> dict:
+    """lm-eval's results for every task of a suite, all scoring ``value`` (MMLU through two subjects)."""
+    results, groups = {}, {}
+    for spec in get_suite(suite_name).tasks.values():
+        leaves = [f"{spec.task}_a", f"{spec.task}_b"] if spec.aggregation != "task" else [spec.task]
+        groups.update({spec.task: leaves} if spec.aggregation != "task" else {})
+        results.update({leaf: {spec.result_key: value, spec.stderr_key: 0.01} for leaf in [spec.task, *leaves]})
+    return {"results": results, "group_subtasks": groups, "config": {"model": "hf"}}
+
+
+def test_results_of_an_interrupted_run_never_pair_a_summary_with_other_raw_results(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """Issue 22.3: harness.json, summary.json and summary.md are replaced as one set; a summary that does not
+    belong to the harness.json beside it is refused, by `eval compare` and by the model card."""
+    import lm_eval
+
+    from smaug.cli import main
+    from smaug.evaluation import summary as summary_mod
+    from smaug.evaluation.summary import load_summary
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: _canned_harness("offline_mini", 0.25))
+    out = evaluate(str(tiny_model_dir), "offline_mini", device="cpu", results_root=tmp_path)
+    first = {name: (out / name).read_bytes() for name in ("harness.json", "summary.json", "summary.md")}
+
+    def killed(summary):
+        raise KeyboardInterrupt  # the run dies after lm-eval, between its output files
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: _canned_harness("offline_mini", 0.75))
+    monkeypatch.setattr(summary_mod, "render_summary_md", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(str(tiny_model_dir), "offline_mini", device="cpu", results_root=tmp_path)
+    assert {name: (out / name).read_bytes() for name in first} == first  # the old set, whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["offline_mini"]  # no temp folder left
+    raw = json.loads((out / "harness.json").read_text())
+    assert (
+        load_summary(out / "summary.json").tasks["arc"].value == raw["results"]["mini_arc_challenge"]["acc_norm,none"]
+    )
+
+    # A summary beside raw results of another run (files copied from two runs) says so, wherever it is read.
+    (out / "harness.json").write_text(json.dumps(_canned_harness("offline_mini", 0.75)))
+    with pytest.raises(UserError, match="summary.json was not computed from the harness.json beside it"):
+        load_summary(out / "summary.json")
+    assert main(["eval", "compare", str(out)]) == 2
+
+
 def test_hub_id_offline_and_not_cached_is_a_user_error(no_harness, tmp_path, monkeypatch):
     import huggingface_hub.constants
 

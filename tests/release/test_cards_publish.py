@@ -414,12 +414,12 @@ def test_upload_plan_is_exactly_the_model_repo_files(tiny_model_copy):
 @pytest.mark.parametrize(
     "name, content, reason",
     [
-        ("pytorch_model.bin", b"\x80\x04pickle", "pickled weight"),
-        ("checkpoint-5/adapter_model.pt", b"\x80\x04pickle", "pickled weight"),
-        (".env", b"WANDB_API_KEY=abc\n", "secret-looking"),
-        ("hf_token.txt", b"nothing here\n", "secret-looking"),
+        ("pytorch_model.bin", b"\x80\x04pickle", "pickled weights"),
+        ("checkpoint-5/adapter_model.pt", b"\x80\x04pickle", "pickled weights"),
+        (".env", b"WANDB_API_KEY=abc\n", "a secret-looking file name"),
+        ("hf_token.txt", b"nothing here\n", "a secret-looking file name"),
         ("notes/run.log", b"login with " + FAKE_TOKEN.encode() + b" ok\n", "Hugging Face token"),
-        ("credentials.json", b"{}", "secret-looking"),
+        ("credentials.json", b"{}", "a secret-looking file name"),
     ],
 )
 def test_publish_refusals(tiny_model_copy, name, content, reason):
@@ -703,7 +703,7 @@ def _write(name, content: bytes):
 def test_publish_refuses_a_repo_nobody_could_load(tiny_model_copy, damage, problem):
     model = _publishable(tiny_model_copy)
     damage(model)
-    with pytest.raises(UserError, match="refusing to publish a repo nobody could load") as err:
+    with pytest.raises(UserError, match="refusing to publish: ") as err:
         publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
     assert problem in str(err.value)
     assert "\n" not in str(err.value)
@@ -734,7 +734,7 @@ def test_sharded_checkpoint_is_loadable_only_when_index_and_shards_agree(tiny_mo
     assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= {r for r, _ in plan.files}
 
     def refused(problem):
-        with pytest.raises(UserError, match="nobody could load") as err:
+        with pytest.raises(UserError, match="refusing to publish: ") as err:
             upload_plan.plan_upload(model)
         assert problem in str(err.value)
 
@@ -775,7 +775,7 @@ def test_token_in_safetensors_metadata_is_refused(tiny_model_copy):
     header, data = _header(model / "model.safetensors")
     header["__metadata__"] = {"format": "pt", "note": "pushed with " + FAKE_TOKEN}
     _write_safetensors(model / "model.safetensors", header, data, pad=b"   ")
-    with pytest.raises(UserError, match=r"model.safetensors \(its header or __metadata__ contains") as err:
+    with pytest.raises(UserError, match=r"model.safetensors: its header or __metadata__ contains") as err:
         publish.publish(model, "org/x", dry_run=True, out=lambda *_: None)
     assert FAKE_TOKEN not in str(err.value)
 
@@ -786,7 +786,7 @@ def test_token_escaped_in_json_is_refused(tiny_model_copy):
     config["hub_token"] = "\\u0068" + FAKE_TOKEN[1:]  # `\u0068f_...`: JSON text for hf_..., no `hf_` bytes
     (model / "tokenizer_config.json").write_text(json.dumps(config).replace("\\\\u0068", "\\u0068"))
     assert b"hf_" not in (model / "tokenizer_config.json").read_bytes()
-    with pytest.raises(UserError, match=r"tokenizer_config.json \(contains what looks like a Hugging Face token"):
+    with pytest.raises(UserError, match=r"tokenizer_config.json: contains what looks like a Hugging Face token"):
         upload_plan.plan_upload(model)
 
 
@@ -796,7 +796,7 @@ def test_token_at_the_end_of_an_uploaded_file_over_16_mib_is_refused(tiny_model_
         handle.write(b"licence text\n" * (17 * 1024 * 1024 // 13))
         handle.write(FAKE_TOKEN.encode())
     assert (model / "LICENSE").stat().st_size > 16 * 1024 * 1024
-    with pytest.raises(UserError, match=r"LICENSE \(contains what looks like a Hugging Face token"):
+    with pytest.raises(UserError, match=r"LICENSE: contains what looks like a Hugging Face token"):
         upload_plan.plan_upload(model)
 
 
@@ -1064,3 +1064,36 @@ def test_a_token_the_generated_card_would_carry_is_refused(tiny_model_copy, tmp_
     with pytest.raises(UserError, match="the generated card would contain what looks like a Hugging Face token") as err:
         publish.publish(model, "org/x", dry_run=True, evals=[tmp_path / "leaky.json"], out=lambda *_: None)
     assert FAKE_TOKEN not in str(err.value)
+
+
+def test_a_sparse_file_of_zeros_is_refused_for_what_it_is(tiny_model_copy):
+    """Issue 22.5: a pre-allocated or interrupted copy (zeros) was called "pickled weights"."""
+    model = _publishable(tiny_model_copy)
+    with (model / "pytorch_model.bin").open("wb") as handle:
+        handle.truncate(2 * 2**30)  # sparse: 2 GiB of zeros, no disk used
+    with pytest.raises(UserError, match=r"pytorch_model.bin: starts with zero bytes, not weights") as err:
+        upload_plan.plan_upload(model)
+    assert "pickle" not in str(err.value)
+    (model / "pytorch_model.bin").unlink()
+    with (model / "model.safetensors").open("r+b") as handle:
+        handle.truncate(0)
+        handle.truncate(2**20)
+    with pytest.raises(UserError, match=r"model.safetensors: starts with zero bytes \(1048576 bytes\)"):
+        upload_plan.plan_upload(model)
+
+
+def test_publish_reads_no_json_file_whole_past_a_bound(tiny_model_copy):
+    """Issue 22.5: a 2 GB JSON file took 4.2 GB of memory to check; now it is refused unread."""
+    import tracemalloc
+
+    model = _publishable(tiny_model_copy)
+    with (model / "tokenizer.json").open("r+b") as handle:
+        handle.truncate(upload_plan.JSON_LIMIT + 2**20)  # sparse past the bound
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"tokenizer.json: 65 MiB of JSON, more than any config or tokenizer"):
+            upload_plan.plan_upload(model)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * upload_plan.SCAN_CHUNK, peak
