@@ -91,7 +91,7 @@ def test_bad_launch_variables_are_user_errors(env):
 
 def test_memory_estimate_follows_zero_stage_and_adapter():
     shape = memory.KNOWN_MODELS["mistralai/Mistral-7B-v0.1"]
-    recipe = yaml.safe_load((RECIPES_DIR / "mistral7b_metamath_dpo.yml").read_text())
+    recipe = yaml.safe_load((RECIPES_DIR / "generated" / "mistral7b_metamath_dpo.yml").read_text())
     rows = dict(memory.estimate(recipe, shape, 8, 8, REPO_ROOT).rows)
     assert rows["AdamW states, fp32 master + m + v (12 B/param)"] == pytest.approx(12 * shape.params / 8 / memory.GIB)
     assert rows["frozen reference model, bf16"] == pytest.approx(2 * shape.params / 8 / memory.GIB)

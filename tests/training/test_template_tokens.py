@@ -3,8 +3,12 @@ machine): one token each, split into pieces, new (added by the recipe), and BOS 
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import yaml
 
+from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR
 from smaug.training import chains as C
 from smaug.training import template_tokens as T
@@ -50,22 +54,52 @@ def test_a_template_token_the_tokenizer_splits_is_reported_and_one_the_recipe_ad
     assert "<|user|> -> NEW: not in this tokenizer (8 pieces); `tokens:` adds it with an untrained embedding" in text
 
 
-def test_bos_written_by_the_template_and_added_by_the_tokenizer_is_flagged(bos_tokenizer):
+def _doubled_bos(recipe: dict) -> dict:
+    """The 7B recipe as it was: its first dataset rendered with the saved template (<s> before the first turn),
+    the others with formats that start with <s>."""
+    doubled = copy.deepcopy(recipe)
+    first, *others = doubled["datasets"]
+    first["type"] = "chat_template.default"
+    first.update(field_messages="prompt", field_chosen="chosen", field_rejected="rejected")
+    for entry in others:
+        entry["type"] = {**entry["type"], "prompt_format": "<s>" + entry["type"]["prompt_format"]}
+    return doubled
+
+
+def test_bos_written_by_the_template_and_added_by_the_tokenizer_is_refused(bos_tokenizer, tmp_path):
     from smaug.training.tiny_model import build_tokenizer
 
     plain, with_bos = build_tokenizer(), bos_tokenizer
-    recipe = load_recipe("smaug7b_dpop.yml")  # Llama-2: the jinja template and the formats start with <s>
-    checks, warnings = T.check_tokens(recipe, with_bos)
-    assert {c.text for c in checks} == {"<s>", "</s>"} and all(c.single for c in checks)
-    (warning,) = warnings
-    assert warning.startswith("BOS twice: the tokenizer adds <s> and the prompt text already starts with it")
-    assert "chat_template: jinja" in warning and "(Intel/orca_dpo_pairs) prompt_format" in warning
-    assert T.check_tokens(recipe, plain)[1] == []  # a tokenizer that adds no BOS: once
-    assert T.check_tokens(load_recipe("mistral7b_arc_dpo.yml"), with_bos)[1] == []  # raw text: BOS once
+    recipe = load_recipe("smaug7b_dpop.yml")  # Llama-2: formats that write no <s>; the saved template is not used
+    checks, problems = T.check_tokens(recipe, with_bos)
+    assert {c.text for c in checks} == {"</s>"} and all(c.single for c in checks) and problems == []
+    doubled = _doubled_bos(recipe)
+    (problem,) = T.check_tokens(doubled, with_bos)[1]
+    assert problem.startswith("BOS twice: the tokenizer adds <s> and the prompt text already starts with it")
+    assert "(abacusai/MetaMath_DPO_FewShot) chat_template: jinja (recipes/templates/llama2_chat.jinja)" in problem
+    assert "(Intel/orca_dpo_pairs) prompt_format" in problem
+    assert T.check_tokens(doubled, plain)[1] == []  # a tokenizer that adds no BOS: once
+    mistral = load_recipe("generated/mistral7b_arc_dpo.yml")
+    assert T.check_tokens(mistral, with_bos)[1] == []  # raw text: BOS once
+    # the dry run stops on it, naming the stage, for any recipe whose tokenizer is a local folder
+    with_bos.save_pretrained(tmp_path / "llama2-like")
+    recipes = {"one": recipe, "twice": doubled}
+    for name, stage in recipes.items():
+        (tmp_path / f"{name}.yml").write_text(yaml.safe_dump({**stage, "base_model": str(tmp_path / "llama2-like")}))
+    chains = tmp_path / "chains.yaml"
+    chains.write_text(
+        yaml.safe_dump({"t": {"hardware": {"accelerator": "cpu"}, "stages": [str(tmp_path / "one.yml")]}})
+    )
+    plan = C.plan_chain("t", chains_file=chains)
+    assert "special tokens (tokenizer of" in C.describe(plan, C.Launch.from_env(plan.hardware, {}))
+    chains.write_text(chains.read_text().replace("one.yml", "twice.yml"))
+    plan = C.plan_chain("t", chains_file=chains)
+    with pytest.raises(UserError, match=r"twice.yml \(stage 1 of chain 't'\): BOS twice: the tokenizer adds <s>"):
+        C.describe(plan, C.Launch.from_env(plan.hardware, {}))
 
 
 def test_raw_text_recipes_have_no_template_and_unavailable_tokenizers_are_said(tiny_model_dir):
-    raw = _with_tokenizer("mistral7b_metamath_dpop.yml", tiny_model_dir)
+    raw = _with_tokenizer("generated/mistral7b_metamath_dpop.yml", tiny_model_dir)
     assert T.template_summary(raw) == "raw text (no chat template)"
     assert set(T.template_special_tokens(raw)) == {"</s>"}  # only the pad token it names
     lines = T.dry_run_lines(load_recipe("smaug34b_sft.yml"))

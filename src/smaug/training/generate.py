@@ -1,251 +1,238 @@
-"""The generated recipes: grids of `datasets x losses x settings` over a base recipe, as recipes/generate.yaml
-describes. `smaug recipes generate` writes them; `--check` (and a test) says which committed files differ from
-the generator's output.
-
-recipes/generate.yaml names each dataset block and each loss once; a grid's `matrices` say which combinations
-to write (e.g. Figure 2: two datasets x four losses; Figure 3 left: one dataset x two losses x three betas).
-A cell that two matrices share (the centre of a sweep) is one recipe, listed with every figure and chain it
-belongs to.
-"""
+"""What `smaug recipes generate` writes: the recipes of recipes/generate.yaml (grids of datasets x losses x
+settings over a base recipe) and the projected-cost table of recipes/README.md; `--check` (and a test) names
+the committed files that differ from it."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
-from smaug.common.errors import UserError
+from smaug.common.errors import UserError, validation_error
 from smaug.common.paths import RECIPES_DIR, rel
-from smaug.training.recipes import derive_recipe, dump_recipe
+from smaug.training import memory
+from smaug.training.recipes import derive_recipe, dump_recipe, load_recipe
 
 GENERATE_SPEC = RECIPES_DIR / "generate.yaml"
-# A matrix key other than these is a setting axis: `axes` in generate.yaml maps it to a recipe key.
-_MATRIX_KEYS = {"reproduces", "chain", "datasets", "losses"}
-# Header fills that are prose (wrapped to the line width); commands and paths are never wrapped.
-_PROSE_FILLS = ("{title}", "{notes}", "{reproduces}")
-_GRID_KEYS = {"base", "file", "output_dir", "dataset_prepared_path", "dataset_entry", "title", "matrices"}
+COST_TABLE = ("<!-- projected cost: written by `smaug recipes generate` -->", "<!-- end of projected cost -->")
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class DatasetBlock(_Strict):
+    title: str
+    path: str
+    train_pairs: pydantic.PositiveInt
+
+
+class Loss(_Strict):
+    title: str
+    notes: str = ""
+    overrides: dict[str, Any] = {}
+    settings: dict[str, str] = {}  # the loss's own keys: where each value comes from
+
+
+class Matrix(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")  # any other key is a setting axis of `axes:`
+    reproduces: str
+    chain: str
+    datasets: list[str] = pydantic.Field(min_length=1)
+    losses: list[str] = pydantic.Field(min_length=1)
+
+
+class Grid(_Strict):
+    base: str
+    file: str
+    title: str
+    output_dir: str = ""
+    dataset_prepared_path: str = ""
+    dataset_entry: dict[str, Any] = {}
+    matrices: list[Matrix] = pydantic.Field(min_length=1)
+
+
+class Spec(_Strict):
+    datasets: dict[str, DatasetBlock]
+    losses: dict[str, Loss]
+    axes: dict[str, str] = {}  # axis name (in file names, e.g. _beta0.1) -> recipe key
+    grids: dict[str, Grid]
 
 
 @dataclass
-class Cell:
-    """One generated recipe: where it comes from and which figures and chains it belongs to."""
-
+class Cell:  # one generated recipe: where it comes from, which figures and chains it belongs to
     name: str
-    grid: str
-    dataset: str | None
+    grid: Grid
+    dataset: str
     loss: str
-    settings: dict[str, Any]  # recipe key -> value, after the base, the loss and the axes are merged
+    settings: dict[str, Any]  # the loss's and the axes' keys -> value
     body: dict[str, Any]
     reproduces: list[str] = field(default_factory=list)
     chains: list[str] = field(default_factory=list)
-
-
-def _header(base_text: str) -> list[str]:
-    lines = []
-    for line in base_text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line)
-    return lines
-
-
-def _wrap_comment(line: str, width: int = 116) -> list[str]:
-    """A filled-in header line, wrapped as a comment at the same indentation (continuations indented more)."""
-    if len(line) <= width:
-        return [line]
-    prefix = re.match(r"#\s*", line).group(0)
-    more = "  " if re.match(r"#\s+\S[^:]*:\s", line) and len(prefix) > 2 else ""
-    return textwrap.wrap(
-        line[len(prefix) :],
-        width,
-        initial_indent=prefix,
-        subsequent_indent=prefix + more,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-
-
-def _need(mapping: Any, key: str, where: str) -> Any:
-    if not isinstance(mapping, dict) or mapping.get(key) in (None, "", [], {}):
-        raise UserError(f"{where}: missing `{key}`")
-    return mapping[key]
 
 
 def _format(template: str, where: str, **values: Any) -> str:
     try:
         return template.format(**values)
     except (KeyError, IndexError) as err:
-        raise UserError(
-            f"{where}: {template!r} uses {{{err.args[0]}}}, which is not one of "
-            f"{', '.join('{' + k + '}' for k in values)}"
-        ) from None
+        raise UserError(f"{where}: {template!r} uses {{{err.args[0]}}}, not one of {sorted(values)}") from None
 
 
-class _Spec:
+class _Generator:
     def __init__(self, spec_path: Path):
-        self.path = spec_path
         self.where = rel(spec_path)
         try:
-            spec = yaml.safe_load(spec_path.read_text()) or {}
+            self.spec = Spec.model_validate(yaml.safe_load(spec_path.read_text()) or {})
+        except pydantic.ValidationError as err:
+            raise validation_error(err, self.where, " (see the comment at its top)") from None
         except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{self.where}: cannot read the generator spec ({err})") from None
-        for key in ("datasets", "losses", "grids"):
-            if not isinstance(spec.get(key), dict):
-                raise UserError(f"{self.where}: needs a `{key}:` mapping (see the comment at its top)")
-        unknown = set(spec) - {"datasets", "losses", "axes", "grids"}
-        if unknown:
-            raise UserError(f"{self.where}: unknown top-level key(s) {sorted(unknown)}")
-        self.datasets: dict[str, dict] = spec["datasets"]
-        self.losses: dict[str, dict] = spec["losses"]
-        self.axes: dict[str, str] = spec.get("axes") or {}
-        self.grids: dict[str, dict] = spec["grids"]
+            raise UserError(f"{self.where}: cannot read it ({err})") from None
+        self.chains = yaml.safe_load((RECIPES_DIR / "chains.yaml").read_text())  # as written: no plan needed
 
     def cells(self) -> dict[str, Cell]:
         cells: dict[str, Cell] = {}
-        for grid_name, grid in self.grids.items():
-            for cell in self._grid_cells(grid_name, grid):
-                seen = cells.get(cell.name)
-                if seen is None:
-                    cells[cell.name] = cell
-                    continue
-                if seen.body != cell.body:
-                    raise UserError(
-                        f"{self.where}: two different cells both write recipes/{cell.name}; "
-                        "give them different `file` names"
-                    )
-                seen.reproduces += [r for r in cell.reproduces if r not in seen.reproduces]
-                seen.chains += [c for c in cell.chains if c not in seen.chains]
+        for grid_name, grid in self.spec.grids.items():
+            base = load_recipe(RECIPES_DIR / grid.base)
+            for index, matrix in enumerate(grid.matrices):
+                where = f"{self.where}: grids.{grid_name}.matrices[{index}]"
+                axes = dict(matrix.model_extra)
+                for axis, values in axes.items():
+                    if axis not in self.spec.axes or not isinstance(values, list) or not values:
+                        raise UserError(
+                            f"{where}.{axis}: not a list of values of an axis of `axes:` {list(self.spec.axes)}"
+                        )
+                for dataset, loss, *point in itertools.product(matrix.datasets, matrix.losses, *axes.values()):
+                    cell = self._cell(grid, base, dataset, loss, dict(zip(axes, point)), where)
+                    seen = cells.setdefault(cell.name, cell)
+                    if seen.body != cell.body:
+                        raise UserError(f"{where}: two different cells both write recipes/{cell.name}; rename `file`")
+                    seen.reproduces += [matrix.reproduces] if matrix.reproduces not in seen.reproduces else []
+                    seen.chains += [matrix.chain] if matrix.chain not in seen.chains else []
         return cells
 
-    def _grid_cells(self, grid_name: str, grid: dict) -> list[Cell]:
-        where = f"{self.where}: grids.{grid_name}"
-        unknown = set(grid) - _GRID_KEYS
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_GRID_KEYS)}")
-        base_path = RECIPES_DIR / _need(grid, "base", where)
-        if not base_path.is_file():
-            raise UserError(f"{where}.base: {rel(base_path)} does not exist")
-        base = yaml.safe_load(base_path.read_text())
-        out = []
-        for index, matrix in enumerate(_need(grid, "matrices", where)):
-            mwhere = f"{where}.matrices[{index}]"
-            axes = {k: v for k, v in matrix.items() if k not in _MATRIX_KEYS}
-            for axis, values in axes.items():
-                if axis not in self.axes:
-                    raise UserError(
-                        f"{mwhere}: {axis!r} is neither {sorted(_MATRIX_KEYS)} nor a setting axis "
-                        f"of `axes:` ({', '.join(self.axes) or 'none defined'})"
-                    )
-                if not isinstance(values, list) or not values:
-                    raise UserError(f"{mwhere}.{axis}: a non-empty list of values")
-            datasets = matrix.get("datasets") or [None]
-            for dataset, loss, *point in itertools.product(datasets, _need(matrix, "losses", mwhere), *axes.values()):
-                cell = self._cell(grid_name, grid, base, dataset, loss, dict(zip(axes, point)), mwhere)
-                cell.reproduces.append(_need(matrix, "reproduces", mwhere))
-                cell.chains.append(_need(matrix, "chain", mwhere))
-                out.append(cell)
-        return out
-
-    def _cell(
-        self, grid_name: str, grid: dict, base: dict, dataset: str | None, loss: str, point: dict[str, Any], where: str
-    ) -> Cell:
-        if loss not in self.losses:
-            raise UserError(f"{where}: loss {loss!r} is not defined under `losses:` ({', '.join(self.losses)})")
-        body = derive_recipe(base, self.losses[loss].get("overrides") or {})
-        overrides: dict[str, Any] = {}
-        if dataset is not None:
-            if dataset not in self.datasets:
-                raise UserError(
-                    f"{where}: dataset {dataset!r} is not defined under `datasets:` ({', '.join(self.datasets)})"
-                )
-            block = self.datasets[dataset]
-            entry = {
-                "path": _need(block, "path", f"{self.where}: datasets.{dataset}"),
-                **(grid.get("dataset_entry") or {}),
-            }
-            overrides["datasets"] = [entry]
+    def _cell(self, grid: Grid, base: dict, dataset: str, loss: str, point: dict, where: str) -> Cell:
+        for kind, name in (("losses", loss), ("datasets", dataset)):
+            if name not in getattr(self.spec, kind):
+                raise UserError(f"{where}: {name!r} is not one of `{kind}:` {list(getattr(self.spec, kind))}")
+        own = self.spec.losses[loss].overrides
+        body = derive_recipe(base, own)
+        overrides: dict[str, Any] = {"datasets": [{"path": self.spec.datasets[dataset].path, **grid.dataset_entry}]}
         suffix = ""
         for axis, value in point.items():
-            key = self.axes[axis]
+            key = self.spec.axes[axis]
             if key not in body:
-                raise UserError(
-                    f"{where}: the {axis} axis sets `{key}`, which the {loss} loss does not use; "
-                    "sweep it only over losses that keep it"
-                )
+                raise UserError(f"{where}: the {axis} axis sets `{key}`, which the {loss} loss does not use")
             overrides[key] = value
-            if value != base.get(key):  # the base's own value is the centre of the sweep: no suffix
-                suffix += f"_{axis}{value}"
-        fields = {"dataset": dataset or "", "loss": loss, "point": suffix}
-        name = _format(_need(grid, "file", where), where, **fields)
-        fields["name"] = name.removesuffix(".yml")
+            suffix += f"_{axis}{value}" if value != base.get(key) else ""  # the base's value: the sweep's centre
+        fields = {"dataset": dataset, "loss": loss, "point": suffix}
+        name = _format(grid.file, where, **fields)
         for key in ("output_dir", "dataset_prepared_path"):
-            if grid.get(key):
-                overrides[key] = _format(grid[key], where, **fields)
+            if getattr(grid, key):
+                overrides[key] = _format(getattr(grid, key), where, name=Path(name).stem, **fields)
         body = derive_recipe(body, overrides)
-        settings = {k: body[k] for k in self.axes.values() if k in body}
-        settings.update(
-            {
-                k: body[k]
-                for k in (self.losses[loss].get("overrides") or {})
-                if k in body and k != "rl" and k not in settings and not isinstance(body[k], (list, dict))
-            }
+        swept = [*self.spec.axes.values(), *(k for k in own if k != "rl" and not isinstance(body.get(k), (list, dict)))]
+        return Cell(name, grid, dataset, loss, {k: body[k] for k in dict.fromkeys(swept) if k in body}, body)
+
+    def epochs(self, cell: Cell) -> str:
+        """The passes over the train split a run makes, from the recipe's batch and steps and its chain's GPUs."""
+        gpus = int(self.chains[cell.chains[0]]["hardware"]["gpus"])
+        pairs = cell.body["micro_batch_size"] * cell.body["gradient_accumulation_steps"] * gpus
+        seen, data = pairs * cell.body["max_steps"], self.spec.datasets[cell.dataset]
+        return (
+            f"At {pairs} pairs per step ({gpus} GPUs): {seen:,} pairs, {seen / data.train_pairs:.3g} epochs of the "
+            f"{data.train_pairs:,} {data.title} training pairs."
         )
-        return Cell(name, grid_name, dataset, loss, settings, body)
 
     def render(self, cell: Cell) -> str:
-        grid = self.grids[cell.grid]
-        loss = self.losses[cell.loss]
-        dataset = self.datasets.get(cell.dataset or "", {})
-        settings_text = ", ".join(f"{key} {value}" for key, value in cell.settings.items())
+        """The base's header, filled in (a multi-line value's lines indented under its first), and the recipe."""
+        loss, settings = self.spec.losses[cell.loss], ", ".join(f"{k} {v}" for k, v in cell.settings.items())
+        title = self.spec.datasets[cell.dataset].title
         fills = {
-            "{title}": _format(
-                _need(grid, "title", f"{self.where}: grids.{cell.grid}"),
-                self.where,
-                dataset=dataset.get("title", ""),
-                loss=loss.get("title", cell.loss),
-                settings=settings_text,
-            ),
-            "{notes}": loss.get("notes", ""),
-            "{reproduces}": "; ".join(cell.reproduces),
+            "{title}": _format(cell.grid.title, self.where, dataset=title, loss=loss.title, settings=settings),
+            "{notes}": loss.notes,
+            "{reproduces}": "\n".join(cell.reproduces),
             "{recipe}": cell.name,
-            "{chain}": cell.chains[0],
             "{chains}": ", ".join(cell.chains),
+            "{chain}": cell.chains[0],
             "{output_dir}": str(cell.body.get("output_dir", "")),
         }
         header = []
-        for line in _header((RECIPES_DIR / grid["base"]).read_text()):
-            if line.strip() == "#{loss_settings}":  # the loss's own keys and where each value comes from
-                for key, text in (loss.get("settings") or {}).items():
-                    header += _wrap_comment(f"#   {key}: {text}")
+        for line in (RECIPES_DIR / cell.grid.base).read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            if line == "#{loss_settings}":  # the loss's own keys and where each value comes from
+                header += [f"#   {k}: " + text.replace("\n", "\n#     ") for k, text in loss.settings.items()]
                 continue
-            prose = any(key in line for key in _PROSE_FILLS)
+            indent = "\n" + re.match(r"#\s*", line).group(0) + "  "
+            fills["{epochs}"] = self.epochs(cell) if "{epochs}" in line else ""
             for key, value in fills.items():
-                line = line.replace(key, value)
-            header += _wrap_comment(line) if prose else [line]
+                line = line.replace(key, value.replace("\n", indent))
+            header.append(line)
         return dump_recipe(cell.body, "\n".join(header))
+
+    def cost_table(self, cells: dict[str, Cell]) -> str:
+        """Each GPU chain's recipes, once each, with their projected cost."""
+        from smaug.training.chains import hardware_text
+
+        peak = f"H100 SXM, {memory.H100_BF16_FLOPS / 1e12:.0f} bf16 TFLOP/s at {memory.MFU:.0%} MFU"
+        rows, shapes = (
+            [
+                f"| Recipe | Chain | GPUs (nodes of 8) | Hardware (`chains.yaml`) | Sequence length | Tokens "
+                f"per step | Steps | GPU-hours ({peak}) | Wall time | Checkpoints kept (disk each) |",
+                "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+            ],
+            {},
+        )
+        for chain, spec in self.chains.items():
+            if spec["hardware"].get("accelerator") != "cuda":
+                continue
+            for stage in spec["stages"]:
+                recipe = cells[stage].body if stage in cells else load_recipe(RECIPES_DIR / stage)
+                base = str(recipe["base_model"])
+                shape = memory.model_shape(base, shapes.get(os.path.normpath(base)))
+                if shape is None:
+                    raise UserError(f"recipes/{stage}: no shape known for {base}; add it to memory.KNOWN_MODELS")
+                shapes[os.path.normpath(recipe["output_dir"])] = shape
+                c = memory.projected_cost(recipe, spec["hardware"], shape)
+                if not any(f"`{stage}`" in row for row in rows):
+                    rows.append(
+                        f"| `{stage}` | `{chain}` | {c.gpus} ({-(-c.gpus // 8)}) | "
+                        f"{hardware_text(spec['hardware']).replace('x ', '× ')} | {c.sequence_len:,} | "
+                        f"{c.tokens_per_step:,} | {c.steps:,} | {c.gpu_hours:,.0f} | {c.gpu_hours / c.gpus:.1f} h | "
+                        f"{c.checkpoints} × {c.checkpoint_gb:,.0f} GB |"
+                    )
+        return "\n".join(rows)
+
+    def readme(self, cells: dict[str, Cell]) -> str:
+        text, (start, end) = (RECIPES_DIR / "README.md").read_text(), COST_TABLE
+        if text.count(start) != 1 or text.count(end) != 1:
+            raise UserError(f"recipes/README.md: needs the lines {start} and {end} once each, around the cost table")
+        head, rest = text.split(start)
+        return f"{head}{start}\n{self.cost_table(cells)}\n{end}{rest.split(end)[1]}"
 
 
 def generated_cells(spec_path: Path = GENERATE_SPEC) -> dict[str, Cell]:
-    """{file name under recipes/: Cell} for every recipe recipes/generate.yaml describes."""
-    return _Spec(spec_path).cells()
+    """{path under recipes/: Cell} for every recipe recipes/generate.yaml describes."""
+    return _Generator(spec_path).cells()
 
 
 def generated_recipes(spec_path: Path = GENERATE_SPEC) -> dict[str, str]:
-    """{file name under recipes/: full text} for every recipe recipes/generate.yaml describes."""
-    spec = _Spec(spec_path)
-    return {name: spec.render(cell) for name, cell in spec.cells().items()}
+    """{path under recipes/: full text} of every file `smaug recipes generate` writes."""
+    generator = _Generator(spec_path)
+    cells = generator.cells()
+    return {**{name: generator.render(cell) for name, cell in cells.items()}, "README.md": generator.readme(cells)}
 
 
 def stale_generated(spec_path: Path = GENERATE_SPEC) -> list[str]:
-    """Names of generated recipes whose committed file differs from the generator's output (or is missing)."""
-    stale = []
-    for name, text in generated_recipes(spec_path).items():
-        target = RECIPES_DIR / name
-        if not target.is_file() or target.read_text() != text:
-            stale.append(name)
-    return stale
+    """Generated files whose committed text differs from the generator's output (or that are missing)."""
+    return [
+        name
+        for name, text in generated_recipes(spec_path).items()
+        if not (RECIPES_DIR / name).is_file() or (RECIPES_DIR / name).read_text() != text
+    ]

@@ -1,43 +1,34 @@
-"""Does the model's tokenizer know the chat template's special tokens? (`smaug chain run NAME --dry-run`)
-
-A chat template marks turns with strings such as ChatML's `<|im_start|>` / `<|im_end|>` or Llama-2's `<s>` /
-`</s>`. The template only works as trained when each is ONE token of the model's tokenizer with a trained
-embedding: a string the tokenizer splits into pieces is ordinary text to the model, and a token that the
-recipe adds (`tokens:`) starts from an untrained embedding. For every stage whose tokenizer is on this machine
-(a local folder, or the Hugging Face cache; nothing is downloaded) the dry run lists each such string with its
-token id, or says that it is split or new. It also flags a BOS token that would be there twice: TRL 1.9
-tokenizes the rendered prompt text with the tokenizer's special tokens, so a template that writes BOS itself
-gets a second one from a tokenizer that adds BOS.
-
-Raw-text recipes (the Mistral-7B ablation: user-defined formats that pass prompt and completion through)
-have nothing to check.
-"""
+"""`--dry-run`'s check of a recipe's chat templates against the model's own tokenizer, when it is on this machine
+(a local folder or the Hugging Face cache; nothing is downloaded): each special-token string is one token (a
+string the tokenizer splits is ordinary text to the model; one the recipe adds under `tokens:` starts with an
+untrained embedding), and a preference stage's prompts do not start with BOS when the tokenizer adds one."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from smaug.common.chat import IM_END, IM_START
+from smaug.common.errors import UserError
 from smaug.common.paths import looks_local, repo_path
+from smaug.training.recipes import is_preference
 
 # What a special token looks like in a template or format string: ChatML-style `<|...|>` and SentencePiece's
 # `<s>` / `</s>`. Llama-2's `[INST]` and `<<SYS>>` are ordinary text to Llama-2's tokenizer (it was trained on
-# them split into pieces), so they are not looked for.
+# them split into pieces).
 SPECIAL_LIKE = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>")
-# The format strings of axolotl's user-defined types (DPO and SFT).
 _FORMAT_KEYS = ("prompt_format", "chosen_format", "rejected_format", "format", "no_input_format", "system_format")
-_CHATML_TYPES = ("chatml.",)  # axolotl's chatml.* DPO types write ChatML themselves
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+_PROMPT_KEYS = ("prompt_format", "format", "no_input_format")
+_ADDED_NOTE = (
+    "an added token of this tokenizer: whether the model's training used it (a trained embedding) is not visible "
+    "from the tokenizer"
+)
 
 
 @dataclass
 class TokenCheck:
     text: str  # the special-token string
-    source: str  # where the recipe uses it
     ids: list[int]
     added_by_recipe: bool  # listed under `tokens:` (axolotl adds it to the vocabulary if it is new)
     added_to_base: bool = False  # an added (non-core) token of the tokenizer, not its bos/eos/pad/unk
@@ -48,13 +39,8 @@ class TokenCheck:
 
     def describe(self) -> str:
         if self.single:
-            note = "; `tokens:` adds nothing" if self.added_by_recipe else ""
-            if self.added_to_base:
-                note += (
-                    "; an added token of this tokenizer: whether the model's training used it (a trained "
-                    "embedding) is not visible from the tokenizer"
-                )
-            return f"{self.text} -> id {self.ids[0]} (one token{note})"
+            notes = ["`tokens:` adds nothing"] * self.added_by_recipe + [_ADDED_NOTE] * self.added_to_base
+            return f"{self.text} -> id {self.ids[0]} (one token{''.join('; ' + note for note in notes)})"
         if self.added_by_recipe:
             return (
                 f"{self.text} -> NEW: not in this tokenizer ({len(self.ids)} pieces); `tokens:` adds it with an "
@@ -66,187 +52,116 @@ class TokenCheck:
         )
 
 
-def _axolotl_template(name: str) -> str | None:
-    """The text of one of axolotl's named chat templates, read from its package without importing axolotl."""
-    spec = importlib.util.find_spec("axolotl")
-    if spec is None or not spec.submodule_search_locations:
+def _template(choice: Any, jinja: Any, tokenizer=None) -> str | None:
+    """A chat-template setting's text as axolotl resolves it; without a tokenizer, None for the tokenizer's own."""
+    from axolotl.utils.chat_templates import get_chat_template
+
+    if not choice or (tokenizer is None and str(choice).startswith("tokenizer_default")):
         return None
-    path = Path(spec.submodule_search_locations[0]) / "utils" / "chat_templates" / "templates" / f"{name}.jinja"
-    return path.read_text() if path.is_file() else None
+    path = repo_path(str(jinja)) if jinja else None
+    try:
+        return get_chat_template(str(choice), str(path) if path and path.is_file() else jinja, tokenizer=tokenizer)
+    except ValueError:  # an unknown name or no template: axolotl's validation says so
+        return None
 
 
-def _template_text(choice: Any, jinja: Any) -> str | None:
-    if not choice or choice == "tokenizer_default" or str(choice).startswith("tokenizer_default"):
-        return None  # the tokenizer's own template: its tokens are its own
-    if choice == "jinja":
-        if not jinja:
-            return None
-        path = repo_path(str(jinja))
-        return path.read_text() if path.is_file() else str(jinja)
-    return _axolotl_template(str(choice))
+def _datasets(recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"datasets[{i}] ({d.get('path', '?')})", d) for i, d in enumerate(recipe.get("datasets") or [])]
 
 
-def template_texts(recipe: dict[str, Any]) -> list[tuple[str, str]]:
-    """(where, text) for every chat template, format string and special-token setting the recipe uses."""
-    texts: list[tuple[str, str]] = []
-    top = _template_text(recipe.get("chat_template"), recipe.get("chat_template_jinja"))
-    if top:
-        texts.append((f"chat_template: {recipe.get('chat_template')}", top))
-    for index, entry in enumerate(recipe.get("datasets") or []):
-        where = f"datasets[{index}] ({entry.get('path', '?')})"
-        own = _template_text(entry.get("chat_template"), entry.get("chat_template_jinja"))
-        if own:
-            texts.append((f"{where} chat_template: {entry.get('chat_template')}", own))
+def template_special_tokens(recipe: dict[str, Any]) -> list[str]:
+    """The special-token strings the recipe uses: in its chat templates, `chatml.*` types (axolotl writes ChatML),
+    format strings, `special_tokens:` and `tokens:`; none for a raw-text recipe."""
+    texts = [_template(recipe.get("chat_template"), recipe.get("chat_template_jinja"))]
+    for entry in recipe.get("datasets") or []:
         kind = entry.get("type")
-        if isinstance(kind, str) and kind.startswith(_CHATML_TYPES):
-            texts.append((f"{where} type: {kind}", IM_START + IM_END))
-        if isinstance(kind, dict):
-            for key in _FORMAT_KEYS:
-                if isinstance(kind.get(key), str):
-                    texts.append((f"{where} {key}", kind[key]))
-    for key, value in (recipe.get("special_tokens") or {}).items():
-        texts.append((f"special_tokens.{key}", str(value)))
-    for value in recipe.get("tokens") or []:
-        texts.append(("tokens", str(value)))
-    return texts
-
-
-def template_special_tokens(recipe: dict[str, Any]) -> dict[str, str]:
-    """{special-token string: the first place the recipe uses it}; empty for a raw-text recipe."""
-    found: dict[str, str] = {}
-    for where, text in template_texts(recipe):
-        strings = [text] if where.startswith(("special_tokens", "tokens")) else SPECIAL_LIKE.findall(text)
-        for string in strings:
-            found.setdefault(string, where)
-    return found
-
-
-def prompt_starts(recipe: dict[str, Any], tokenizer) -> list[tuple[str, str]]:
-    """(where, text) of how each prompt begins: the rendered templates (one user turn) and the prompt formats."""
-    starts = []
-    message = [{"role": "user", "content": "x"}]
-    for where, text in template_texts(recipe):
-        if "chat_template" in where:
-            try:
-                rendered = tokenizer.apply_chat_template(
-                    message, chat_template=text, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as err:  # a template this tokenizer cannot render: say so, do not stop the plan
-                starts.append((where, f"<cannot render: {err}>"))
-                continue
-            starts.append((where, rendered))
-        elif where.endswith(("prompt_format", " format", "no_input_format")):
-            starts.append((where, text))
-    return starts
+        texts.append(_template(entry.get("chat_template"), entry.get("chat_template_jinja")))
+        texts += [IM_START + IM_END] if str(kind).startswith("chatml.") else []
+        texts += [kind.get(key) for key in _FORMAT_KEYS] if isinstance(kind, dict) else []
+    found = [string for text in texts if isinstance(text, str) for string in SPECIAL_LIKE.findall(text)]
+    found += [str(value) for value in (recipe.get("special_tokens") or {}).values()]
+    return list(dict.fromkeys(found + [str(value) for value in recipe.get("tokens") or []]))
 
 
 def check_tokens(recipe: dict[str, Any], tokenizer) -> tuple[list[TokenCheck], list[str]]:
-    """The recipe's special-token strings against a tokenizer, and warnings (BOS twice)."""
+    """The recipe's special-token strings against a tokenizer, and the problems that stop the dry run: BOS twice
+    (TRL 1.9 tokenizes a preference stage's prompt text with the tokenizer's special tokens) when a dataset's
+    prompt format, or the chat template that renders it (a DPO dataset has none of its own), writes BOS."""
     added = {str(t) for t in recipe.get("tokens") or []}
-    own = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
-    extra = set(tokenizer.get_added_vocab()) - own
+    core = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
+    extra = set(tokenizer.get_added_vocab()) - core
     checks = [
-        TokenCheck(text, where, tokenizer.encode(text, add_special_tokens=False), text in added, text in extra)
-        for text, where in template_special_tokens(recipe).items()
+        TokenCheck(text, tokenizer.encode(text, add_special_tokens=False), text in added, text in extra)
+        for text in template_special_tokens(recipe)
     ]
-    warnings = []
     bos = tokenizer.bos_token
-    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    if adds_bos:
-        twice = [where for where, text in prompt_starts(recipe, tokenizer) if text.startswith(bos)]
-        if twice:
-            warnings.append(
-                f"BOS twice: the tokenizer adds {bos} and the prompt text already starts with it "
-                f"({'; '.join(twice)}); TRL 1.9 tokenizes prompt text with special tokens"
-            )
-    return checks, warnings
-
-
-def tokenizer_source(recipe: dict[str, Any]) -> tuple[str, Path | None]:
-    """(name, local folder or cached file) of the recipe's tokenizer; the second is None if it is not here."""
-    name = str(recipe.get("tokenizer_config") or recipe.get("base_model") or "")
-    if not name:
-        return name, None
-    local = repo_path(name)
-    if local.is_dir():
-        return name, local if any((local / f).is_file() for f in _TOKENIZER_FILES) else None
+    if not (is_preference(recipe) and bos and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]):
+        return checks, []
+    choice, jinja = recipe.get("chat_template") or "tokenizer_default", recipe.get("chat_template_jinja")
     try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return name, None
-    for filename in _TOKENIZER_FILES:
-        try:
-            cached = try_to_load_from_cache(name, filename)
-        except Exception:  # not a valid repo id: nothing cached under it
-            return name, None
-        if isinstance(cached, str):
-            return name, Path(cached)
-    return name, None
-
-
-def load_local_tokenizer(name: str, found: Path):
-    from transformers import AutoTokenizer
-
-    source = str(found) if found.is_dir() else name
-    return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        message = [{"role": "user", "content": "x"}]
+        template = _template(choice, jinja, tokenizer)
+        rendered = tokenizer.apply_chat_template(
+            message, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # a template this tokenizer cannot render: nothing to compare
+        rendered = ""
+    twice = []
+    for where, entry in _datasets(recipe):
+        kind = entry.get("type")
+        if isinstance(kind, dict):
+            twice += [f"{where} {key}" for key in _PROMPT_KEYS if str(kind.get(key) or "").startswith(bos)]
+        elif isinstance(kind, str) and kind.startswith("chat_template") and rendered.startswith(bos):
+            twice.append(f"{where} chat_template: {choice}" + (f" ({jinja})" if jinja else ""))
+    problem = (
+        f"BOS twice: the tokenizer adds {bos} and the prompt text already starts with it ({'; '.join(twice)}); "
+        f"TRL 1.9 tokenizes prompt text with special tokens: write no {bos} before the first turn "
+        "(recipes/smaug7b_dpop.yml shows how)"
+    )
+    return checks, [problem] if twice else []
 
 
 def template_summary(recipe: dict[str, Any]) -> str:
     """How the recipe formats its pairs, in a few words: its chat templates, or raw text."""
-    parts = []
-    if recipe.get("chat_template"):
-        jinja = f" ({recipe['chat_template_jinja']})" if recipe["chat_template"] == "jinja" else ""
-        parts.append(f"chat_template {recipe['chat_template']}{jinja}")
-    for entry in recipe.get("datasets") or []:
+    top = recipe.get("chat_template")
+    parts = [f"chat_template {top}" + (f" ({recipe.get('chat_template_jinja')})" if top == "jinja" else "")] * bool(top)
+    for _, entry in _datasets(recipe):
         kind = entry.get("type")
-        if entry.get("chat_template"):
-            part = f"dataset chat_template {entry['chat_template']}"
-        elif isinstance(kind, str) and kind.startswith(_CHATML_TYPES):
-            part = "axolotl chatml.* types"
-        elif isinstance(kind, dict):
-            formats = " ".join(str(kind.get(key) or "") for key in _FORMAT_KEYS)
-            part = "user-defined formats with special tokens" if SPECIAL_LIKE.search(formats) else None
-        else:
-            part = None
-        if part and part not in parts:
-            parts.append(part)
-    return ", ".join(parts) if parts else "raw text (no chat template)"
+        if isinstance(kind, str) and kind.startswith("chatml."):
+            parts.append("axolotl chatml.* types")
+        elif isinstance(kind, dict) and SPECIAL_LIKE.search(" ".join(str(kind.get(k) or "") for k in _FORMAT_KEYS)):
+            parts.append("user-defined formats with special tokens")
+    return ", ".join(dict.fromkeys(parts)) or "raw text (no chat template)"
 
 
-def dry_run_lines(recipe: dict[str, Any], indent: str = "  ") -> list[str]:
-    """What `smaug chain run NAME --dry-run` prints about the template's tokens for one stage."""
+def dry_run_lines(recipe: dict[str, Any], indent: str = "  ", where: str = "this recipe") -> list[str]:
+    """What `smaug chain run NAME --dry-run` prints about the template's tokens for one stage; a UserError naming
+    ``where`` (the stage) when its prompts would start with BOS twice."""
     wanted = template_special_tokens(recipe)
     lines = [f"{indent}template: {template_summary(recipe)}"]
-    if not wanted:
+    name = str(recipe.get("tokenizer_config") or recipe.get("base_model") or "")
+    if not wanted or not name:
         return lines
-    name, found = tokenizer_source(recipe)
-    listed = ", ".join(wanted)
-    if found is None:
-        where = (
-            f"the folder {name} does not exist yet (an earlier stage writes it)"
-            if looks_local(name)
-            else f"the tokenizer of {name} is not on this machine (a local folder or the Hugging Face cache)"
-        )
-        return lines + [f"{indent}special tokens: {listed} -- not checked: {where}"]
+    unchecked = f"{indent}special tokens: {', '.join(wanted)} -- not checked: "
+    if looks_local(name) and not repo_path(name).is_dir():
+        return lines + [unchecked + f"the folder {name} does not exist yet (an earlier stage writes it)"]
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = load_local_tokenizer(name, found)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(repo_path(name)) if looks_local(name) else name, local_files_only=True
+        )
+    except OSError:  # transformers' "not found locally"
+        where_looked = "a local folder or the Hugging Face cache"
+        return lines + [unchecked + f"the tokenizer of {name} is not on this machine ({where_looked})"]
     except Exception as err:  # a broken or partial download: the plan still prints
-        return lines + [f"{indent}special tokens: {listed} -- not checked: cannot load the tokenizer of {name} ({err})"]
-    checks, warnings = check_tokens(recipe, tokenizer)
+        return lines + [unchecked + f"cannot load the tokenizer of {name} ({err})"]
+    checks, problems = check_tokens(recipe, tokenizer)
+    if problems:
+        raise UserError(f"{where}: {problems[0]}")
     split = sum(1 for c in checks if not c.single and not c.added_by_recipe)
     new = sum(1 for c in checks if not c.single and c.added_by_recipe)
-    verdict = (
-        "; ".join(
-            part
-            for part in (
-                f"{split} of {len(checks)} NOT one token" if split else "",
-                f"{new} of {len(checks)} NEW (untrained embeddings)" if new else "",
-            )
-            if part
-        )
-        or "each is one token"
-    )
-    lines.append(f"{indent}special tokens (tokenizer of {name}): {verdict}")
-    lines += [f"{indent}  {check.describe()}" for check in checks]
-    lines += [f"{indent}  WARNING {warning}" for warning in warnings]
-    return lines
+    verdict = [f"{split} of {len(checks)} NOT one token"] * bool(split)
+    verdict += [f"{new} of {len(checks)} NEW (untrained embeddings)"] * bool(new)
+    lines.append(f"{indent}special tokens (tokenizer of {name}): {'; '.join(verdict) or 'each is one token'}")
+    return lines + [f"{indent}  {check.describe()}" for check in checks]

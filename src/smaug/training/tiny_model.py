@@ -1,9 +1,6 @@
-"""A tiny random Llama and a byte-level tokenizer, built locally in about a second (no Hub).
-
-Tests, the CPU twin of the Smaug chain and `make reproduce` all start from this. The tokenizer has one
-token per byte (so every string, digits included, tokenizes the same way everywhere) plus ChatML specials,
-and a ChatML chat template, so axolotl's `chat_template: chatml` and the `chatml.*` DPO types work.
-"""
+"""A tiny random Llama and a byte-level tokenizer, built locally in about a second (no Hub): one token per byte,
+so every string (digits included) tokenizes the same way everywhere, plus the ChatML specials and template that
+axolotl's `chat_template: chatml` and `chatml.*` DPO types need."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    byte_symbols = list(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(byte_symbols))}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(pre_tokenizers.ByteLevel.alphabet()))}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
@@ -51,8 +47,9 @@ def build_tiny_llama(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out_dir = Path(out_dir)
-    tokenizer = build_tokenizer()
+    from axolotl_dpop.provenance import provenance_record, write_provenance
+
+    out_dir, tokenizer = Path(out_dir), build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -67,21 +64,10 @@ def build_tiny_llama(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    _write_provenance(out_dir, seed)
+    # Created from scratch here, so the lineage ends with our own licence (model_cards/).
+    created_by = f"smaug showcase tiny-model (random init, seed {seed})"
+    write_provenance(out_dir, provenance_record(base_model=None, license="apache-2.0", created_by=created_by))
     return out_dir
-
-
-def _write_provenance(out_dir: Path, seed: int) -> None:
-    """Created from scratch here, so the lineage ends with our own licence (see model_cards/)."""
-    from axolotl_dpop.provenance import provenance_record, write_provenance
-
-    write_provenance(
-        out_dir,
-        provenance_record(
-            base_model=None, license="apache-2.0", created_by=f"smaug showcase tiny-model (random init, seed {seed})"
-        ),
-    )

@@ -98,7 +98,7 @@ def describe(
             if recipe.get(k) is not None
         ]
         lines.append(f"  settings: {', '.join(hyper)}")
-        lines += template_tokens.dry_run_lines(recipe)
+        lines += template_tokens.dry_run_lines(recipe, where=stage.where(chain.name))
         if stage.rebased:
             lines.append(f"  config: {stage.run_config} (the recipe with paths under {chain.output_root})")
         overrides = {
@@ -137,6 +137,8 @@ def describe(
         if est.host_gib:
             lines += host_ram_check(hw, est)
         lines.append("    assumptions: " + "; ".join(est.assumptions))
+        if hw.get("accelerator") == "cuda":
+            lines.append("  " + memory.projected_cost(recipe, hw, shape).line())
     return "\n".join(lines)
 
 
