@@ -24,9 +24,11 @@ def main() -> None:
     parser.add_argument("--no-end-to-end", action="store_true", help="only time the in-memory build + stats")
     args = parser.parse_args()
 
-    from smaug.data import build_dataset, build_metamath_pairs, generate_synthetic_metamath, stats_for_pairs
-    from smaug.data.io import write_jsonl_atomic
-    from smaug.data.stats import stats_for_path
+    from axolotl_dpop.atomic import write_jsonl
+    from smaug.data.builders import build_dataset
+    from smaug.data.metamath import build_metamath_pairs
+    from smaug.data.stats import stats_for_pairs, stats_for_path
+    from smaug.data.synthetic import generate_synthetic_metamath
 
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     print(f"CPU cores available to this process: {cores}")
@@ -51,7 +53,7 @@ def main() -> None:
         f"stats in {stats_s:.1f} s; total {build_s + stats_s:.1f} s wall ({n / (build_s + stats_s):,.0f} "
         f"pairs/s), {c2 - c0:.1f} s CPU"
     )
-    ed = stats["edit_distance"]["normalised"]
+    ed = stats["distances"]["char_levenshtein"]["normalised"]
     hamming = stats["distances"]["char_hamming"]["normalised"]
     print(
         f"normalised edit distance: Levenshtein mean {ed['mean']:.2%}, median {ed['median']:.2%}; "
@@ -64,7 +66,7 @@ def main() -> None:
         # datasets caches an Arrow copy of every file it loads (~600 MB here); keep it in the temp dir.
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets-cache")
         src = Path(tmp) / "metamath_source.jsonl"
-        write_jsonl_atomic(src, rows)
+        write_jsonl(src, rows)
         del rows, pairs
         out = Path(tmp) / "metamath_pairs.jsonl"
         c0, t0 = time.process_time(), time.perf_counter()
@@ -73,10 +75,10 @@ def main() -> None:
         file_stats = stats_for_path(out)
         c2, t2 = time.process_time(), time.perf_counter()
         print(
-            f"end to end: load + build + write {report['pairs']:,} pairs in {t1 - t0:.1f} s, "
+            f"end to end: load + build + write {report.pairs:,} pairs in {t1 - t0:.1f} s, "
             f"read + stats in {t2 - t1:.1f} s; total {t2 - t0:.1f} s wall, {c2 - c0:.1f} s CPU "
-            f"({report['pairs'] / (t2 - t0):,.0f} pairs/s); output {out.stat().st_size / 1e6:.0f} MB, "
-            f"mean edit distance {file_stats['edit_distance']['normalised']['mean']:.2%}"
+            f"({report.pairs / (t2 - t0):,.0f} pairs/s); output {out.stat().st_size / 1e6:.0f} MB, mean "
+            f"Hamming distance {file_stats['distances']['char_hamming']['normalised']['mean']:.2%}"
         )
 
 

@@ -64,7 +64,8 @@ def main() -> None:
 
     from datasets import Dataset
 
-    from smaug.data import build_metamath_pairs, generate_synthetic_metamath
+    from smaug.data.metamath import build_metamath_pairs
+    from smaug.data.synthetic import generate_synthetic_metamath
     from smaug.training.tiny_model import build_tiny_llama
 
     workdir = tempfile.mkdtemp(prefix="bench-dpop-")

@@ -15,20 +15,17 @@ import pytest
 import smaug.cli
 from smaug.common import files
 from smaug.common.errors import UserError
-from smaug.data import (
-    BUILDERS,
-    build_arc_pairs,
-    build_dataset,
-    build_hellaswag_pairs,
+from smaug.data.builders import BUILDERS, build_dataset, choose_eval_rows, eval_path
+from smaug.data.io import report_path
+from smaug.data.metamath import (
     build_metamath_pairs,
-    compute_stats,
-    generate_synthetic_metamath,
-    report_path,
-    stats_for_pairs,
-    stats_for_path,
+    candidates,
+    perturb_number,
+    split_final_answer,
 )
-from smaug.data.builders import choose_eval_rows, eval_path
-from smaug.data.metamath import candidates, intermediate_results, perturb_number, split_final_answer
+from smaug.data.multiple_choice import build_arc_pairs, build_hellaswag_pairs
+from smaug.data.stats import compute_stats, stats_for_pairs, stats_for_path
+from smaug.data.synthetic import generate_synthetic_metamath
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = REPO / "tests" / "fixtures" / "sources"
@@ -132,7 +129,7 @@ def test_metamath_paper_example_corrupts_only_the_47():
     row = read_jsonl(FIXTURES["metamath"])[0]
     body, answer = split_final_answer(row["response"])
     assert answer == "752"
-    assert [m.group("num") for m in intermediate_results(body, Decimal(answer))] == ["47"]
+    assert [m.group("num") for m in candidates(body, Decimal(answer), fallback=False)[1]] == ["47"]
     for seed in range(5):
         (pair,), _ = build_metamath_pairs([row], seed=seed)
         assert "$6.80 = 47." not in pair["rejected"]
@@ -145,7 +142,7 @@ def test_metamath_candidate_rule():
         "so 2x = 10 is wrong, and x = 21 - 16 = 5. Cost: 3 x $4.50 = $13.50, then 1,000 + 200 = 1,200 and "
         "5 - 8 = -3. Also $3 \\cdot 4 = 12$. "
     )
-    found = [m.group("num") for m in intermediate_results(body, Decimal(5))]
+    found = [m.group("num") for m in candidates(body, Decimal(5), fallback=False)[1]]
     # "2x = 10": no operator on the left; "= 21 - 16": starts an expression; "= 5": the final answer.
     assert found == ["16", "21", "13.50", "1,200", "-3", "12"]
 
@@ -296,7 +293,7 @@ def test_parquet_output_and_parquet_and_folder_sources(tmp_path):
         table = pq.read_table(out)
         assert table.column_names == ["prompt", "chosen", "rejected"]
         assert table.to_pylist() == expected
-        assert report["pairs"] == 14 and report["format"] == "parquet"
+        assert report.pairs == 14 and report.format == "parquet"
 
 
 # --- stats ----------------------------------------------------------------------------------------------
@@ -311,12 +308,12 @@ def test_stats_on_hand_checked_pairs(tmp_path):
     assert cli(["data", "stats", str(path)]) == 0
     stats = json.loads((tmp_path / "pairs.jsonl.stats.json").read_text())
     assert stats == stats_for_path(path)
-    norm = stats["edit_distance"]["normalised"]
+    norm = stats["distances"]["char_levenshtein"]["normalised"]
     assert stats["pairs"] == 4
     assert norm["mean"] == pytest.approx((3 / 7 + 0.5 + 0.5 + 0) / 4)
     assert norm["median"] == pytest.approx((3 / 7 + 0.5) / 2)
     assert (norm["min"], norm["max"]) == (0.0, 0.5)
-    assert stats["edit_distance"]["levenshtein"]["mean"] == pytest.approx(7 / 4)
+    assert stats["distances"]["char_levenshtein"]["raw"]["mean"] == pytest.approx(7 / 4)
     assert stats["identical_pairs"] == 1
     assert stats["length_chars"]["prompt"] == {"mean": 2.75, "median": 2.5, "min": 2.0, "max": 4.0}
     assert stats["length_chars"]["rejected"] == {"mean": 4.5, "median": 4.0, "min": 3.0, "max": 7.0}
@@ -326,7 +323,6 @@ def test_stats_on_hand_checked_pairs(tmp_path):
     hamming = stats["distances"]["char_hamming"]
     assert hamming["matches_paper"] and hamming["normalised"]["mean"] == pytest.approx((3 / 7 + 0.5 + 1 + 0) / 4)
     assert hamming["raw"]["mean"] == pytest.approx(9 / 4)
-    assert stats["distances"]["char_levenshtein"]["normalised"] == norm
 
 
 def test_every_distance_measure_on_hand_checked_pairs():
@@ -353,7 +349,6 @@ def test_every_distance_measure_on_hand_checked_pairs():
         assert measure["normalised"]["mean"] == pytest.approx(normalised), name
         assert measure["raw"]["mean"] == pytest.approx(raw), name
         assert measure["matches_paper"] == (name == "char_hamming")
-    assert stats["edit_distance"]["normalised"]["mean"] == pytest.approx((3 / 31 + 4 / 15) / 2)  # unchanged key
 
 
 def test_stats_measures_on_the_fixture_pairs_hamming_is_the_papers_order_of_magnitude(tmp_path, capsys):
@@ -409,11 +404,11 @@ def test_eval_split_is_held_out_whole_groups_deterministic_and_reported(tmp_path
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "mm.jsonl"
     report = build_dataset("metamath", out, source=src, seed=1, few_shot=2, eval_rows=10, progress=False)
-    ev = report["eval"]
-    assert ev["output"] == str(eval_path(out)) == str(tmp_path / "mm.eval.jsonl")
+    ev = report.eval
+    assert ev.output == str(eval_path(out)) == str(tmp_path / "mm.eval.jsonl")
     # 10 rows = three whole groups and one of the fourth, whose 2 other rows go to neither split
-    assert ev["rows"] == 10 and ev["pairs"] == 10 and ev["rows_left_out"] == 2
-    assert report["pairs"] == 48 and json.loads(report_path(out).read_text())["eval"] == ev
+    assert ev.rows == 10 and ev.pairs == 10 and ev.rows_left_out == 2
+    assert report.pairs == 48 and json.loads(report_path(out).read_text())["eval"] == ev.model_dump()
     train, held = read_jsonl(out), read_jsonl(eval_path(out))
     group_of = {r["response"]: r["original_question"] for r in rows}
     train_groups, eval_groups = {group_of[p["chosen"]] for p in train}, {group_of[p["chosen"]] for p in held}
@@ -429,9 +424,38 @@ def test_eval_split_is_held_out_whole_groups_deterministic_and_reported(tmp_path
     again = build_dataset(
         "metamath", tmp_path / "b.jsonl", source=src, seed=1, few_shot=2, eval_rows=10, progress=False
     )
-    assert again["eval"]["pairs"] == 10 and (tmp_path / "b.eval.jsonl").read_bytes() == eval_path(out).read_bytes()
+    assert again.eval.pairs == 10 and (tmp_path / "b.eval.jsonl").read_bytes() == eval_path(out).read_bytes()
     other, _ = choose_eval_rows(rows, 10, 2, lambda r: r["original_question"])
     assert other != choose_eval_rows(rows, 10, 1, lambda r: r["original_question"])[0]
+
+
+def test_eval_split_from_a_source_split_and_the_released_sets_by_default(tmp_path, monkeypatch):
+    import datasets
+
+    rows = read_jsonl(FIXTURES["arc"])
+    folder = tmp_path / "ai2_arc" / "ARC-Challenge"
+    folder.mkdir(parents=True)
+    for name, part in (("train", rows[:5]), ("validation", rows[6:])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    out = tmp_path / "arc.jsonl"
+    report = build_dataset("arc", out, source=tmp_path / "ai2_arc", eval_split="validation", progress=False)
+    assert report.eval.source_split == "validation" and report.eval.rows == len(rows) - 6 and report.rows_read == 5
+    assert (
+        read_jsonl(eval_path(out)) == build_arc_pairs(rows[6:])[0] and read_jsonl(out) == build_arc_pairs(rows[:5])[0]
+    )
+    with pytest.raises(UserError, match="--eval-split validation: source .* is a single file"):
+        build_dataset("arc", out, source=FIXTURES["arc"], eval_split="validation", progress=False)
+    # No --source: each builder makes what the released abacusai/*_DPO_FewShot set holds, its eval split included.
+    hub = {("allenai/ai2_arc", "train"): rows[:5], ("allenai/ai2_arc", "validation"): rows[6:]}
+    hub[("meta-math/MetaMathQA", "train")] = generate_synthetic_metamath(1200, seed=5)
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, config, split: datasets.Dataset.from_list(hub[name, split])
+    )
+    arc = build_dataset("arc", tmp_path / "hub" / "arc.jsonl", progress=False)
+    assert arc.eval.source_split == "validation" and arc.eval.pairs == len(read_jsonl(eval_path(out)))
+    metamath = build_dataset("metamath", tmp_path / "hub" / "mm.parquet", progress=False)
+    assert metamath.eval.rows == 1000 and metamath.rows_read == 1200 and metamath.pairs == 200
+    assert build_dataset("arc", tmp_path / "hub" / "arc0.jsonl", eval_rows=0, progress=False).eval is None
 
 
 @pytest.mark.parametrize(
@@ -439,9 +463,11 @@ def test_eval_split_is_held_out_whole_groups_deterministic_and_reported(tmp_path
     [
         ({"builder": "arc", "options": {"format": "raw"}}, "builder arc has no option 'format'"),
         ({"builder": "hellaswag", "options": {"format": "fancy"}}, "format must be one of raw, lm-eval"),
-        ({"builder": "metamath", "eval_rows": -1}, "--eval-rows must be >= 0"),
+        ({"builder": "metamath", "eval_rows": -1}, "--eval-rows '-1': must be 0 or more"),
+        ({"builder": "metamath", "seed": 1.5}, "--seed '1.5' is not a whole number"),
         ({"builder": "metamath", "eval_rows": 13}, "--eval-rows 13 leaves no training rows"),
         ({"builder": "metamath", "eval_out": "x.eval.jsonl"}, "--eval-out needs --eval-rows"),
+        ({"builder": "metamath", "eval_rows": 2, "eval_split": "test"}, "two ways to make the eval split"),
     ],
 )
 def test_build_option_errors(kwargs, message, tmp_path):
@@ -496,8 +522,6 @@ def test_failure_mid_write_leaves_no_output(tmp_path, monkeypatch):
             ["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.jsonl", "--push-to-hub", "noslash"],
             "is not a Hub repo id",
         ),
-        (["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.jsonl", "--few-shot", "-1"], "--few-shot"),
-        (["data", "synth-metamath", "--n", "0", "--out", "{tmp}/s.jsonl"], "--n must be > 0"),
     ],
 )
 def test_cli_user_errors(argv, message, tmp_path, capsys):
@@ -506,6 +530,21 @@ def test_cli_user_errors(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "build", "arc", "--source", "{fixture}", "--out", "{tmp}/x.jsonl", "--few-shot", "-1"], "--few-shot"),
+        (["data", "synth-metamath", "--n", "0", "--out", "{tmp}/s.jsonl"], "--n: '0': must be at least 1"),
+    ],
+)
+def test_cli_counts_are_checked_by_the_parser(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli([a.format(tmp=tmp_path, fixture=FIXTURES["arc"]) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {message}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_source_with_no_usable_rows_is_a_user_error(tmp_path):
@@ -584,7 +623,7 @@ def test_cli_build_stats_and_synth(tmp_path, capsys):
     assert cli(["data", "stats", str(out), "--json", str(tmp_path / "s.json")]) == 0
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["pairs"] == report["pairs"]
-    assert 0 < stats["edit_distance"]["normalised"]["mean"] < 0.05  # one number changed in ~400 chars
+    assert 0 < stats["distances"]["char_levenshtein"]["normalised"]["mean"] < 0.05  # one number in ~400 chars
 
 
 def test_pairs_feed_axolotl_chatml_prompt_pairs(tmp_path):
@@ -627,8 +666,8 @@ def test_mini_sources_build_cleanly(builder, name, min_rows, tmp_path):
     assert len(rows) >= min_rows
     report = build_dataset(builder, tmp_path / "out.jsonl", source=path, progress=False)
     # The mini files are clean: every row gives pairs (MetaMath's one-step rows through the fallback).
-    assert report["skipped"] == {}
-    assert report["pairs"] >= len(rows) * (1 if builder == "metamath" else 2)
+    assert report.skipped == {}
+    assert report.pairs >= len(rows) * (1 if builder == "metamath" else 2)
 
 
 def test_unreachable_hub_source_is_a_user_error(tmp_path):

@@ -15,8 +15,8 @@ import pytest
 import smaug.cli
 from smaug.common.errors import UserError
 from smaug.common.files import check_outputs
-from smaug.data import build_dataset, load_pairs
-from smaug.data.io import read_source
+from smaug.data.builders import build_dataset
+from smaug.data.io import load_pairs, read_source
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = REPO / "tests" / "fixtures" / "sources"
@@ -387,24 +387,29 @@ NUMBERS = [
 ]
 
 
+def assert_parser_refused(argv, capsys, flag: str, value: str) -> None:
+    """A count the parser refuses: exit 2, the flag and the value named, no traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        smaug.cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: '{value}'" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("flag, value", [(f, v) for f, values in NUMBERS for v in values])
 def test_build_counts_out_of_range(flag, value, tmp_path, capsys, data_only):
-    assert_refused(
-        ["data", "build", "arc", "--source", ARC, "--out", tmp_path / "o.jsonl", flag, value], capsys, f"{flag} must be"
-    )
+    argv = ["data", "build", "arc", "--source", ARC, "--out", tmp_path / "o.jsonl", flag, value]
+    assert_parser_refused(argv, capsys, flag, value)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--n", "nan"], "--n must be a whole number > 0, got 'nan'"),
-        (["--n", "0"], "--n must be > 0"),
-        (["--n", "3", "--seed", "-2"], "--seed must be >= 0"),
-    ],
+    "argv, flag, value",
+    [(["--n", "nan"], "--n", "nan"), (["--n", "0"], "--n", "0"), (["--seed", "-2"], "--seed", "-2")],
 )
-def test_synth_counts_out_of_range(argv, message, tmp_path, capsys, data_only):
-    assert_refused(["data", "synth-metamath", *argv, "--out", tmp_path / "s.jsonl"], capsys, message)
+def test_synth_counts_out_of_range(argv, flag, value, tmp_path, capsys, data_only):
+    assert_parser_refused(
+        ["data", "synth-metamath", "--n", "3", *argv, "--out", tmp_path / "s.jsonl"], capsys, flag, value
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -465,3 +470,59 @@ def test_occupied_or_impossible_output_paths(tmp_path, capsys, data_only):
     )
     assert (tmp_path / "README.md").read_text() == "# my notes\n"
     assert {p.name for p in tmp_path.iterdir()} == {"dir.jsonl", "file", "README.md"}
+
+
+# --- issue 22 item 3: a build's files are one set ----------------------------------------------------------------
+
+
+def test_a_rebuild_stopped_between_files_leaves_the_old_set_or_is_refused_when_read(tmp_path, monkeypatch, capsys):
+    import axolotl_dpop.atomic
+    from smaug.data.io import report_path
+
+    rows = [json.loads(x) for x in (REPO / "data" / "mini" / "metamath.jsonl").read_text().splitlines()]
+    src = jsonl(tmp_path / "src" / "mm.jsonl", rows)
+    out = tmp_path / "built" / "mm.jsonl"
+
+    def build(seed: int) -> None:
+        build_dataset("metamath", out, source=src, seed=seed, eval_rows=30, card=True, progress=False)
+
+    build(1)
+    old = snapshot(out.parent)
+    files = json.loads(report_path(out).read_text())["files"]
+    assert set(files) == {"mm.jsonl", "mm.eval.jsonl", "README.md"}
+    real_replace, refused = os.replace, []
+    for n in range(1, 5):  # eval split, train split, card, report: stop the rebuild before the Nth is in place
+        calls = {"n": 0}
+
+        def replace(a, b, n=n, calls=calls):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt(f"killed before write {n}")
+            return real_replace(a, b)
+
+        monkeypatch.setattr(axolotl_dpop.atomic.os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            build(2)
+        monkeypatch.setattr(axolotl_dpop.atomic.os, "replace", real_replace)
+        now = snapshot(out.parent)
+        if now == old:
+            continue  # the old set is intact
+        refused.append(n)
+        for part in (out, out.parent / "mm.eval.jsonl"):
+            with pytest.raises(
+                UserError, match=r"one of the files of the build recorded in .*mm.jsonl.build.json, but "
+            ):
+                load_pairs(part)
+        code, err = run_cli(["data", "stats", out], capsys)
+        assert code == 2 and "a rebuild stopped part way" in err
+        build(1)  # a complete build makes the set readable again, with the same pairs
+        pair_files = ("mm.jsonl", "mm.eval.jsonl")
+        assert load_pairs(out) and [snapshot(out.parent)[k] for k in pair_files] == [old[k] for k in pair_files]
+        old = snapshot(out.parent)
+    assert refused == [2, 3, 4]
+    # A rebuild without an eval split or card removes the old ones (the eval split would overlap the new training
+    # split, the card describe another build); a file someone changed since is left alone.
+    (out.parent / "README.md").write_text((out.parent / "README.md").read_text() + "\nmy notes\n")
+    build_dataset("metamath", out, source=src, seed=2, progress=False)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["README.md", "mm.jsonl", "mm.jsonl.build.json"]
+    assert set(json.loads(report_path(out).read_text())["files"]) == {"mm.jsonl"} and len(load_pairs(out)) == 300

@@ -21,9 +21,10 @@ from huggingface_hub import DatasetCard
 import smaug.cli
 from smaug.common.errors import UserError
 from smaug.common.licenses import load_license_table
-from smaug.data import BUILDERS, build_dataset, report_path, stats_for_path
-from smaug.data.builders import eval_path
+from smaug.data.builders import BUILDERS, build_dataset, eval_path
 from smaug.data.card import DATASET_LICENSE_TABLE, source_license
+from smaug.data.io import report_path
+from smaug.data.stats import stats_for_path
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_METAMATH = REPO / "data" / "mini" / "metamath.jsonl"
@@ -126,8 +127,8 @@ def test_card_with_a_known_source_states_its_licence_from_the_table(tmp_path):
     assert card.data.source_datasets == ["extended|allenai/ai2_arc"]
     assert "Source licence: **cc-by-sa-4.0**" in card.text and entry.source.split()[0] in card.text
     assert "(a local copy, `" in card.text and "ds_type: parquet" in card.text
-    assert report["source_id"] == "allenai/ai2_arc" and report["skipped"]["malformed_answer"] == 1
-    for reason, count in report["skipped"].items():
+    assert report.source_id == "allenai/ai2_arc" and report.skipped["malformed_answer"] == 1
+    for reason, count in report.skipped.items():
         assert f"| `{reason}` | {count} |" in card.text
 
 

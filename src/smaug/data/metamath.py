@@ -1,51 +1,24 @@
-"""MetaMath preference pairs: the correct response vs. the same response with ONE intermediate result wrong.
-
-The rule (paper App. D: "$25 + $15.20 + $6.80 = $47" becomes "= $52", final answer untouched), precisely:
-
-1. The response must end with a final-answer line ``The answer is: X`` (MetaMathQA's format); the text before
-   its last occurrence is the *body*. A response without it is skipped as `malformed_answer`.
-2. A *candidate* is a number written directly after an ``=`` in the body (optionally after ``$`` or ``\\$``),
-   such as ``= 47``, ``= $15.20``, ``= 1,200``, ``= -3``, ``= 20%``, where
-   - the number is not glued to letters/digits (``= 2x`` is algebra, not a result),
-   - the number is not followed by an arithmetic operator (``= 10 - 3 = 7``: only 7 is a result),
-   - the left-hand side (back to the previous ``=``, line break or sentence end) contains a digit and an
-     arithmetic operator (``+ - * / x × ÷ ^``, ``\\times``, ``\\cdot``, ``\\div``, ``\\frac``): it is a calculation,
-   - its value differs from the final answer's value (that step is the *final* calculation, not an
-     intermediate one; comparing values means ``$752.00`` and ``752`` are the same).
-3. One candidate is picked with the row's own generator (seeded by (seed, row index)) and replaced by a
-   different value of the same shape: integers stay integers, decimals keep their number of places, thousands
-   separators and signs are kept, and the change lands in the two leading digits (47 -> 52, $47.00 -> $52.00,
-   1,200 -> 1,500) so the wrong value is plausible; it is never equal to the old value or to the final answer.
-   Nothing else changes: later steps that reuse the correct value, the ``####`` line and the final answer
-   line are left as they were.
-4. A row with no candidate (a one-step solution, or one whose results are not plain numbers after `=`) still
-   gets a pair, as every MetaMathQA row does in the released set (393,999 + 1,000 pairs from 395,000 rows; see
-   README.md). The candidates are then, in this order: the results of the *final* calculation in the body
-   (`3 * 4 = 12` whose 12 is the answer; the `The answer is:` line is still untouched); the numbers on the
-   right of any `=` (`= \\frac{3}{4}`, `x = 5`); any number in the body before the `####` line. Only a
-   body with no number at all is skipped (`no_number_in_body`).
-   ``fallback=False`` is the strict rule: such rows are skipped as `no_intermediate_calculation`.
-"""
+"""MetaMath preference pairs: the correct response vs. the same response with ONE intermediate result wrong (paper
+App. D: "$25 + $15.20 + $6.80 = $47" becomes "= $52", the answer untouched). The rule, step by step, and why every
+row gets a pair (`fallback`): src/smaug/data/README.md."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from smaug.data.rows import (
     SALT_CORRUPT,
-    few_shot_prompt,
-    pick_few_shot,
     qa_example,
     qa_query,
     row_rng,
-    sorted_counts,
     source_records,
     text_field,
     typed_field,
+    with_few_shot,
 )
 
 ANSWER_MARKER = "The answer is:"
@@ -104,11 +77,6 @@ def _is_answer(match: re.Match, answer_value: Decimal | None) -> bool:
     return answer_value is not None and Decimal(match.group("num").replace(",", "")) == answer_value
 
 
-def intermediate_results(body: str, answer_value: Decimal | None) -> list[re.Match]:
-    """The candidates of rule 2 in ``body``, in order."""
-    return [m for m in calculation_results(body) if not _is_answer(m, answer_value)]
-
-
 # What a rejected response changed, in the order rule 4 tries them.
 CORRUPTION_KINDS = ("intermediate", "final_calculation", "result", "any_number")
 
@@ -155,7 +123,6 @@ def perturb_number(text: str, rng) -> str:
 
 class Corruption(NamedTuple):
     rejected: str
-    description: str  # "47 -> 52"
     kind: str  # one of CORRUPTION_KINDS
 
 
@@ -180,7 +147,7 @@ def corrupt_response(response: str, rng, fallback: bool = True) -> Corruption | 
     else:  # pragma: no cover - ten draws from at least nine distinct values always find one
         return "no_intermediate_calculation"
     start, end = match.span("num")
-    return Corruption(response[:start] + new + response[end:], f"{old} -> {new}", kind)
+    return Corruption(response[:start] + new + response[end:], kind)
 
 
 def metamath_group(row: Any) -> str | None:
@@ -195,7 +162,7 @@ def metamath_group(row: Any) -> str | None:
 
 
 def build_metamath_pairs(
-    rows: Iterable[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     seed: int = 0,
     few_shot: int = 0,
     progress: bool = False,
@@ -203,45 +170,28 @@ def build_metamath_pairs(
     only: Collection[int] | None = None,
     report: dict | None = None,
 ) -> tuple[list[dict[str, str]], dict[str, int]]:
-    """Pairs from MetaMathQA-schema rows (`query`, `response`, optional `type`, `original_question`).
-
-    prompt = the query (after ``few_shot`` solved examples from the same rows when > 0), chosen = the
-    response, rejected = the response with one intermediate result corrupted (see the module docstring;
-    ``fallback=False``: rows without one are skipped). ``only``: build from these row indices alone (the
-    others are neither built, counted nor used as few-shot examples; a row's corruption does not depend on
-    it). ``report``, when given, receives the count of each corruption kind under `corrupted`.
-    Returns (pairs in source order, skip counts by reason). Deterministic for ``seed``. A field of the wrong
-    type (a number as `query`) raises `RowTypeError` naming the row."""
-    from tqdm.auto import tqdm
-
-    rows = rows if isinstance(rows, Sequence) else list(rows)
+    """Pairs from MetaMathQA-schema rows (`query`, `response`, optional `original_question`): prompt = the query
+    (after ``few_shot`` solved examples), chosen = the response, rejected = it with one intermediate result
+    corrupted (``fallback=False``: rows without one are skipped). ``only``: build from these row indices alone
+    (the others are not built, counted nor used as examples). ``report`` receives the count of each corruption
+    kind under `corrupted`. Returns (pairs in source order, skip counts by reason). A field of the wrong type
+    raises `RowTypeError` naming the row."""
     counts: Counter = Counter()
     kinds: Counter = Counter()
-    valid: list[tuple[int, str, str, str]] = []  # (row index, query, response, leak-group key)
-    for index, row in source_records(rows, only, counts):
+    valid = []
+    for index, row in source_records(rows, only, counts, progress, "metamath pairs"):
         query = text_field(row, "query", counts, index)
-        if query is None:
-            continue
-        response = text_field(row, "response", counts, index)
-        if response is None:
+        response = query and text_field(row, "response", counts, index)
+        if not response:
             continue
         typed_field(row, "original_question", index, (str,), "text")  # the leak group of the eval split
-        valid.append((index, query, response, metamath_group(row)))
-
-    pairs: list[dict[str, str]] = []
-    for pos, (index, query, response, group) in enumerate(
-        tqdm(valid, desc="metamath pairs", unit="row", disable=not progress, mininterval=1.0)
-    ):
         result = corrupt_response(response, row_rng(seed, index, SALT_CORRUPT), fallback)
         if isinstance(result, str):
             counts[result] += 1
             continue
         kinds[result.kind] += 1
-        prompt = query
-        if few_shot:
-            shots = pick_few_shot(len(valid), few_shot, seed, index, lambda i: i == pos or valid[i][3] == group)
-            prompt = few_shot_prompt([valid[i][1:3] for i in shots], query, qa_example, qa_query)
-        pairs.append({"prompt": prompt, "chosen": response, "rejected": result.rejected})
+        pair = {"prompt": query, "chosen": response, "rejected": result.rejected}
+        valid.append((index, query, response, metamath_group(row), [pair]))
     if report is not None:
         report["corrupted"] = {kind: kinds[kind] for kind in CORRUPTION_KINDS if kinds[kind]}
-    return pairs, sorted_counts(counts)
+    return with_few_shot(valid, seed, few_shot, qa_example, qa_query), dict(sorted(counts.items()))

@@ -1,29 +1,21 @@
-"""ARC-Challenge and HellaSwag preference pairs: the correct choice vs. each wrong one.
-
-Every question with a usable correct answer gives one pair per usable wrong choice, in choice order; the
-prompt is the same for all of them. Reasons are counted per row (`missing_field:*`, `malformed_answer`, ...)
-or per wrong choice (`empty:rejected`, `rejected_equals_chosen`). ``only`` (both builders) builds from those
-row indices alone: the other rows are neither built, counted nor used as few-shot examples. A value of the wrong
-type (a number as a choice's text, a string where the list of choices belongs) raises `RowTypeError` with the row.
-"""
+"""ARC-Challenge and HellaSwag preference pairs: the correct choice vs. each usable wrong one, in choice order.
+Skip reasons are counted per row or per wrong choice; ``only`` and ``report`` work as in `build_metamath_pairs`."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from smaug.data.rows import (
     check_type,
-    few_shot_prompt,
-    pick_few_shot,
     qa_example,
     qa_query,
-    sorted_counts,
     source_records,
     text_field,
     typed_field,
+    with_few_shot,
 )
 
 # An answer key or label is an index written as text ("B", "2") or, in some copies, as an integer.
@@ -46,48 +38,26 @@ def arc_answer_index(labels: Sequence[str], answer_key: str) -> int | None:
     return None
 
 
-def _pairs_for_choices(
-    prompt: str, correct: str, options: Sequence[Any], answer: int, counts: Counter
-) -> list[dict[str, str]]:
-    out = []
+def _choice_pairs(index: int, prompt: str, options: list[str], answer: int, counts: Counter, valid: list) -> None:
+    """One pair per usable wrong option (counted per option otherwise), added to ``valid`` with the row."""
+    correct = options[answer]
+    if not correct:
+        counts["empty:chosen"] += 1
+        return
+    pairs = []
     for j, option in enumerate(options):
-        if j == answer:
-            continue
-        rejected = option.strip() if isinstance(option, str) else ""
-        if not rejected:
+        if j != answer and not option:
             counts["empty:rejected"] += 1
-        elif rejected == correct:
+        elif j != answer and option == correct:
             counts["rejected_equals_chosen"] += 1
-        else:
-            out.append({"prompt": prompt, "chosen": correct, "rejected": rejected})
-    return out
-
-
-def _with_few_shot(
-    valid: list[tuple[int, str, str, list]],
-    seed: int,
-    few_shot: int,
-    progress: bool,
-    desc: str,
-    fmt_example,
-    fmt_query,
-) -> list[dict[str, str]]:
-    from tqdm.auto import tqdm
-
-    pairs: list[dict[str, str]] = []
-    for pos, (index, query, correct, row_pairs) in enumerate(
-        tqdm(valid, desc=desc, unit="row", disable=not progress, mininterval=1.0)
-    ):
-        if few_shot:
-            shots = pick_few_shot(len(valid), few_shot, seed, index, lambda i: i == pos or valid[i][1] == query)
-            prompt = few_shot_prompt([valid[i][1:3] for i in shots], query, fmt_example, fmt_query)
-            row_pairs = [{**p, "prompt": prompt} for p in row_pairs]
-        pairs.extend(row_pairs)
-    return pairs
+        elif j != answer:
+            pairs.append({"prompt": prompt, "chosen": correct, "rejected": option})
+    if pairs:
+        valid.append((index, prompt, correct, prompt, pairs))
 
 
 def build_arc_pairs(
-    rows: Iterable[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     seed: int = 0,
     few_shot: int = 0,
     progress: bool = False,
@@ -100,7 +70,7 @@ def build_arc_pairs(
     correct choice's text, rejected = each other choice's text. Returns (pairs, skip counts by reason)."""
     counts: Counter = Counter()
     valid = []
-    for index, row in source_records(rows, only, counts):
+    for index, row in source_records(rows, only, counts, progress, "arc pairs"):
         question = text_field(row, "question", counts, index)
         if question is None:
             continue
@@ -124,15 +94,8 @@ def build_arc_pairs(
         if answer is None:
             counts["malformed_answer"] += 1
             continue
-        correct = texts[answer].strip() if isinstance(texts[answer], str) else ""
-        if not correct:
-            counts["empty:chosen"] += 1
-            continue
-        row_pairs = _pairs_for_choices(question, correct, texts, answer, counts)
-        if row_pairs:
-            valid.append((index, question, correct, row_pairs))
-    pairs = _with_few_shot(valid, seed, few_shot, progress, "arc pairs", qa_example, qa_query)
-    return pairs, sorted_counts(counts)
+        _choice_pairs(index, question, [t.strip() if t else "" for t in texts], answer, counts, valid)
+    return with_few_shot(valid, seed, few_shot, qa_example, qa_query), dict(sorted(counts.items()))
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -178,7 +141,7 @@ HELLASWAG_FORMATS = {
 
 
 def build_hellaswag_pairs(
-    rows: Iterable[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
     seed: int = 0,
     few_shot: int = 0,
     progress: bool = False,
@@ -197,7 +160,7 @@ def build_hellaswag_pairs(
     make_context, clean_ending = HELLASWAG_FORMATS[format]
     counts: Counter = Counter()
     valid = []
-    for index, row in source_records(rows, only, counts):
+    for index, row in source_records(rows, only, counts, progress, "hellaswag pairs"):
         for name in ("activity_label", "ctx_a", "ctx_b", "ctx"):
             typed_field(row, name, index, (str,), "text")
         context = make_context(row)
@@ -221,14 +184,6 @@ def build_hellaswag_pairs(
         if not label_text.isdigit() or int(label_text) >= len(endings):
             counts["malformed_answer"] += 1
             continue
-        answer = int(label_text)
-        options = [clean_ending(e) if isinstance(e, str) else "" for e in endings]
-        correct = options[answer]
-        if not correct:
-            counts["empty:chosen"] += 1
-            continue
-        row_pairs = _pairs_for_choices(context, correct, options, answer, counts)
-        if row_pairs:
-            valid.append((index, context, correct, row_pairs))
-    pairs = _with_few_shot(valid, seed, few_shot, progress, "hellaswag pairs", lambda q, a: f"{q} {a}", lambda q: q)
-    return pairs, sorted_counts(counts)
+        options = [clean_ending(e) if e else "" for e in endings]
+        _choice_pairs(index, context, options, int(label_text), counts, valid)
+    return with_few_shot(valid, seed, few_shot, lambda q, a: f"{q} {a}", lambda q: q), dict(sorted(counts.items()))

@@ -1,16 +1,14 @@
 """Pieces shared by the builders: per-row random generators, few-shot prompts, field checks.
 
-Field checks tell two kinds of bad row apart. A missing, null or empty field, or content the rule cannot use, is
-counted under a skip reason and the row is left out (real sources have such rows: HellaSwag's test split has no
-labels). A value of the wrong *type* (a number where text belongs, text where a list belongs) is refused with a
-`RowTypeError` naming the row: turning 42 into the prompt "42" would train on something the source never said.
+A missing, null or empty field is counted under a skip reason (real sources have such rows); a value of the wrong
+*type* is a `RowTypeError` naming the row: turning 42 into the prompt "42" would train on what the source never said.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from smaug.common.errors import UserError
@@ -24,8 +22,6 @@ SALT_EVAL_SPLIT = 4  # 3 is smaug.data.synthetic's
 def row_rng(seed: int, index: int, salt: int) -> random.Random:
     """A generator that depends only on (seed, row index, purpose): no global state, so a row's result does
     not change when other rows are added, removed or processed in another order."""
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
     return random.Random((seed << 40) ^ (salt << 36) ^ index)
 
 
@@ -76,9 +72,15 @@ def text_field(row: dict[str, Any], name: str, counts: Counter, index: int) -> s
     return value
 
 
-def source_records(rows: Iterable[Any], only: Collection[int] | None, counts: Counter) -> Iterator[tuple[int, dict]]:
-    """(index, row) for each row a builder should look at: those in ``only`` (all when None) that are records;
-    anything else is counted as `not_a_record`."""
+def source_records(
+    rows: Sequence[Any], only: Collection[int] | None, counts: Counter, progress: bool, desc: str
+) -> Iterator[tuple[int, dict]]:
+    """(index, row) for each row to build: those in ``only`` (all when None) that are records; anything else is
+    counted as `not_a_record`."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, desc=desc, unit="row", mininterval=1.0)
     for index, row in enumerate(rows):
         if only is not None and index not in only:
             continue
@@ -88,64 +90,39 @@ def source_records(rows: Iterable[Any], only: Collection[int] | None, counts: Co
         yield index, row
 
 
-def few_shot_prompt(
-    examples: Sequence[tuple[str, str]],
-    query: str,
-    fmt_example: Callable[[str, str], str],
-    fmt_query: Callable[[str], str],
-) -> str:
-    """K solved examples, then the query, separated by blank lines. With no examples: the bare query."""
-    if not examples:
-        return query
-    return "\n\n".join([*(fmt_example(q, a) for q, a in examples), fmt_query(query)])
-
-
 def qa_example(question: str, answer: str) -> str:
     return f"Question: {question}\nAnswer: {answer}"
 
 
 def qa_query(question: str) -> str:
-    # Ends like the solved examples' `Answer:` lines (and like the released abacusai *_DPO_FewShot prompts), so
-    # a base model trained on raw prompt + completion text sees the completion where an answer goes.
+    # Ends like the examples' `Answer:` lines (and the released abacusai *_DPO_FewShot prompts): a base model
+    # trained on raw prompt + completion text sees the completion where an answer goes.
     return f"Question: {question}\nAnswer:"
 
 
-def pick_few_shot(pool_size: int, k: int, seed: int, index: int, exclude: Callable[[int], bool]) -> list[int]:
-    """``k`` distinct pool indices for row ``index``, drawn with that row's own generator, skipping those for
-    which ``exclude(i)`` is true (the row itself; for MetaMath also rephrasings of the same question, which
-    would leak the answer). Returns fewer than ``k`` only when the pool runs out."""
-    if k <= 0:
-        return []
-    rng = row_rng(seed, index, SALT_FEW_SHOT)
-    chosen: list[int] = []
-    seen: set[int] = set()
-    # Rejection sampling is cheap while the pool is much larger than k; fall back to a full shuffle otherwise.
-    for _ in range(8 * k):
-        i = rng.randrange(pool_size)
-        if i in seen:
-            continue
-        seen.add(i)
-        if not exclude(i):
-            chosen.append(i)
-            if len(chosen) == k:
-                return chosen
-    rest = [i for i in range(pool_size) if i not in seen and not exclude(i)]
-    rng.shuffle(rest)
-    return chosen + rest[: k - len(chosen)]
-
-
-def sorted_counts(counts: Counter) -> dict[str, int]:
-    return {key: counts[key] for key in sorted(counts)}
-
-
-def count_bound(minimum: int) -> str:
-    return "> 0" if minimum == 1 else f">= {minimum}"
-
-
-def whole_count(value: Any, flag: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; a UserError naming ``flag`` for nan, inf, 1.5, "x" or too small."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{flag} must be a whole number {count_bound(minimum)}, got {value!r}")
-    if value < minimum:
-        raise UserError(f"{flag} must be {count_bound(minimum)}, got {value}")
-    return value
+def with_few_shot(
+    valid: list[tuple[int, str, str, Any, list[dict[str, str]]]],
+    seed: int,
+    k: int,
+    example: Callable[[str, str], str],
+    query: Callable[[str], str],
+) -> list[dict[str, str]]:
+    """The pairs of the ``valid`` rows (index, question, answer, leak group, pairs), each prompt after ``k`` solved
+    examples from other rows, separated by blank lines. Examples are drawn with the row's own generator, never
+    from its leak group (the row itself, a rephrasing of it); rejection sampling is cheap while the pool is much
+    larger than k, a shuffle of the rest covers the other case."""
+    if not k:
+        return [pair for *_, pairs in valid for pair in pairs]
+    out = []
+    for index, question, _, group, pairs in valid:
+        rng, chosen, seen = row_rng(seed, index, SALT_FEW_SHOT), [], set()
+        for i in (rng.randrange(len(valid)) for _ in range(8 * k)):
+            if len(chosen) < k and i not in seen and valid[i][3] != group:
+                chosen.append(i)
+            seen.add(i)
+        rest = [i for i in range(len(valid)) if i not in seen and valid[i][3] != group] if len(chosen) < k else []
+        rng.shuffle(rest)
+        shots = [valid[i] for i in chosen + rest[: k - len(chosen)]]
+        prompt = "\n\n".join([*(example(v[1], v[2]) for v in shots), query(question)]) if shots else question
+        out.extend({**pair, "prompt": prompt} for pair in pairs)
+    return out

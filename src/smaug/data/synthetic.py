@@ -1,51 +1,20 @@
-"""Synthetic MetaMathQA-schema rows: multi-step arithmetic word problems, solved step by step.
-
-Each row has MetaMathQA's fields (`query`, `response`, `type`, `original_question`); the response states the
-facts, works through `... = N` steps and ends with `The answer is: N` (the GSM_AnsAug kind also has the
-`#### N` line). Responses are ~300-600 characters. About 1.5 % of the problems take one calculation, whose
-result is the answer, so they have no intermediate result to corrupt (as some real rows do). Row ``i``
-depends only on (seed, i): the first rows are the same whatever ``n`` is.
-
-Used by the data-build benchmark. `two_step_metamath_row` makes the shorter problems `make reproduce` trains a
-tiny model on (two calculations, one intermediate result to corrupt).
-"""
+"""Synthetic MetaMathQA-schema rows: multi-step arithmetic word problems solved step by step (`... = N` steps, then
+`The answer is: N`; ~300-600 characters; ~1.5 % take one calculation, as some real rows do). Row ``i`` depends only
+on (seed, i). `two_step_metamath_row` makes the shorter problems `make reproduce` trains a tiny model on."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 _SALT_SYNTH = 3
 
-NAMES = [
-    "Janet",
-    "Carlos",
-    "Mia",
-    "Tobias",
-    "Priya",
-    "Liam",
-    "Aisha",
-    "Mateo",
-    "Hannah",
-    "Kenji",
-    "Olivia",
-    "Samuel",
-    "Fatima",
-    "Noah",
-    "Grace",
-    "Diego",
-    "Chloe",
-    "Ibrahim",
-    "Sofia",
-    "Marcus",
-    "Elena",
-    "Theo",
-    "Zara",
-    "Owen",
-]
-SPORTS = ["football", "soccer", "basketball", "hockey", "volleyball", "baseball"]
+NAMES = (
+    "Janet Carlos Mia Tobias Priya Liam Aisha Mateo Hannah Kenji Olivia Samuel Fatima Noah Grace Diego Chloe Ibrahim "
+    "Sofia Marcus Elena Theo Zara Owen"
+).split()
+SPORTS = "football soccer basketball hockey volleyball baseball".split()
 GEAR = [
     ("jersey", 15, 40),
     ("pair of shorts", 8, 25),
@@ -240,19 +209,15 @@ def _one_step(rng: random.Random) -> tuple[str, str, str]:
 
 
 # MetaMath responses usually open by restating the task and close by restating the answer.
-_OPENERS = [
-    "Let's break this problem down step by step.",
-    "To solve this, we need to work through the information one step at a time.",
-    "We can answer this by calculating each quantity in turn.",
-    "Let's go through the problem carefully and compute each part.",
-    "First, let's identify what we know and what we need to find.",
-]
-_CLOSERS = [
-    "Therefore, the final answer is {answer}.",
-    "So, the answer to the question is {answer}.",
-    "Thus, after working through every step, we get {answer}.",
-    "Putting it all together, the result is {answer}.",
-]
+_OPENERS = (
+    "Let's break this problem down step by step.|To solve this, we need to work through the information one step at "
+    "a time.|We can answer this by calculating each quantity in turn.|Let's go through the problem carefully and "
+    "compute each part.|First, let's identify what we know and what we need to find."
+).split("|")
+_CLOSERS = (
+    "Therefore, the final answer is {answer}.|So, the answer to the question is {answer}.|Thus, after working through "
+    "every step, we get {answer}.|Putting it all together, the result is {answer}."
+).split("|")
 
 _TEMPLATES = [_team, _change, _trip, _baking, _discount, _savings]
 
@@ -272,15 +237,13 @@ def synthetic_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
     return {"query": query, "response": response, "type": kind, "original_question": query}
 
 
-_SHORT_NAMES = ["Mia", "Liam", "Aisha", "Kenji", "Sofia", "Noah", "Priya", "Theo", "Zara", "Owen", "Elena", "Diego"]
-_SHORT_ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "cards", "shells", "books"]
+_SHORT_NAMES = "Mia Liam Aisha Kenji Sofia Noah Priya Theo Zara Owen Elena Diego".split()
+_SHORT_ITEMS = "apples pens stickers marbles cookies cards shells books".split()
 
 
 def two_step_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
-    """Row ``index``: a MetaMathQA-schema row (query, response, type, original_question, answer).
-
-    Two small calculations; every step is written ``a op b = c`` so that our MetaMath builder finds
-    the intermediate results, and the solution ends with ``The answer is: N`` as MetaMathQA's do."""
+    """Row ``index``: two small calculations, each written ``a op b = c``, then ``The answer is: N`` (and the
+    answer in its own field)."""
     rng = random.Random((seed << 32) ^ (0x5EED << 16) ^ index)
     name, item = rng.choice(_SHORT_NAMES), rng.choice(_SHORT_ITEMS)
     kind = rng.randrange(3)
@@ -328,29 +291,15 @@ def two_step_metamath_row(index: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def iter_synthetic_metamath(n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
-    """Rows 0..n-1 of the synthetic dataset for ``seed``."""
-    for i in range(n):
-        yield synthetic_metamath_row(i, seed)
-
-
 def generate_synthetic_metamath(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` synthetic MetaMathQA-schema rows (query, response, type, original_question)."""
-    return list(iter_synthetic_metamath(n, seed))
+    return [synthetic_metamath_row(i, seed) for i in range(n)]
 
 
 def write_synthetic_metamath(path: str | Path, n: int, seed: int = 0, progress: bool = False) -> Path:
-    """Write ``n`` synthetic rows to ``path`` as JSON Lines, atomically (same seed, same bytes)."""
-    from tqdm.auto import tqdm
+    """``n`` synthetic rows as JSON Lines, atomically (same seed, same bytes)."""
+    from tqdm.auto import trange
 
     from axolotl_dpop.atomic import write_jsonl
 
-    rows = tqdm(
-        iter_synthetic_metamath(n, seed),
-        total=n,
-        desc="synthetic rows",
-        unit="row",
-        disable=not progress,
-        mininterval=1.0,
-    )
-    return write_jsonl(path, rows)
+    rows = trange(n, desc="synthetic rows", unit="row", disable=not progress, mininterval=1.0)
+    return write_jsonl(path, (synthetic_metamath_row(i, seed) for i in rows))
