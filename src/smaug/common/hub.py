@@ -1,4 +1,4 @@
-"""Hub repo ids, local paths and model references: checked before anything loads or uploads."""
+"""Hub repo ids, local paths and model references, checked before anything loads or uploads."""
 
 from __future__ import annotations
 
@@ -12,21 +12,11 @@ from smaug.common.errors import UserError
 
 _ASCII_REPO_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?")
 # The weight files transformers (and PEFT) look for, and the files a tokenizer is built from (any one set).
-WEIGHT_NAMES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
-VOCABULARIES = (
-    ("tokenizer.json",),
-    ("tokenizer.model",),
-    ("vocab.json", "merges.txt"),
-    ("vocab.txt",),
-    ("*.tiktoken",),
-)
+WEIGHT_NAMES = "model.safetensors model.safetensors.index.json pytorch_model.bin pytorch_model.bin.index.json".split()
+WEIGHT_NAMES += ["adapter_model.safetensors", "adapter_model.bin"]
+VOCABULARIES = [
+    v.split("+") for v in "tokenizer.json tokenizer.model vocab.json+merges.txt vocab.txt *.tiktoken".split()
+]
 NO_TOKENIZER = "no tokenizer files (tokenizer.json, tokenizer.model, vocab.json + merges.txt, vocab.txt or *.tiktoken)"
 
 
@@ -35,20 +25,15 @@ def repo_id_problem(value: object, *, namespace: bool = True) -> str | None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    if not isinstance(value, str) or not value:
-        return "it is empty" if not value else f"it is a {type(value).__name__}, not text"
     try:
         validate_repo_id(value)
     except HFValidationError as err:
         return str(err)
-    # huggingface_hub's regex uses Unicode `\w` and a `$` that matches before a trailing newline, so it lets
-    # `org/modèle` and `org/name\n` through while its own documented rule (and the Hub) is ASCII only: a
-    # dry run must refuse what the real upload would fail on.
+    # huggingface_hub's regex takes Unicode `\w` and a `$` that matches before a trailing newline, so it lets
+    # `org/modèle` and `org/name\n` through while its documented rule (and the Hub) is ASCII only.
     if not _ASCII_REPO_ID.fullmatch(value):
         return "only ASCII letters, digits, '-', '_' and '.' are allowed, with at most one '/'"
-    if namespace and "/" not in value:
-        return "it has no namespace; expected `org/name`"
-    return None
+    return "it has no namespace; expected `org/name`" if namespace and "/" not in value else None
 
 
 def check_repo_id(value: object, what: str, example: str = "abacusai/Smaug-34B-v0.1") -> str:
@@ -65,8 +50,7 @@ def looks_local(value: object) -> bool:
     (`outputs/run1` with `outputs/` here is a path not yet written, not a Hub id)."""
     from smaug.common.paths import repo_path  # paths imports this module
 
-    text = str(value)
-    path = Path(text).expanduser()
+    text, path = str(value), Path(str(value)).expanduser()
     return (
         text.startswith(("./", "../", "/", "~"))
         or repo_id_problem(text, namespace=False) is not None
@@ -77,10 +61,8 @@ def looks_local(value: object) -> bool:
 
 
 def display_name(model: str | None) -> str:
-    """A Hub id as is; a local path as its folder name (cards and tables must not leak local paths)."""
-    if not model:
-        return "unknown"
-    return Path(model.rstrip("/")).name or model if looks_local(model) else model
+    """A Hub id as is, a local path as its folder name: cards and tables must not leak local paths."""
+    return "unknown" if not model else Path(model.rstrip("/")).name or model if looks_local(model) else model
 
 
 def hub_offline() -> bool:
@@ -93,26 +75,24 @@ def has_vocabulary(names: list[str] | set[str]) -> bool:
 
 
 def check_model_ref(model: str, what: str = "model", revision: str | None = None) -> Path | None:
-    """The local model folder ``model`` names, or None for a Hub id (in the cache, when offline). Refused in one
-    line before anything loads: a missing folder, or one without a model config, weights or tokenizer."""
+    """The local model folder ``model`` names, or None for a Hub id (in the cache, when offline); refused in one
+    line before anything loads when it is neither, or a folder without a model config, weights or tokenizer."""
     path = Path(model).expanduser()
     if path.is_dir():
         names = os.listdir(path)
-        problems = [] if set(names) & set(WEIGHT_NAMES) else [f"no weights ({', '.join(WEIGHT_NAMES[:4])})"]
         try:
             config = json.loads((path / "config.json").read_bytes())
-            if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-                raise ValueError("no model_type")
+            problems = (
+                [] if isinstance(config, dict) and isinstance(config.get("model_type"), str) else ["no model_type"]
+            )
         except FileNotFoundError:
-            problems.insert(0, "no config.json")
-        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, not a transformers config
-            problems.insert(0, f"{path / 'config.json'}: not a model config ({err})")
+            problems = ["no config.json"]
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8
+            problems = [f"{path / 'config.json'}: not a model config ({err})"]
+        problems += [] if set(names) & set(WEIGHT_NAMES) else [f"no weights ({', '.join(WEIGHT_NAMES[:4])})"]
         problems += [] if has_vocabulary(names) else [NO_TOKENIZER]
         if problems:
-            raise UserError(
-                f"{what} {model}: {'; '.join(problems)}; pass a folder written by save_pretrained (a training "
-                "run's output_dir with merged weights) or a Hub id"
-            )
+            raise UserError(f"{what} {model}: {'; '.join(problems)}; pass a folder save_pretrained wrote, or a Hub id")
         return path.resolve()
     if path.exists() or looks_local(model):
         state = "is a file, not a folder" if path.exists() else "does not exist"
@@ -129,21 +109,18 @@ def check_model_ref(model: str, what: str = "model", revision: str | None = None
     return None
 
 
-def network_failure(err: BaseException) -> BaseException | None:
-    """The network/Hub error behind ``err`` (itself or an exception it was raised from), or None when ``err``
-    is something else (a bug keeps its traceback). huggingface_hub wraps LFS upload failures in a bare
-    `RuntimeError` raised from the real error."""
+def network_failure(err: BaseException | None) -> BaseException | None:
+    """The network or Hub error ``err`` is, or was raised from (huggingface_hub wraps LFS upload failures in a
+    bare RuntimeError); None for anything else: a bug, even one met while handling a network error, keeps its
+    traceback."""
     import socket
     import ssl
 
     import httpx
 
     kinds = (httpx.HTTPError, httpx.InvalidURL, ConnectionError, TimeoutError, socket.gaierror, ssl.SSLError)
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:  # only `raise ... from`: a bug in an except
-        seen.add(id(current))  # block that met a network error stays a bug
-        if isinstance(current, kinds):
-            return current
-        current = current.__cause__
+    for _ in range(100):  # `raise ... from` chains; a cycle ends here
+        if err is None or isinstance(err, kinds):
+            return err
+        err = err.__cause__
     return None

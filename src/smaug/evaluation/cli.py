@@ -37,28 +37,22 @@ def _limit(text: str) -> int | float:
 def _add_run(sub) -> None:
     run = sub.add_parser("run", help="score one model on a suite; writes results/eval/<model>/<suite>/")
     run.add_argument("model", help="local model folder or Hub id")
-    run.add_argument(
-        "--suite", default=DEFAULT_SUITE, help=f"from eval/suites.yaml (`smaug eval suites`; {DEFAULT_SUITE})"
-    )
+    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"see `smaug eval suites` (default {DEFAULT_SUITE})")
     run.add_argument("--batch-size", type=_batch_size, default=8, help="a count, auto or auto:N (default 8)")
     run.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="default bfloat16 (fast on CPU too)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
-    run.add_argument(
-        "--limit", type=_limit, help="only the first N documents per task (or a fraction < 1): not comparable"
-    )
+    run.add_argument("--limit", type=_limit, help="the first N documents per task (or a fraction): not comparable")
     run.add_argument("--revision", help="Hub revision (branch, tag or commit) of a Hub model")
     run.add_argument("--trust-remote-code", action="store_true")
-    run.add_argument("--results-dir", type=Path, help="root for results (default results/, or $SMAUG_RESULTS)")
+    run.add_argument("--results-dir", dest="results_root", type=Path, help="default results/, or $SMAUG_RESULTS")
     run.set_defaults(func=_run)
 
 
 def _add_compare(sub) -> None:
     compare = sub.add_parser("compare", help="several models' summaries side by side (Markdown table)")
     compare.add_argument("items", nargs="+", metavar="MODEL_OR_SUMMARY", help="a summary.json, its folder, or a model")
-    compare.add_argument(
-        "--suite", default=DEFAULT_SUITE, help=f"suite for models given by name (default {DEFAULT_SUITE})"
-    )
-    compare.add_argument("--results-dir", type=Path)
+    compare.add_argument("--suite", default=DEFAULT_SUITE, help=f"for models given by name (default {DEFAULT_SUITE})")
+    compare.add_argument("--results-dir", dest="results_root", type=Path)
     compare.add_argument("--out", type=Path, help="also write the table to this .md file")
     compare.set_defaults(func=_compare)
     sub.add_parser("suites", help="list the suites and their tasks").set_defaults(func=_suites)
@@ -103,20 +97,16 @@ def _add_tools(sub) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_contamination)
 
-    parser = _tool(
-        sub, "logprobs", logprobs, "chosen/rejected log-probs against a reference by position (paper Fig. 4)"
-    )
+    parser = _tool(sub, "logprobs", logprobs, "chosen/rejected log-probs against a reference (paper Fig. 4)")
     parser.add_argument("--models", nargs="+", required=True, help="trained model folders or Hub ids")
     parser.add_argument("--reference", required=True, help="reference model (the DPO/DPOP starting point)")
     parser.add_argument(
-        "--pairs", type=Path, required=True, help="JSONL or Parquet: prompt, chosen, rejected [, system]"
+        "--pairs", type=Path, required=True, help="JSONL or Parquet: prompt, chosen, rejected[, system]"
     )
     parser.add_argument("--format", choices=logprobs.FORMATS, default="chatml", dest="fmt")
     parser.add_argument("--limit", type=positive_int, help="use only the first N pairs")
     parser.add_argument("--max-length", type=positive_int, help="truncate prompt+completion to this many tokens")
-    parser.add_argument(
-        "--window", type=non_negative_int, default=20, help="positions either side of the first difference"
-    )
+    parser.add_argument("--window", type=non_negative_int, default=20, help="positions around the first difference")
     parser.add_argument("--per-token", action="store_true", help="also write every token's log-probs")
     parser.set_defaults(func=_logprobs)
 
@@ -138,15 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     from smaug.evaluation.harness import evaluate
     from smaug.evaluation.summary import load_summary, render_summary_md
 
-    options = dict(dtype=args.dtype, batch_size=args.batch_size, device=args.device, limit=args.limit)
-    out = evaluate(
-        args.model,
-        args.suite,
-        **options,
-        revision=args.revision,
-        results_root=args.results_dir,
-        trust_remote_code=args.trust_remote_code,
-    )
+    names = ("dtype", "batch_size", "device", "limit", "revision", "results_root", "trust_remote_code")
+    out = evaluate(args.model, args.suite, **{name: getattr(args, name) for name in names})
     print(render_summary_md(load_summary(out / "summary.json")))
     print(f"wrote {out}/summary.json, summary.md and harness.json")
     return 0
@@ -157,9 +140,7 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
     from smaug.common.paths import eval_dir
 
     if results_root is not None and results_root.exists() and not results_root.is_dir():
-        raise UserError(
-            f"--results-dir {results_root} is a file, not a folder; pass the folder `smaug eval run` wrote into"
-        )
+        raise UserError(f"--results-dir {results_root} is a file; pass the folder `smaug eval run` wrote into")
     path = Path(item).expanduser()
     for candidate in (path, path / "summary.json", eval_dir(item, suite, results_root) / "summary.json"):
         if candidate.is_file():
@@ -175,7 +156,7 @@ def _compare(args: argparse.Namespace) -> int:
     from smaug.common.files import check_outputs
     from smaug.evaluation.summary import compare_table, load_summary
 
-    paths = {item: find_summary(item, args.suite, args.results_dir) for item in args.items}
+    paths = {item: find_summary(item, args.suite, args.results_root) for item in args.items}
     check_outputs({"--out": args.out}, paths)
     table = compare_table([load_summary(path) for path in paths.values()])
     print(table, end="")
@@ -188,42 +169,35 @@ def _suites(args: argparse.Namespace) -> int:
     from smaug.evaluation.suites import load_suites
 
     for suite in load_suites().values():
-        tasks = ", ".join(
+        tasks = [
             f"{s.key}={s.task}/{s.metric}{'/' + s.filter if s.filter else ''}@{s.num_fewshot}-shot"
             for s in suite.tasks.values()
-        )
+        ]
         where = "model cards' model-index" if suite.model_index else "model cards' body table only"
-        print(f"{suite.name}: {suite.description} [{where}]\n    {tasks}")
+        print(f"{suite.name}: {suite.description} [{where}]\n    {', '.join(tasks)}")
     return 0
 
 
-def _out(args: argparse.Namespace, tool: str) -> Path:
+def _loading(args: argparse.Namespace, tool: str) -> tuple[Path, dict]:
+    """The output folder and how the tool loads models; a typo or a missing GPU fails here, before any loads."""
     from smaug.common.paths import RESULTS_DIR, model_slug
 
-    resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
-    return Path(args.out or RESULTS_DIR / tool / model_slug(args.model))
+    resolve_device(args.device)
+    out = args.out or RESULTS_DIR / tool / model_slug(getattr(args, "model", ""))
+    return Path(out), {"batch_size": args.batch_size, "dtype": args.dtype, "device": args.device}
 
 
 def _mtbench(args: argparse.Namespace) -> int:
     from smaug.common.files import check_outputs
     from smaug.evaluation.mtbench import load_config, run_mtbench
 
-    config = load_config(args.config)
-    config.max_new_tokens = args.max_new_tokens or config.max_new_tokens
-    out = _out(args, "mtbench")
+    overrides = {"max_new_tokens": args.max_new_tokens, "trials": args.trials, "questions": args.questions}
+    config = load_config(args.config).model_copy(update={k: v for k, v in overrides.items() if v})
+    out, loading = _loading(args, "mtbench")
     outputs = {f"--out {name}": out / name for name in ("answers.jsonl", "judgments.jsonl", "mtbench.json")}
-    check_outputs(outputs, {"--questions": args.questions or config.questions, "--config": args.config})
-    options = dict(limit=args.limit, trials=args.trials, questions_file=args.questions, batch_size=args.batch_size)
+    check_outputs(outputs, {"--questions": config.questions, "--config": args.config})
     summary = run_mtbench(
-        args.model,
-        args.judge_url,
-        args.judge_model,
-        config,
-        out,
-        **options,
-        dtype=args.dtype,
-        device=args.device,
-        config_file=args.config,
+        args.model, args.judge_url, args.judge_model, config, out, args.limit, **loading, config_file=args.config
     )
     n, judge = summary["n_questions"], args.judge_model
     print(f"MT-Bench {args.model} ({n} questions × {summary['trials']} trials, judge {judge})")
@@ -243,24 +217,20 @@ def _contamination(args: argparse.Namespace) -> int:
 
     if not 0 < args.k <= 1:
         raise UserError(f"--k {args.k}: must be a fraction in (0, 1]")
-    out = _out(args, "contamination") / "contamination.json"
-    check_outputs({"--out": out}, {"--texts": args.texts})
+    out, loading = _loading(args, "contamination")
+    check_outputs({"--out": out / "contamination.json"}, {"--texts": args.texts})
     if args.texts:
         texts = {args.name: load_texts_file(args.texts)}
     else:
         texts = {name: load_benchmark_texts(name, args.data_dir, args.hub) for name in args.benchmarks or BENCHMARKS}
     options = dict(k=args.k, neighbours=args.neighbours, max_examples=args.max_examples or None, seed=args.seed)
-    result = score_texts(
-        args.model, args.ref, texts, **options, batch_size=args.batch_size, dtype=args.dtype, device=args.device
-    )
+    result = score_texts(args.model, args.ref, texts, **options, **loading)
     print(f"{'benchmark':<12} {'score':>6} {'minK>ref':>9} {'minK model':>11} {'minK ref':>9}")
     for name, e in result["benchmarks"].items():
         score = "n/a" if e["score"] is None else f"{e['score']:.2f}"
-        flag = "  <- suggests contamination" if e["suggests_contamination"] else ""
-        print(
-            f"{name:<12} {score:>6} {e['mink_above_ref']:>9.2f} {e['mink_model_mean']:>11.3f} {e['mink_reference_mean']:>9.3f}{flag}"
-        )
-    print(f"wrote {write_json(out, result)}")
+        means = f"{e['mink_above_ref']:>9.2f} {e['mink_model_mean']:>11.3f} {e['mink_reference_mean']:>9.3f}"
+        print(f"{name:<12} {score:>6} {means}" + ("  <- suggests contamination" if e["suggests_contamination"] else ""))
+    print(f"wrote {write_json(out / 'contamination.json', result)}")
     return 0
 
 
@@ -271,21 +241,14 @@ def _logprobs(args: argparse.Namespace) -> int:
     from smaug.evaluation.logprobs import analyse_pairs
     from smaug.evaluation.plots import plot_positional
 
-    resolve_device(args.device)  # a typo or a missing GPU fails here, before any model loads
     if args.out is None:
         raise UserError("smaug eval logprobs needs --out (a folder for logprobs.json and logprobs.png)")
-    outputs = {f"--out {name}": args.out / name for name in ("logprobs.json", "logprobs.png")}
-    check_outputs(outputs, {"--pairs": args.pairs})
-    pairs = load_pairs(args.pairs, args.limit)
+    out, loading = _loading(args, "logprobs")
+    check_outputs({f"--out {name}": out / name for name in ("logprobs.json", "logprobs.png")}, {"--pairs": args.pairs})
     options = dict(fmt=args.fmt, max_length=args.max_length, window=args.window, per_token=args.per_token)
-    result = analyse_pairs(
-        args.models, args.reference, pairs, **options, batch_size=args.batch_size, dtype=args.dtype, device=args.device
-    )
+    result = analyse_pairs(args.models, args.reference, load_pairs(args.pairs, args.limit), **options, **loading)
     result["pairs_file"] = str(args.pairs)
-    json_path, png_path = (
-        write_json(args.out / "logprobs.json", result),
-        plot_positional(result, args.out / "logprobs.png"),
-    )
+    json_path, png_path = write_json(out / "logprobs.json", result), plot_positional(result, out / "logprobs.png")
     for model, stats in result["models"].items():
         after = [stats["buckets"][side]["after"]["mean_delta_per_token"] for side in ("chosen", "rejected")]
         print(

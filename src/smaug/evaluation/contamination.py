@@ -128,12 +128,9 @@ def generate_neighbours(model, tokenizer, text: str, n: int, prefix_ratio: float
     prefix = " ".join(words[:keep]) if keep else (tokenizer.bos_token or "")
     ids = tokenizer(prefix, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = dict(do_sample=True, max_new_tokens=max(1, len(words) - keep), min_new_tokens=1, num_return_sequences=n)
     with torch.inference_mode():
-        new_tokens = max(1, len(words) - keep)
-        out = model.generate(
-            ids, do_sample=True, max_new_tokens=new_tokens, min_new_tokens=1, num_return_sequences=n, pad_token_id=pad
-        )
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
+        return tokenizer.batch_decode(model.generate(ids, **sampling, pad_token_id=pad), skip_special_tokens=True)
 
 
 def score_texts(
@@ -157,32 +154,23 @@ def score_texts(
 
     check_model_ref(model)
     check_model_ref(reference, "reference")
-    chosen = {
-        name: random.Random(seed).sample(list(texts), max_examples)
-        if max_examples and len(texts) > max_examples
-        else list(texts)
-        for name, texts in texts_by_benchmark.items()
-    }
+    chosen = {}
+    for name, texts in texts_by_benchmark.items():
+        sample = bool(max_examples) and len(texts) > max_examples
+        chosen[name] = random.Random(seed).sample(list(texts), max_examples) if sample else list(texts)
     tok_t, tok_r = AutoTokenizer.from_pretrained(model), AutoTokenizer.from_pretrained(reference)
     # The reference first: its Min-K% and the neighbours it writes; it is freed before the target loads.
     ref_model = load_causal_lm(reference, dtype, device)
-    ref_logps = {
-        name: text_logprobs(ref_model, tok_r, texts, batch_size, f"reference {name}") for name, texts in chosen.items()
-    }
     torch.manual_seed(seed)
-    hoods = {
-        name: [
-            generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio)
-            for t in tqdm(texts, desc=f"neighbours {name}", leave=False)
-        ]
-        for name, texts in (chosen.items() if neighbours else [])
-    }
+    ref_logps, hoods = {}, {}
+    for name, texts in chosen.items():
+        ref_logps[name] = text_logprobs(ref_model, tok_r, texts, batch_size, f"reference {name}")
+        texts = tqdm(texts if neighbours else [], desc=f"neighbours {name}", leave=False)
+        hoods[name] = [generate_neighbours(ref_model, tok_r, t, neighbours, prefix_ratio) for t in texts]
     del ref_model
     target = load_causal_lm(model, dtype, device)
-    settings = dict(
-        k=k, neighbours=neighbours, prefix_ratio=prefix_ratio, flag_below=FLAG_BELOW, threshold=CONTAMINATION_THRESHOLD
-    )
-    result = {"model": model, "reference": reference, **settings, "dtype": dtype, "seed": seed, "benchmarks": {}}
+    result = dict(model=model, reference=reference, k=k, neighbours=neighbours, prefix_ratio=prefix_ratio)
+    result |= dict(flag_below=FLAG_BELOW, threshold=CONTAMINATION_THRESHOLD, dtype=dtype, seed=seed, benchmarks={})
     for name, texts in chosen.items():
         logps = text_logprobs(target, tok_t, texts, batch_size, f"target {name}")
         mink_t, mink_r = [min_k_prob(x, k) for x in logps], [min_k_prob(x, k) for x in ref_logps[name]]

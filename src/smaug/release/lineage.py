@@ -19,22 +19,16 @@ LICENSE_TABLE = MODEL_CARDS_DIR / "licenses.yaml"
 
 
 def load_provenance(model_dir: str | Path) -> Provenance:
-    path = Path(model_dir) / PROVENANCE_FILE
     if not Path(model_dir).is_dir():
-        raise UserError(
-            f"{model_dir}: not a folder. Pass the output folder of a training run (it holds {PROVENANCE_FILE})."
-        )
+        raise UserError(f"{model_dir}: not a folder; pass the output folder of a training run")
     try:
         record = read_provenance(model_dir)
-    except ValueError as err:
+    except ValueError as err:  # one line naming the file and the field
         raise UserError(str(err)) from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror or err}); check its permissions.") from err
     if record is None:
         raise UserError(
-            f"{path}: missing. The DPOP plugin writes it at the end of `axolotl train` (list `axolotl_dpop.DPOPPlugin` "
-            "under `plugins:` in the recipe), and `smaug showcase tiny-model` for the model it creates; without it "
-            "the model's lineage, licence and training settings are unknown."
+            f"{Path(model_dir) / PROVENANCE_FILE}: missing, so the model's lineage, licence and training are unknown. "
+            "The DPOP plugin writes it when `axolotl train` ends (list `axolotl_dpop.DPOPPlugin` under `plugins:`)."
         )
     return record
 
@@ -118,15 +112,14 @@ def resolve_license(model_dir: str | Path, table_path: str | Path = LICENSE_TABL
         return Lineage(stages, [], entry, decided_by=f"{oldest.name} (created from scratch)")
     if hub_base not in table:
         chain = " <- ".join([s.name for s in stages] + [hub_base])
+        stanza = (
+            "parent: null  # or its Hub parent in the table\nlicense: <its card's licence id>\nsource: <where read>"
+        )
         raise UserError(
-            f"no licence is known for base model {hub_base!r} (lineage: {chain}), so no card can be written.\n"
-            f"Read the licence on https://huggingface.co/{hub_base} and add it to {table_path} under `models:`:\n\n"
-            f"  {hub_base}:\n"
-            "    parent: null            # or the Hub id it was trained from, if that is in the table too\n"
-            "    license: <Hub licence id from its card, e.g. apache-2.0, llama2, other>\n"
-            "    license_name: <only with license: other, e.g. yi-license>\n"
-            "    license_link: <only with license: other: absolute URL of the licence text>\n"
-            f"    source: <where you read it, e.g. https://huggingface.co/{hub_base}/blob/main/README.md>\n"
+            f"no licence is known for base model {hub_base!r} (lineage: {chain}), so no card can be written. Read "
+            f"https://huggingface.co/{hub_base} and add to {table_path} under `models:` (license: other also needs "
+            f"license_name and license_link):\n  {hub_base}:\n"
+            + "".join(f"    {line}\n" for line in stanza.splitlines())
         )
     chain = [table[hub_base]]
     while chain[-1].parent is not None:  # any finite depth; only a real cycle is refused

@@ -124,51 +124,43 @@ def plan_upload(model_dir: str | Path) -> UploadPlan:
     uploaded = set(filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
     for path in paths:
         rel, name = path.relative_to(model_dir).as_posix(), path.name
-        try:
-            if _matches(name.lower(), SECRET_NAMES) and not _matches(name.lower(), NOT_SECRET):
-                problems.append(f"{rel}: a secret-looking file name")
-            elif path.is_symlink():  # never followed: it may point anywhere (or nowhere)
-                plan.skipped.append((rel, "a symlink"))
-                links += [rel] if _matches(rel, LOADED) else []
-            elif rel not in uploaded:
-                plan.skipped.append((rel, "not a model-repo file"))
-                if name.lower().endswith(PICKLE_SUFFIXES) and not _matches(name, TRAINER_STATE):
-                    problems.append(
-                        f"{rel}: starts with zero bytes, not weights (a sparse or pre-allocated file, an interrupted "
-                        "copy): delete it or copy it again"
-                        if _zeros(path)
-                        else f"{rel}: pickled weights, which can run code when loaded: save with safetensors "
-                        "(axolotl `save_safetensors: true`), then delete the pickle files"
-                    )
-                if path.stat().st_size <= LOCAL_SCAN_LIMIT and file_has_token(path):
-                    problems.append(f"{rel}: {TOKEN}")
-            elif name.endswith(".safetensors"):
-                plan.files.append((rel, path.stat().st_size))
-                tensors[rel], header = _read_safetensors(path)
-                if tensors[rel] is None:
-                    problems.append(f"{rel}: {header}")
-                elif not tensors[rel]:
-                    problems.append(f"{rel}: it holds no tensors")
-                elif _json_has_token(header):
-                    problems.append(f"{rel}: its header or __metadata__ {TOKEN}")
-            else:
-                plan.files.append((rel, path.stat().st_size))
-                value, why = _read_json(path) if name.endswith(".json") else (None, None)
-                configs.update({rel: value} if name.endswith(".json") and not why else {})
-                problems += [f"{rel}: {why}"] if why else []
-                problems += [f"{rel}: {TOKEN}"] if file_has_token(path) or _json_has_token(value) else []
-        except OSError as err:
-            raise UserError(
-                f"{path}: cannot be read ({err.strerror or err}); fix its permissions or move it out."
-            ) from err
+        if _matches(name.lower(), SECRET_NAMES) and not _matches(name.lower(), NOT_SECRET):
+            problems.append(f"{rel}: a secret-looking file name")
+        elif path.is_symlink():  # never followed: it may point anywhere (or nowhere)
+            plan.skipped.append((rel, "a symlink"))
+            links += [rel] if _matches(rel, LOADED) else []
+        elif rel not in uploaded:
+            plan.skipped.append((rel, "not a model-repo file"))
+            if name.lower().endswith(PICKLE_SUFFIXES) and not _matches(name, TRAINER_STATE):
+                zeros = "starts with zero bytes, not weights (a sparse or pre-allocated file, an interrupted copy)"
+                problems.append(
+                    f"{rel}: {zeros if _zeros(path) else 'pickled weights, which can run code when loaded'}"
+                )
+            if path.stat().st_size <= LOCAL_SCAN_LIMIT and file_has_token(path):
+                problems.append(f"{rel}: {TOKEN}")
+        elif name.endswith(".safetensors"):
+            plan.files.append((rel, path.stat().st_size))
+            tensors[rel], header = _read_safetensors(path)
+            if tensors[rel] is None:
+                problems.append(f"{rel}: {header}")
+            elif not tensors[rel]:
+                problems.append(f"{rel}: it holds no tensors")
+            elif _json_has_token(header):
+                problems.append(f"{rel}: its header or __metadata__ {TOKEN}")
+        else:
+            plan.files.append((rel, path.stat().st_size))
+            value, why = _read_json(path) if name.endswith(".json") else (None, None)
+            configs.update({rel: value} if name.endswith(".json") and not why else {})
+            problems += [f"{rel}: {why}"] if why else []
+            problems += [f"{rel}: {TOKEN}"] if file_has_token(path) or _json_has_token(value) else []
     names = {rel for rel, _ in plan.files}
     plan.kind, unloadable = _loadability(names, tensors, configs)
     problems += [f"{n} is a symlink, and symlinks are not uploaded (copy the file in its place)" for n in links]
     if problems or unloadable:
         raise UserError(
             f"{model_dir}: refusing to publish: {'; '.join(problems + unloadable)}. Move such files out of the folder "
-            "(tokens belong in HF_TOKEN or `hf auth login`) and publish the complete folder `save_pretrained` wrote "
-            "(model_cards/README.md, 'What a loadable repo is'), then run again."
+            "(tokens belong in HF_TOKEN or `hf auth login`; save weights with safetensors) and publish the complete "
+            "folder `save_pretrained` wrote (model_cards/README.md, 'What a loadable repo is'), then run again."
         )
     plan.card_missing = "README.md" not in names
     return plan
