@@ -1,5 +1,5 @@
-"""`smaug showcase reproduce --quick`: the paper's failure mode (DPO lowers the preferred completion's log-prob on low
-edit-distance pairs) and DPOP's fix, through the real `axolotl train` CLI and our plugin, on CPU."""
+"""`smaug showcase reproduce`: the paper's failure mode (DPO lowers the preferred completion's log-prob on low
+edit-distance pairs) and DPOP's fix, through the stage chain, the real `axolotl train` CLI and our plugin, on CPU."""
 
 import json
 
@@ -7,17 +7,12 @@ import pytest
 
 from smaug.cli import main
 from smaug.data.synthetic import two_step_metamath_row
-from smaug.showcase.reproduce import (
-    ANSWER_RE,
-    parse_answer,
-    prepare_data,
-    run_is_done,
-)
+from smaug.showcase.reproduce import ANSWER_RE, parse_answer, prepare_data
+from smaug.training.chains import plan_chain
 
-# Margins: measured by hand over seeds 0, 1, 2 of the quick setting (SFT 200 steps, 30 DPO/DPOP steps; see
-# recipes/reproduce/README.md): DPO's Δ log p(chosen) was -6.2, -5.0, -10.0 nats (Δ rejected -7.2, -5.8, -10.6,
-# reward accuracy 0.65-0.71, Δ/token after k -0.06 .. -0.11); DPOP λ=50's +0.18, +0.24, +0.10. The thresholds
-# leave slack both ways.
+# Margins: seed 0 of the full recipes (SFT 400 steps, 60 DPO/DPOP steps; recipes/reproduce/README.md) measured
+# DPO's Δ log p(chosen) at -7.9 nats (Δ rejected -12.3, reward accuracy 0.87, Δ/token after k -0.07) and DPOP
+# λ=50's at +0.25. The thresholds leave slack both ways.
 DPO_CHOSEN_MAX = -2.0
 DPOP_CHOSEN_MIN = -0.5
 
@@ -28,11 +23,10 @@ def test_problems_become_metamath_pairs_with_one_corrupted_intermediate_result(t
     assert set(info["skips"]["train"]) <= {"no_intermediate_calculation"}
     assert info["train_pairs"] >= 0.95 * (info["problems"] - 20)
     assert info["heldout_pairs"] + info["skips"]["heldout"].get("no_intermediate_calculation", 0) == 20
-    pairs = [json.loads(line) for line in (tmp_path / "data" / "pairs_train.jsonl").read_text().splitlines()]
-    heldout = {
-        json.loads(line)["prompt"] for line in (tmp_path / "data" / "pairs_heldout.jsonl").read_text().splitlines()
-    }
+    pairs = [json.loads(line) for line in (tmp_path / "pairs_train.jsonl").read_text().splitlines()]
+    heldout = {json.loads(line)["prompt"] for line in (tmp_path / "pairs_heldout.jsonl").read_text().splitlines()}
     assert not heldout & {p["prompt"] for p in pairs}
+    assert {p["query"] for p in info["heldout_problems"]} >= heldout
     for pair in pairs:
         assert pair["chosen"] != pair["rejected"]
         # final answer untouched, exactly one number changed
@@ -43,16 +37,32 @@ def test_problems_become_metamath_pairs_with_one_corrupted_intermediate_result(t
     assert ANSWER_RE.search(row["response"]).group(1) == row["answer"]
 
 
-def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
-    assert main(["showcase", "reproduce", "--seeds", "1", "1", "--out", str(tmp_path / "r")]) == 2
-    assert "given twice" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+def test_reproduce_is_a_chain_whose_runs_differ_only_in_the_loss(tmp_path, capsys):
+    full, quick = plan_chain("reproduce"), plan_chain("reproduce-quick")
+    assert [s.name for s in quick.stages] == [s.name for s in full.stages][:3]
+    sft, *runs = full.stages
+    assert {s.base_path for s in runs} == {sft.output_dir} and full.hardware["accelerator"] == "cpu"
+    keep = {"rl", "dpop_lambda", "output_dir"}
+    settings = [{k: v for k, v in s.recipe.items() if k not in keep} for s in runs]
+    assert all(x == settings[0] for x in settings)
+    assert [(s.recipe["rl"], s.recipe.get("dpop_lambda")) for s in runs] == [
+        ("dpo", None),
+        ("dpop", 50),
+        ("dpop", 5),
+        ("dpop", 500),
+    ]
+    # A bad output root is refused before anything is written.
+    (tmp_path / "root").write_text("x")
+    assert main(["showcase", "reproduce", "--output-root", str(tmp_path / "root")]) == 2
+    assert "is a file, where the chain needs the folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["root"]
 
 
 @pytest.mark.slow
 def test_quick_reproduce_dpo_lowers_chosen_dpop_does_not(tmp_path, capsys):
-    out = tmp_path / "reproduce"
-    assert main(["showcase", "reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
+    root = tmp_path / "root"
+    assert main(["showcase", "reproduce", "--quick", "--output-root", str(root)]) == 0
+    out = root / "reproduce"
     results = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in results["rows"]}
     dpo, dpop = rows["DPO"], rows["DPOP λ=50"]
@@ -67,15 +77,14 @@ def test_quick_reproduce_dpo_lowers_chosen_dpop_does_not(tmp_path, capsys):
     for name in ("results.md", "positional.png", "training.png"):
         assert (out / name).stat().st_size > 0
     assert "| DPO | 0 |" in capsys.readouterr().out
-    provenance = json.loads((out / "runs" / "dpop-l50-s0" / "smaug_provenance.json").read_text())
+    provenance = json.loads((out / "dpop" / "smaug_provenance.json").read_text())
     assert provenance["training"]["rl"] == "dpop" and provenance["training"]["dpop_lambda"] == 50.0
-    assert provenance["training"]["seed"] == 0 and provenance["base_model"] == str(out.resolve() / "runs" / "sft")
+    assert provenance["training"]["seed"] == 0 and provenance["base_model"] == str(out / "sft")
 
-    # A second call reuses every finished run (no axolotl process) and gives the same table.
-    stamp = (out / "runs" / "dpo-s0" / "model.safetensors").stat().st_mtime_ns
-    assert main(["showcase", "reproduce", "--quick", "--seeds", "0", "--out", str(out)]) == 0
-    assert "reusing" in capsys.readouterr().out
-    assert (out / "runs" / "dpo-s0" / "model.safetensors").stat().st_mtime_ns == stamp
-    again = json.loads((out / "results.json").read_text())
-    assert again["rows"] == results["rows"]
-    assert all(run_is_done(out / "runs" / name) for name in ("sft", "dpo-s0", "dpop-l50-s0"))
+    # A second call finds every stage done (no axolotl process) and gives the same table.
+    stamp = (out / "dpo" / "model.safetensors").stat().st_mtime_ns
+    assert main(["showcase", "reproduce", "--quick", "--output-root", str(root)]) == 0
+    assert capsys.readouterr().out.count("done, skipped") == 3
+    assert (out / "dpo" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    assert all(stage.marker.is_file() for stage in plan_chain("reproduce-quick", root).stages)

