@@ -22,7 +22,12 @@ from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, repo_path
 from smaug.training import chains as C
 from smaug.training import memory
-from smaug.training import preflight as P
+from smaug.training.chains import inputs as I
+from smaug.training.chains import preflight as P
+from smaug.training.chains.commands import train_command
+from smaug.training.chains.plan import RESOLVED_CONFIG, STAGE_LOG
+from smaug.training.checkpoints import complete_checkpoints, set_aside_incomplete_checkpoints
+from smaug.training.state import Kind
 
 NO_GPU = ([], "no CUDA device (test)")
 
@@ -125,15 +130,15 @@ def test_preflight_without_gpus_stops_with_what_to_run_instead():
     plan = C.plan_chain("smaug-34b")
     launch = C.Launch.from_env(plan.hardware, {})
     with pytest.raises(UserError) as err:
-        C.preflight(plan, launch, NO_GPU)
+        P.preflight(plan, launch, NO_GPU)
     message = str(err.value)
     assert "8x H100 80 GB" in message and "no CUDA device" in message
     assert "DRY_RUN=1 make smaug-34b" in message and "make smaug-tiny" in message
-    C.preflight(plan, launch, ([79.1] * 8, "8 CUDA device(s): NVIDIA H100 80GB HBM3"))  # passes
+    P.preflight(plan, launch, ([79.1] * 8, "8 CUDA device(s): NVIDIA H100 80GB HBM3"))  # passes
     with pytest.raises(UserError, match="found 40 GiB"):
-        C.preflight(plan, launch, ([40.0] * 8, "8 CUDA device(s): NVIDIA A100-SXM4-40GB"))
+        P.preflight(plan, launch, ([40.0] * 8, "8 CUDA device(s): NVIDIA A100-SXM4-40GB"))
     with pytest.raises(UserError, match="sized for 8 GPUs in total but NUM_GPUS x NNODES = 4 x 1 = 4"):
-        C.preflight(plan, C.Launch.from_env(plan.hardware, {"NUM_GPUS": "4"}), ([79.1] * 4, "4 GPUs"))
+        P.preflight(plan, C.Launch.from_env(plan.hardware, {"NUM_GPUS": "4"}), ([79.1] * 4, "4 GPUs"))
 
 
 def test_cli_stops_in_seconds_on_a_machine_without_gpus(monkeypatch, capsys, tmp_path):
@@ -164,35 +169,40 @@ def test_make_dry_run_variable_selects_the_dry_run(monkeypatch, capsys):
 
 
 def write_weights(folder: Path, adapter: bool = False) -> None:
-    """A whole (tiny) safetensors model file and its config.json (a LoRA adapter's with ``adapter``), as
-    save_pretrained leaves them."""
+    """A whole (tiny) safetensors model file, its config.json and tokenizer config (a LoRA adapter's with
+    ``adapter``), as save_pretrained leaves them."""
     folder.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     prefix = "adapter_" if adapter else ""
     (folder / f"{prefix}model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
     (folder / f"{prefix}config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")
 
 
-def _mark_done(stage, digest=None):
+def finish(chain, stage, earlier: list, run_id: str | None = None, digest: str | None = None):
+    """Leave what a finished run of the stage leaves: final weights and a done-marker with what it consumed (the
+    recipe's hash replaced by ``digest`` when given)."""
     write_weights(stage.output_dir)
-    stage.marker.write_text(json.dumps({"recipe": stage.name, "sha256": digest or stage.digest}))
+    record = I.new_record(chain, stage, earlier)
+    record.run_id, record.sha256 = run_id or record.run_id, digest or record.sha256
+    record.write(stage.output_dir, done=True)
+    return I.assess_stage(chain, stage, earlier)
 
 
 def test_done_stages_are_skipped_without_starting_anything(tmp_path, capsys):
     plan = C.plan_chain("tiny", tmp_path)
-    for stage in plan.stages:
-        _mark_done(stage)
+    finish(plan, plan.stages[1], [finish(plan, plan.stages[0], [])])
     assert C.run_chain("tiny", tmp_path) == 0
     out = capsys.readouterr().out
     assert out.count("done, skipped") == 2
-    assert not any(stage.output_dir.joinpath(C.STAGE_LOG).exists() for stage in plan.stages)
+    assert not any(stage.output_dir.joinpath(STAGE_LOG).exists() for stage in plan.stages)
     assert not (tmp_path / "tiny" / "base-model").exists(), "not even the prepare step ran"
 
 
 def test_a_stage_done_with_another_recipe_version_stops(tmp_path):
-    stage = C.plan_chain("tiny", tmp_path).stages[0]
-    _mark_done(stage, digest="0" * 64)
-    assert C.assess_stage(C.plan_chain("tiny", tmp_path), stage, []).kind == "stale"
+    plan = C.plan_chain("tiny", tmp_path)
+    stage = plan.stages[0]
+    assert finish(plan, stage, [], digest="0" * 64).kind is Kind.STALE
     with pytest.raises(UserError, match=r"tiny_sft.yml .* is stale: the recipe changed.*to retrain it: mv "):
         C.run_chain("tiny", tmp_path)
 
@@ -204,16 +214,16 @@ def test_half_written_checkpoints_are_set_aside(tmp_path):
     half.mkdir()
     torn.mkdir()
     (torn / "trainer_state.json").write_text('{"global_step": 6, "max_st')  # killed while writing it
-    moved = C.set_aside_incomplete_checkpoints(tmp_path)
+    moved = set_aside_incomplete_checkpoints(tmp_path)
     assert sorted(p.name for p in moved) == ["incomplete-checkpoint-4", "incomplete-checkpoint-6"]
-    assert C.complete_checkpoints(tmp_path) == [good]
+    assert complete_checkpoints(tmp_path) == [good]
 
 
 def test_output_root_rebases_every_output_path(tmp_path):
     sft, dpop = C.plan_chain("smaug-34b", tmp_path).stages
     assert sft.output_dir == tmp_path / "smaug34b-sft" and dpop.recipe["base_model"] == str(tmp_path / "smaug34b-sft")
     assert sft.recipe["base_model"] == "jondurbin/bagel-34b-v0.2"
-    assert dpop.run_config == tmp_path / "smaug34b-dpop" / C.RESOLVED_CONFIG
+    assert dpop.run_config == tmp_path / "smaug34b-dpop" / RESOLVED_CONFIG
     default_sft, _ = C.plan_chain("smaug-34b").stages
     assert default_sft.run_config == RECIPES_DIR / "smaug34b_sft.yml" and not default_sft.rebased
 
@@ -316,11 +326,11 @@ def _step(checkpoint: Path) -> int:
 
 
 def _log_after(stage, offset: int) -> str:
-    return (stage.output_dir / C.STAGE_LOG).read_text()[offset:]
+    return (stage.output_dir / STAGE_LOG).read_text()[offset:]
 
 
 def _log_size(stage) -> int:
-    return len((stage.output_dir / C.STAGE_LOG).read_text())
+    return len((stage.output_dir / STAGE_LOG).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -333,8 +343,8 @@ def tiny_run(tmp_path_factory):
     sft, dpop = C.plan_chain("tiny", root).stages
     seen: dict = {"root": root, "sft": sft, "dpop": dpop}
 
-    code, _ = _run(root, kill_when=lambda: C.complete_checkpoints(sft.output_dir))
-    seen["sft_killed_at"] = _step(C.complete_checkpoints(sft.output_dir)[-1])
+    code, _ = _run(root, kill_when=lambda: complete_checkpoints(sft.output_dir))
+    seen["sft_killed_at"] = _step(complete_checkpoints(sft.output_dir)[-1])
     assert code != 0 and not sft.marker.exists() and seen["sft_killed_at"] < sft.recipe["max_steps"]
     seen["sft_offset"] = _log_size(sft)
 
@@ -343,8 +353,8 @@ def tiny_run(tmp_path_factory):
     seen["sft_log_after_kill"] = _log_size(sft)
     seen["status_finished"] = C.status_report(C.plan_chain("tiny", root))
 
-    code, seen["run3"] = _run(root, kill_when=lambda: C.complete_checkpoints(dpop.output_dir))
-    seen["dpop_killed_at"] = _step(C.complete_checkpoints(dpop.output_dir)[-1])
+    code, seen["run3"] = _run(root, kill_when=lambda: complete_checkpoints(dpop.output_dir))
+    seen["dpop_killed_at"] = _step(complete_checkpoints(dpop.output_dir)[-1])
     assert code != 0 and not dpop.marker.exists() and seen["dpop_killed_at"] < dpop.recipe["max_steps"]
     seen["sft_log_after_run3"] = _log_size(sft)
     seen["dpop_offset"] = _log_size(dpop)
@@ -354,7 +364,7 @@ def tiny_run(tmp_path_factory):
 
     wandb = {"WANDB_PROJECT": "smaug-tiny-test", "WANDB_MODE": "offline"}
     seen["run4_code"], seen["run4"] = _run(root, env=wandb)
-    seen["logs_before_run5"] = [(s.output_dir / C.STAGE_LOG).read_text() for s in (sft, dpop)]
+    seen["logs_before_run5"] = [(s.output_dir / STAGE_LOG).read_text() for s in (sft, dpop)]
     started = time.monotonic()
     seen["run5_code"], seen["run5"] = _run(root, env={"WANDB_PROJECT": "another", "SMAUG_TENSORBOARD": "0"})
     seen["run5_seconds"] = time.monotonic() - started
@@ -367,7 +377,7 @@ def _resumed_correctly(stage, rerun_log: str, killed_at: int) -> None:
     assert match, f"axolotl did not auto-resume {stage.name}"
     assert Path(match.group(1)) == stage.output_dir and int(match.group(2)) == killed_at
     assert rerun_log.count("{'loss'") == stage.recipe["max_steps"] - killed_at
-    final = C.complete_checkpoints(stage.output_dir)[-1]
+    final = complete_checkpoints(stage.output_dir)[-1]
     assert json.loads((final / "trainer_state.json").read_text())["global_step"] == stage.recipe["max_steps"]
 
 
@@ -378,7 +388,7 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tiny_run):
         f"stage 1/2 recipes/cpu/tiny_sft.yml: resuming from {sft.output_dir}/checkpoint-{tiny_run['sft_killed_at']}"
         in tiny_run["run2"]
     )
-    run2_log = (sft.output_dir / C.STAGE_LOG).read_text()[tiny_run["sft_offset"] : tiny_run["sft_log_after_kill"]]
+    run2_log = (sft.output_dir / STAGE_LOG).read_text()[tiny_run["sft_offset"] : tiny_run["sft_log_after_kill"]]
     _resumed_correctly(sft, run2_log, tiny_run["sft_killed_at"])
     assert f"stage 2/2 recipes/cpu/tiny_dpop.yml: resuming from {dpop.output_dir}/checkpoint-" in tiny_run["run4"]
     _resumed_correctly(dpop, _log_after(dpop, tiny_run["dpop_offset"]), tiny_run["dpop_killed_at"])
@@ -409,7 +419,7 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_without_training_aga
     ) in tiny_run["run3"]
     assert tiny_run["sft_log_after_run3"] == tiny_run["sft_log_after_kill"], "axolotl was not started for SFT"
     assert (sft.output_dir / "model.safetensors").read_bytes() == tiny_run["sft_weights"]
-    assert [_step(c) for c in C.complete_checkpoints(sft.output_dir)][-1] == 6
+    assert [_step(c) for c in complete_checkpoints(sft.output_dir)][-1] == 6
     assert not (sft.output_dir / "checkpoint-7").exists()
     marker = json.loads(sft.marker.read_text())
     inputs = json.loads((sft.output_dir / ".smaug_stage_inputs").read_text())
@@ -434,7 +444,7 @@ def test_status_of_the_tiny_chain_with_one_stage_done_and_one_resumable(tiny_run
 def test_done_stages_are_skipped_whatever_the_tracking(tiny_run):
     assert tiny_run["run5_code"] == 0 and tiny_run["run5"].count("done, skipped") == 2
     assert tiny_run["run5_seconds"] < 5
-    assert [(s.output_dir / C.STAGE_LOG).read_text() for s in (tiny_run["sft"], tiny_run["dpop"])] == tiny_run[
+    assert [(s.output_dir / STAGE_LOG).read_text() for s in (tiny_run["sft"], tiny_run["dpop"])] == tiny_run[
         "logs_before_run5"
     ]
 
@@ -457,7 +467,7 @@ def _tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
 
 
 def _logged(stage) -> list[dict]:
-    state = json.loads((C.complete_checkpoints(stage.output_dir)[-1] / "trainer_state.json").read_text())
+    state = json.loads((complete_checkpoints(stage.output_dir)[-1] / "trainer_state.json").read_text())
     return [entry for entry in state["log_history"] if "loss" in entry]
 
 
@@ -541,7 +551,7 @@ def test_wandb_offline_gets_the_same_values_when_asked_for(tiny_run):
 def test_launcher_flag_follows_the_recipes_deepspeed_setting():
     def command(chain, env):
         plan = C.plan_chain(chain)
-        return C.train_command(plan.stages[0], C.Launch.from_env(plan.hardware, env), "cuda")
+        return train_command(plan.stages[0], C.Launch.from_env(plan.hardware, env), "cuda")
 
     qlora = command("smaug-72b-qlora", {"NUM_GPUS": "2"})  # no DeepSpeed: DDP over the GPUs
     assert qlora[-1] == "--multi_gpu" and "--use_deepspeed" not in qlora

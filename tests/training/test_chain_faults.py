@@ -25,8 +25,13 @@ from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT
 from smaug.training import chains as C
 from smaug.training import lock, runner
-from smaug.training import state as S
-from tests.training.test_chain import write_weights
+from smaug.training.chains import inputs as I
+from smaug.training.chains.checks import validate_stages
+from smaug.training.chains.commands import tracking_settings
+from smaug.training.chains.plan import Chain, ChainStage
+from smaug.training.checkpoints import set_aside_incomplete_checkpoints
+from smaug.training.state import Action, Kind, StageState
+from tests.training.test_chain import finish, write_weights
 
 TINY_SFT = yaml.safe_load((RECIPES_DIR / "cpu" / "tiny_sft.yml").read_text())
 TINY_DPOP = yaml.safe_load((RECIPES_DIR / "cpu" / "tiny_dpop.yml").read_text())
@@ -67,23 +72,7 @@ def two_stages(tmp_path: Path, base: Path) -> tuple[dict, dict]:
     return sft, dpop
 
 
-def finish(chain: C.Chain, stage: C.ChainStage, earlier: list, run_id: str | None = None) -> S.StageState:
-    """Leave what a finished run of the stage leaves: final weights and a done-marker with what it consumed."""
-    write_weights(stage.output_dir)
-    record = S.stage_record(
-        recipe_name=stage.name,
-        digest=stage.digest,
-        settings=C.json_settings(stage),
-        run_id=run_id or S.new_run_id(),
-        inputs=C.stage_inputs(chain, stage, earlier, None),
-        output_dir=stage.output_dir,
-        prepared=None,
-    )
-    S.write_done_marker(stage.output_dir, record)
-    return C.assess_stage(chain, stage, earlier)
-
-
-def checkpoint(stage: C.ChainStage, step: int, max_steps: int, weights: bool = True, loss: float = 0.6931) -> Path:
+def checkpoint(stage: ChainStage, step: int, max_steps: int, weights: bool = True, loss: float = 0.6931) -> Path:
     folder = stage.output_dir / f"checkpoint-{step}"
     if weights:
         write_weights(folder)
@@ -94,19 +83,11 @@ def checkpoint(stage: C.ChainStage, step: int, max_steps: int, weights: bool = T
     return folder
 
 
-def started(chain: C.Chain, stage: C.ChainStage, earlier: list) -> dict:
+def started(chain: Chain, stage: ChainStage, earlier: list):
     """The run record the chain writes when it starts a stage."""
-    inputs = C.stage_inputs(chain, stage, earlier, None)
-    record = S.stage_record(
-        recipe_name=stage.name,
-        digest=stage.digest,
-        settings=C.json_settings(stage),
-        run_id=S.new_run_id(),
-        inputs=inputs,
-        output_dir=stage.output_dir,
-        prepared=str(C.prepared_folder(stage, inputs)),
-    )
-    S.write_inputs_record(stage.output_dir, record)
+    record = I.new_record(chain, stage, earlier)
+    record.dataset_prepared_path = str(I.prepared_folder(stage, record.inputs))
+    record.write(stage.output_dir)
     return record
 
 
@@ -178,15 +159,20 @@ def test_stages_may_share_a_prepared_data_folder_each_inputs_get_their_own_subfo
     chain = C.plan_chain("t", chains_file=chain_file(tmp_path, *two_stages(tmp_path, base)))
     sft, dpop = chain.stages
     assert sft.prepared_root == dpop.prepared_root
-    inputs = C.stage_inputs(chain, sft, [], None)
-    folder = C.prepared_folder(sft, inputs)
+    inputs = I.stage_inputs(chain, sft, [], None)
+    folder = I.prepared_folder(sft, inputs)
     assert folder.parent == sft.prepared_root and folder.name.startswith("inputs-")
     # an edited data file gets another folder: axolotl's own cache key ignores file contents
     data = Path(sft.recipe["datasets"][0]["path"])
     data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
-    assert C.prepared_folder(sft, C.stage_inputs(chain, sft, [], None)) != folder
+    assert I.prepared_folder(sft, I.stage_inputs(chain, sft, [], None)) != folder
     # a stage whose base stage has not run yet cannot know its inputs: no folder until then
-    assert C.prepared_folder(dpop, C.stage_inputs(chain, dpop, [S.StageState("new")], None)) is None
+    assert (
+        I.prepared_folder(
+            dpop, I.stage_inputs(chain, dpop, [StageState(Kind.NEW, Action.TRAIN, "not started", "")], None)
+        )
+        is None
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -196,20 +182,21 @@ def test_stages_may_share_a_prepared_data_folder_each_inputs_get_their_own_subfo
 @pytest.mark.parametrize(
     "index, key, value, message",
     [
-        (1, "rl_beta", 0, r"`rl_beta: 0` must be a number > 0"),
-        (1, "rl_beta", -0.3, r"`rl_beta: -0.3` must be a number > 0"),
+        # the DPOP plugin's check (axolotl_dpop.plugin.validate_plugin_config), run through axolotl's validation
+        (1, "rl_beta", 0, r"axolotl rejects this recipe: .*rl_beta must be a number > 0.*, got 0\b"),
+        (1, "rl_beta", -0.3, r"axolotl rejects this recipe: .*rl_beta must be a number > 0.*, got -0.3"),
         (1, "rl_beta", float("nan"), r"`rl_beta` is nan; training settings must be finite"),
         (0, "learning_rate", float("inf"), r"`learning_rate` is inf"),
-        (0, "learning_rate", "nan", r"`learning_rate` is 'nan'; training settings must be finite"),
-        (0, "learning_rate", 0, r"`learning_rate: 0` is out of range; it must be > 0"),
-        (1, "learning_rate", -5.0e-5, r"`learning_rate: -5e-05` is out of range"),
-        (0, "max_steps", 0, r"`max_steps: 0` is out of range; it must be >= 1"),
-        (0, "max_steps", 2.5, r"`max_steps: 2.5` is not a whole number"),
-        (0, "max_steps", True, r"`max_steps: True` is not a whole number"),
-        (1, "micro_batch_size", 0, r"`micro_batch_size: 0` is out of range"),
-        (1, "gradient_accumulation_steps", -1, r"`gradient_accumulation_steps: -1` is out of range"),
-        (0, "save_steps", -2, r"`save_steps: -2` is out of range; it must be > 0"),
-        (0, "warmup_ratio", 1.5, r"`warmup_ratio: 1.5` is out of range; it must be >= 0 and <= 1"),
+        (0, "learning_rate", "nan", r"`learning_rate: 'nan'`: Input should be a finite number"),
+        (0, "learning_rate", 0, r"`learning_rate: 0`: Input should be greater than 0"),
+        (1, "learning_rate", -5.0e-5, r"`learning_rate: -5e-05`: Input should be greater than 0"),
+        (0, "max_steps", 0, r"`max_steps: 0`: Input should be greater than or equal to 1"),
+        (0, "max_steps", 2.5, r"`max_steps: 2.5`: Input should be a valid integer"),
+        (0, "max_steps", True, r"`max_steps: True`: Input should be a valid integer"),
+        (1, "micro_batch_size", 0, r"`micro_batch_size: 0`: Input should be greater than or equal to 1"),
+        (1, "gradient_accumulation_steps", -1, r"`gradient_accumulation_steps: -1`: Input should be greater"),
+        (0, "save_steps", -2, r"`save_steps: -2`: Input should be greater than 0"),
+        (0, "warmup_ratio", 1.5, r"`warmup_ratio: 1.5`: Input should be less than or equal to 1"),
         (
             1,
             "datasets",
@@ -272,6 +259,15 @@ def test_axolotls_and_the_plugins_own_validation_runs_on_every_stage_before_the_
         ({"NODE_RANK": "-1", "NNODES": "2"}, r"NODE_RANK='-1' is out of range"),
         ({"MASTER_ADDR": "10.0.0.1 "}, r"MASTER_ADDR='10.0.0.1 ' is not a host name or IP address"),
         ({"MASTER_ADDR": "http://node0"}, r"MASTER_ADDR='http://node0' is not a host name"),
+        # issue 22.4: a multi-node launch without node 0's address used to fall back to 127.0.0.1 on every node
+        ({"NNODES": "2"}, r"NNODES=2 needs MASTER_ADDR, node 0's address"),
+        ({"NNODES": "2", "MASTER_ADDR": ""}, r"NNODES=2 needs MASTER_ADDR"),
+        # issue 22.4: `nan` waited forever
+        (
+            {"NNODES": "2", "MASTER_ADDR": "n0", "SMAUG_NODE0_WAIT_S": "nan"},
+            r"SMAUG_NODE0_WAIT_S='nan' is out of range",
+        ),
+        ({"NNODES": "2", "MASTER_ADDR": "n0", "SMAUG_NODE0_WAIT_S": "-5"}, r"SMAUG_NODE0_WAIT_S='-5' is out of range"),
     ],
 )
 def test_launch_values_that_cannot_work_are_refused(env, message):
@@ -281,10 +277,24 @@ def test_launch_values_that_cannot_work_are_refused(env, message):
         C.run_chain("smaug-34b", dry_run=True, env=env)
 
 
+def test_a_cpu_chain_cannot_be_spread_over_several_nodes_or_processes():
+    """Issue 22.4: NNODES=2 on a CPU chain started two independent trainings into one stage folder (the CPU launch
+    has no launcher arguments, and the per-node-rank locks do not exclude each other)."""
+    for env in ({"NNODES": "2", "MASTER_ADDR": "n0", "NODE_RANK": "1"}, {"NUM_GPUS": "2"}):
+        with pytest.raises(UserError, match="this chain runs on the CPU in one process and cannot be spread"):
+            C.Launch.from_env({"accelerator": "cpu"}, env)
+        with pytest.raises(UserError, match="this chain runs on the CPU in one process"):
+            C.run_chain("tiny", dry_run=True, env=env)
+    assert C.Launch.from_env({"accelerator": "cpu"}, {"NNODES": "1"}).world_size == 1
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"stages": [{"recipe": "x.yml"}]}, "every entry of `stages:` must be a recipe file name"),
+        ({"stages": [{"recipe": "x.yml"}]}, "stages.0 is {'recipe': 'x.yml'}: Input should be a valid string"),
+        ({"stages": []}, "stages is []: List should have at least 1 item"),
+        ({"hardware": {"accelerator": "cpu"}}, "stages is missing"),
+        ({"stages": ["cpu/tiny_sft.yml"], "hardwre": {}}, "hardwre is {}: Extra inputs are not permitted"),
         ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"accelerator": "tpu"}}, "hardware.accelerator is 'tpu'"),
         ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"gpus": "eight"}}, "hardware.gpus is 'eight'"),
         ({"stages": ["cpu/tiny_sft.yml"], "hardware": {"gpus": 0}}, "hardware.gpus is 0"),
@@ -302,8 +312,10 @@ def test_a_broken_chain_definition_is_a_user_error(tmp_path, spec, message):
 
 
 def test_a_node_count_that_divides_the_gpus_or_an_explicit_per_node_count_is_fine():
-    assert C.Launch.from_env({"accelerator": "cuda", "gpus": 8}, {"NNODES": "2"}).num_gpus == 4
-    launch = C.Launch.from_env({"accelerator": "cuda", "gpus": 8}, {"NNODES": "3", "NUM_GPUS": "3"})
+    assert C.Launch.from_env({"accelerator": "cuda", "gpus": 8}, {"NNODES": "2", "MASTER_ADDR": "n0"}).num_gpus == 4
+    launch = C.Launch.from_env(
+        {"accelerator": "cuda", "gpus": 8}, {"NNODES": "3", "NUM_GPUS": "3", "MASTER_ADDR": "n0"}
+    )
     assert launch.world_size == 9
     plan = C.plan_chain("smaug-34b")
     assert "WARNING: NUM_GPUS x NNODES = 9" in C.describe(plan, launch)
@@ -385,7 +397,8 @@ def test_killing_the_chain_but_not_its_axolotl_process_keeps_the_outputs_locked(
     (orphan,) = [p for p in psutil.process_iter(["cmdline"]) if token in (p.info["cmdline"] or [])]
     try:
         held = lock.holder(folder)
-        assert held is not None and held.pid == chain.pid and "still holds the lock" in held.describe()
+        assert held is not None and held.pid == chain.pid
+        assert "still holds the lock (find it: fuser" in held.describe(lock.lock_path(folder))
         with pytest.raises(UserError, match=rf"{folder} is in use by another chain run: pid {chain.pid} .*fuser"):
             with lock.hold([folder], 0, "test"):
                 pass
@@ -397,29 +410,16 @@ def test_killing_the_chain_but_not_its_axolotl_process_keeps_the_outputs_locked(
         pass
 
 
-def test_without_flock_a_dead_holders_lock_file_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch):
+def test_a_file_system_without_flock_is_refused_naming_the_folder(tmp_path, monkeypatch):
     def no_flock(fd, op):
         raise OSError(38, "Function not implemented")  # ENOSYS, as on some network file systems
 
     monkeypatch.setattr(lock.fcntl, "flock", no_flock)
     folder = tmp_path / "sft"
-    path = lock.lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {"pid": dead_pid(), "host": host_name(), "command": "smaug chain run t", "since": "2020-01-01T00:00:00Z"}
-        )
-    )
-    with lock.hold([folder], 0, "test"):
-        assert lock.read_holder(path).pid == os.getpid()
-        with pytest.raises(UserError, match=f"pid {os.getpid()}"):
-            with lock.hold([folder], 0, "test"):
-                pass
-    assert not path.exists()
-    path.write_text(json.dumps({"pid": 1234, "host": "elsewhere", "command": "c", "since": "s"}))
-    with pytest.raises(UserError, match=rf"pid 1234 on elsewhere .*if no such run exists on elsewhere, delete {path}"):
+    with pytest.raises(UserError, match=rf"^{tmp_path}: this file system has no flock \(Function not implemented\)"):
         with lock.hold([folder], 0, "test"):
-            pass
+            pytest.fail("ran without a lock")
+    assert not folder.exists()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -430,10 +430,12 @@ def test_without_flock_a_dead_holders_lock_file_is_taken_over_and_a_live_one_is_
     "content, what",
     [
         (b"", "is empty"),
-        (b"[]", "holds a JSON list, not an object"),
-        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is binary, not JSON text"),
-        (b'{"recipe": "x", ', "is not valid JSON"),
-        (b'{"recipe": "recipes/cpu/tiny_sft.yml"}', "has no recipe hash"),
+        (b"[]", "is not a stage record (Input should be an object)"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not a stage record (Invalid JSON"),
+        (b'{"recipe": "x", ', "is not a stage record (Invalid JSON: EOF"),
+        (b'{"recipe": "recipes/cpu/tiny_sft.yml"}', "is not a stage record (sha256: Field required)"),
+        # a record without what the stage consumed (as smaug wrote before it recorded inputs)
+        (b'{"recipe": "recipes/cpu/tiny_sft.yml", "sha256": "0"}', "is not a stage record (settings: Field required)"),
     ],
 )
 def test_an_unreadable_done_marker_is_called_unreadable_with_what_to_do(tmp_path, capsys, content, what):
@@ -441,8 +443,8 @@ def test_an_unreadable_done_marker_is_called_unreadable_with_what_to_do(tmp_path
     sft = chain.stages[0]
     write_weights(sft.output_dir)
     sft.marker.write_bytes(content)
-    state = C.assess_stage(chain, sft, [])
-    assert state.kind == "unreadable" and what in state.detail
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.UNREADABLE and what in state.text
     assert smaug_main(["chain", "run", "tiny", "--output-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and "different" not in err
@@ -456,44 +458,68 @@ def test_a_stage_is_stale_when_what_it_consumed_changed_and_says_what(tmp_path, 
     chain = C.plan_chain("t", chains_file=chains)
     sft, dpop = chain.stages
     sft_state = finish(chain, sft, [])
-    assert sft_state.kind == "done"
-    assert finish(chain, dpop, [sft_state]).kind == "done"
-    assert [s.kind for s in C.assess_chain(chain)] == ["done", "done"]
+    assert sft_state.kind is Kind.DONE
+    assert finish(chain, dpop, [sft_state]).kind is Kind.DONE
+    assert [s.kind for s in I.assess_chain(chain)] == [Kind.DONE, Kind.DONE]
 
     # a local data file of the SFT stage is edited: SFT is stale, and so is DPOP, which started from it
     data = Path(sft.recipe["datasets"][0]["path"])
     original = data.read_bytes()
     data.write_bytes(original + original.splitlines(keepends=True)[0])
-    states = C.assess_chain(chain)
-    assert [s.kind for s in states] == ["stale", "stale"]
-    assert f"{data} changed (sha256 " in states[0].detail
-    assert f"its base stage {sft.name} is not finished now" in states[1].detail
+    states = I.assess_chain(chain)
+    assert [s.kind for s in states] == [Kind.STALE, Kind.STALE]
+    assert f"{data} changed (sha256 " in states[0].text
+    assert f"its base model changed (stage {sft.name}, run {sft_state.run_id} -> stage {sft.name}, not done now" in (
+        states[1].text
+    )
     with pytest.raises(UserError) as err:
         C.run_chain("t", env={}, chains_file=chains)
     lines = str(err.value).splitlines()
     assert len(lines) == 3 and lines[-1] == "Nothing was trained."
     assert f"mv {sft.output_dir} {sft.output_dir}.stale-" in lines[0] and f"mv {dpop.output_dir}" in lines[1]
     data.write_bytes(original)  # the same contents again: nothing is stale
-    assert [s.kind for s in C.assess_chain(chain)] == ["done", "done"]
+    assert [s.kind for s in I.assess_chain(chain)] == [Kind.DONE, Kind.DONE]
 
     # the SFT stage is retrained (a new run): DPOP is stale, naming both runs
     old_run = sft_state.run_id
     new_sft = finish(chain, sft, [], run_id="20990101T000000Z-abcdef")
-    dpop_state = C.assess_stage(chain, dpop, [new_sft])
-    assert dpop_state.kind == "stale"
-    assert f"its base stage {sft.name} was retrained (run {old_run} -> 20990101T000000Z-abcdef)" in dpop_state.detail
+    dpop_state = I.assess_stage(chain, dpop, [new_sft])
+    assert dpop_state.kind is Kind.STALE
+    assert f"(stage {sft.name}, run {old_run} -> stage {sft.name}, run 20990101T000000Z-abcdef)" in dpop_state.text
     finish(chain, sft, [], run_id=old_run)
 
     # the base model folder of the SFT stage changes
     (tiny_model_copy / "config.json").write_text((tiny_model_copy / "config.json").read_text() + " ")
-    state = C.assess_stage(chain, sft, [])
-    assert state.kind == "stale" and f"its base model folder {tiny_model_copy} changed (config.json)" in state.detail
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.STALE and "base_model/config.json changed (sha256" in state.text
 
     # a recipe setting changes: named with its old and new value
     (tmp_path / "stage1.yml").write_text(yaml.safe_dump({**sft_recipe, "learning_rate": 0.002}))
     chain = C.plan_chain("t", chains_file=chains)
-    state = C.assess_stage(chain, chain.stages[0], [])
-    assert state.kind == "stale" and "recipe changed (learning_rate: 0.001 -> 0.002)" in state.detail
+    state = I.assess_stage(chain, chain.stages[0], [])
+    assert state.kind is Kind.STALE and "recipe changed (learning_rate: 0.001 -> 0.002)" in state.text
+
+
+@pytest.mark.parametrize("how", ["cp -p", "rsync -a"])
+def test_a_data_file_replaced_by_another_version_with_the_same_size_and_mtime_is_seen(tmp_path, tiny_model_dir, how):
+    """Issue 22.6: the recorded hash was reused while size and mtime were unchanged, which `cp -p` and `rsync -a`
+    keep; ctime and inode change with any copy."""
+    chain = C.plan_chain("t", chains_file=chain_file(tmp_path, two_stages(tmp_path, tiny_model_dir)[0]))
+    sft = chain.stages[0]
+    assert finish(chain, sft, []).kind is Kind.DONE
+    data = Path(sft.recipe["datasets"][0]["path"])
+    before, stat = data.read_bytes(), data.stat()
+    other = before.replace(b"1", b"2", 1)  # another version of the same size
+    assert other != before and len(other) == len(before)
+    if how == "cp -p":  # written in place, then the times copied back
+        data.write_bytes(other)
+    else:  # a temp file renamed over the target
+        (tmp_path / "data" / ".new").write_bytes(other)
+        os.replace(tmp_path / "data" / ".new", data)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.STALE and f"{data} changed (sha256" in state.text
 
 
 def test_tracking_settings_do_not_make_a_done_stage_stale(tmp_path, tiny_model_dir):
@@ -507,16 +533,7 @@ def test_tracking_settings_do_not_make_a_done_stage_stale(tmp_path, tiny_model_d
     )
     again = C.plan_chain("t", chains_file=chains)
     assert again.stages[0].digest == chain.stages[0].digest
-    assert C.assess_stage(again, again.stages[0], []).kind == "done"
-
-
-def test_a_stage_whose_record_was_written_by_an_older_smaug_is_taken_as_done(tmp_path):
-    chain = C.plan_chain("tiny", tmp_path)
-    sft = chain.stages[0]
-    write_weights(sft.output_dir)
-    sft.marker.write_text(json.dumps({"recipe": sft.name, "sha256": sft.digest, "finished_at": "x"}))
-    state = C.assess_stage(chain, sft, [])
-    assert state.kind == "done" and state.note == "inputs not recorded (marker written by an older smaug)"
+    assert I.assess_stage(again, again.stages[0], []).kind is Kind.DONE
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -534,9 +551,9 @@ def test_a_finished_but_unmarked_stage_is_completed_from_its_last_checkpoint_wit
     last = checkpoint(sft, 6, 6)  # killed after the last checkpoint, before the final model was saved
     leftover = sft.output_dir / f".model.safetensors.{host_name()}.{dead_pid()}.a1b2c3.tmp"
     leftover.write_bytes(b"x" * 1000)  # an atomic write killed midway
-    state = C.assess_stage(chain, sft, [])
-    assert (state.kind, state.restore_from, state.weights) == ("finished", last, "config.json is missing")
-    assert C.next_step(chain, sft, state).text.startswith("copy the final weights from checkpoint-6")
+    state = I.assess_stage(chain, sft, [])
+    assert (state.kind, state.restore_from) == (Kind.FINISHED, last) and "config.json is missing" in state.text
+    assert state.next.startswith("copy the final weights from checkpoint-6")
 
     no_training(monkeypatch)
     assert C.run_chain("t", env={}, chains_file=chains) == 0
@@ -544,11 +561,11 @@ def test_a_finished_but_unmarked_stage_is_completed_from_its_last_checkpoint_wit
     assert "training had finished at checkpoint-6; copied its weights" in out and "marked done without training" in out
     assert (sft.output_dir / "model.safetensors").read_bytes() == (last / "model.safetensors").read_bytes()
     marker = json.loads(sft.marker.read_text())
-    assert marker["run_id"] == record["run_id"] and marker["inputs"] == record["inputs"]
+    assert marker["run_id"] == record.run_id and marker["inputs"] == record.inputs.model_dump(mode="json")
     provenance = json.loads((sft.output_dir / "smaug_provenance.json").read_text())
     assert "training finished at checkpoint-6" in provenance["completed_by"] and provenance["recipe"] == sft.name
     assert not leftover.exists(), "the chain removes temp files of killed writers"
-    assert C.assess_stage(chain, sft, []).kind == "done"
+    assert I.assess_stage(chain, sft, []).kind is Kind.DONE
 
 
 def test_a_finished_run_whose_weights_cannot_be_restored_says_exactly_what_to_do(tmp_path, tiny_model_dir):
@@ -558,10 +575,9 @@ def test_a_finished_run_whose_weights_cannot_be_restored_says_exactly_what_to_do
     last = checkpoint(sft, 6, 6, weights=False)
     (last / "global_step6").mkdir()
     (last / "zero_to_fp32.py").write_text("# DeepSpeed writes this into its checkpoints\n")
-    state = C.assess_stage(chain, sft, [])
-    step = C.next_step(chain, sft, state)
-    assert state.kind == "finished" and state.restore_from is None and step.blocking
-    assert f"python {last}/zero_to_fp32.py {last} {sft.output_dir} --safe_serialization" in step.fix
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.FINISHED and state.restore_from is None and state.action is Action.STOP
+    assert f"python {last}/zero_to_fp32.py {last} {sft.output_dir} --safe_serialization" in state.next
 
 
 def test_a_done_stage_that_lost_its_weights_is_restored_or_stops_with_what_to_do(tmp_path, tiny_model_dir):
@@ -571,25 +587,74 @@ def test_a_done_stage_that_lost_its_weights_is_restored_or_stops_with_what_to_do
     finish(chain, sft, [])
     weights = sft.output_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-2])  # a truncated copy
-    state = C.assess_stage(chain, sft, [])
-    step = C.next_step(chain, sft, state)
-    assert state.kind == "weights-missing" and "model.safetensors is truncated" in state.weights
-    assert step.blocking and "no checkpoint is left to restore them from" in step.fix and "mv " in step.fix
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.WEIGHTS_MISSING and "model.safetensors is truncated" in state.text
+    assert state.action is Action.STOP and "no checkpoint is left to restore them from" in state.next
+    assert "mv " in state.next
     checkpoint(sft, 6, 6)
-    state = C.assess_stage(chain, sft, [])
+    state = I.assess_stage(chain, sft, [])
     assert state.restore_from == sft.output_dir / "checkpoint-6"
-    assert not C.next_step(chain, sft, state).blocking
+    assert state.action is Action.FINISH
 
 
 def test_a_model_in_a_stage_folder_that_no_run_of_the_stage_wrote_is_never_trained_over(tmp_path):
     chain = C.plan_chain("tiny", tmp_path)
     sft = chain.stages[0]
     write_weights(sft.output_dir)  # no done-marker, no checkpoints
-    state = C.assess_stage(chain, sft, [])
-    step = C.next_step(chain, sft, state)
-    assert state.kind == "occupied" and step.blocking and f"mv {sft.output_dir} {sft.output_dir}.old-" in step.fix
+    state = I.assess_stage(chain, sft, [])
+    assert state.kind is Kind.OCCUPIED and state.action is Action.STOP
+    assert f"mv {sft.output_dir} {sft.output_dir}.old-" in state.next
     with pytest.raises(UserError, match="is occupied: it holds model weights but no done-marker"):
         C.run_chain("tiny", tmp_path, env={})
+
+
+def test_a_merge_killed_after_its_weights_leaves_no_merged_model_taken_for_done(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue 22.3: `axolotl merge-lora` killed after writing the merged weights but before the tokenizer left a
+    `merged` folder the next run took for done. The merge now lands as one unit (a staging folder moved into
+    place once whole) and a merged folder counts only with its tokenizer."""
+    from axolotl_dpop.provenance import PROVENANCE_FILE, provenance_record, write_provenance
+
+    recipe = {**two_stages(tmp_path, tiny_model_dir)[0], "adapter": "lora", "lora_r": 4, "lora_target_linear": True}
+    chains = chain_file(tmp_path, recipe)
+    chain = C.plan_chain("t", chains_file=chains)
+    stage = chain.stages[0]
+    started(chain, stage, [])
+    write_weights(checkpoint(stage, 6, 6, weights=False), adapter=True)  # training had finished
+    write_weights(stage.output_dir, adapter=True)
+    write_provenance(stage.output_dir, provenance_record(base_model=str(tiny_model_dir), license="apache-2.0"))
+    killed = []
+
+    def merge(cmd, env, log_path, **kwargs):
+        assert cmd[1] == "merge-lora", "no training"
+        into = next((Path(a.split("=", 1)[1]) for a in cmd if a.startswith("--output-dir=")), stage.output_dir)
+        write_weights(into / "merged")
+        if not killed:  # killed after the weights, before the tokenizer
+            killed.append(into)
+            (into / "merged" / "tokenizer_config.json").unlink()
+            return -9
+        return 0
+
+    monkeypatch.setattr(runner, "run_logged", merge)
+    assert C.run_chain("t", env={}, chains_file=chains) == -9
+    state = I.assess_stage(chain, stage, [])
+    assert state.kind is Kind.FINISHED and state.next.startswith("run axolotl merge-lora")
+    assert C.run_chain("t", env={}, chains_file=chains) == 0
+    merged = stage.output_dir / "merged"
+    assert (merged / "tokenizer_config.json").is_file() and stage.marker.is_file()
+    assert json.loads((merged / PROVENANCE_FILE).read_text())["merged_lora"]["adapter_dir"] == str(stage.output_dir)
+    assert not killed[0].exists(), "the staging folder is gone"
+
+
+def test_a_stage_folder_that_is_a_symlink_loop_names_the_link_to_remove(tmp_path, capsys):
+    """Issue 22.5: the advice used to be to delete the done-marker inside the loop, which cannot help."""
+    (tmp_path / "tiny").mkdir()
+    link = tmp_path / "tiny" / "sft"
+    link.symlink_to(link)
+    for command in ("run", "status"):
+        assert smaug_main(["chain", command, "tiny", "--output-root", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{link} is a symbolic link that leads back to itself (a loop)" in err and f"rm {link}" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_a_second_interrupted_save_of_the_same_checkpoint_does_not_block_reruns(tmp_path):
@@ -597,13 +662,13 @@ def test_a_second_interrupted_save_of_the_same_checkpoint_does_not_block_reruns(
         half = tmp_path / "checkpoint-4"
         half.mkdir()
         (half / "model.safetensors").write_bytes(b"partial" * (attempt + 1))
-        assert [p.name for p in C.set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-4"]
+        assert [p.name for p in set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["incomplete-checkpoint-4"]
     assert (tmp_path / "incomplete-checkpoint-4" / "model.safetensors").read_bytes() == b"partial" * 2
     (tmp_path / "tmp-checkpoint-6").mkdir()  # the staging folder of transformers versions that rename when done
-    assert [p.name for p in C.set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-6"]
+    assert [p.name for p in set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-6"]
     (tmp_path / "checkpoint-8").write_text("")  # a file axolotl would try to resume from
-    assert [p.name for p in C.set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-8"]
+    assert [p.name for p in set_aside_incomplete_checkpoints(tmp_path)] == ["incomplete-checkpoint-8"]
 
 
 def test_a_stage_done_meanwhile_is_seen_just_before_it_runs(tmp_path, tiny_model_dir, monkeypatch):
@@ -616,8 +681,7 @@ def test_a_stage_done_meanwhile_is_seen_just_before_it_runs(tmp_path, tiny_model
     def fake_training(cmd, env, log_path, **kwargs):
         assert log_path.parent == sft.output_dir, "stage 2 must not train"
         write_weights(sft.output_dir)
-        write_weights(dpop.output_dir)
-        dpop.marker.write_text(json.dumps({"recipe": dpop.name, "sha256": "0" * 64}))
+        finish(chain, dpop, [], digest="0" * 64)
         return 0
 
     monkeypatch.setattr(runner, "run_logged", fake_training)
@@ -710,10 +774,10 @@ def test_the_plugins_provenance_writer_names_and_cleans_its_temp_files_the_same_
 def test_tracking_is_switched_on_through_axolotls_own_keys_set_by_the_chain(monkeypatch, capsys):
     chain = C.plan_chain("smaug-34b")
     sft = chain.stages[0]
-    assert C.tracking_settings(chain, sft, {}) == {"use_tensorboard": True}
-    assert C.tracking_settings(chain, sft, {"SMAUG_TENSORBOARD": "0"}) == {}
+    assert tracking_settings(chain, sft, {}) == {"use_tensorboard": True}
+    assert tracking_settings(chain, sft, {"SMAUG_TENSORBOARD": "0"}) == {}
     wandb = {"WANDB_PROJECT": "smaug", "WANDB_ENTITY": "lab", "WANDB_MODE": "offline"}
-    assert C.tracking_settings(chain, sft, wandb) == {
+    assert tracking_settings(chain, sft, wandb) == {
         "use_tensorboard": True,
         "wandb_project": "smaug",
         "wandb_entity": "lab",
@@ -723,9 +787,9 @@ def test_tracking_is_switched_on_through_axolotls_own_keys_set_by_the_chain(monk
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mlflow" else real_find_spec(name))
     with pytest.raises(UserError, match="MLFLOW_TRACKING_URI is set but the `mlflow` package is not installed"):
-        C.tracking_settings(chain, sft, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+        tracking_settings(chain, sft, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert C.tracking_settings(chain, sft, {"SMAUG_TENSORBOARD": "0", "MLFLOW_TRACKING_URI": "http://m:5000"}) == {
+    assert tracking_settings(chain, sft, {"SMAUG_TENSORBOARD": "0", "MLFLOW_TRACKING_URI": "http://m:5000"}) == {
         "mlflow_tracking_uri": "http://m:5000",
         "mlflow_experiment_name": "smaug-34b",
         "mlflow_run_name": "smaug-34b/smaug34b_sft",
@@ -738,8 +802,8 @@ def test_tracking_is_switched_on_through_axolotls_own_keys_set_by_the_chain(monk
         "axolotl train recipes/smaug34b_dpop.yml --use-tensorboard --wandb-project=smaug --wandb-entity=lab "
         "--wandb-mode=offline --wandb-name=smaug-34b/smaug34b_dpop --dataset-prepared-path="
     ) in out
-    cfg = C.validate_stages(
-        chain, C.Launch.from_env(chain.hardware, {}), {0: C.tracking_settings(chain, sft, wandb)}, [sft]
+    cfg = validate_stages(
+        chain, C.Launch.from_env(chain.hardware, {}), {0: tracking_settings(chain, sft, wandb)}, [sft]
     )[0]
     assert cfg.use_tensorboard is True and cfg.wandb_project == "smaug" and cfg.wandb_mode == "offline"
 

@@ -21,6 +21,8 @@ import torch
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT
 from smaug.training import chains as C
 from smaug.training import recipes as R
+from smaug.training.chains.commands import train_command
+from smaug.training.chains.plan import ChainStage
 from tests.axolotl_runner import (
     assert_ok,
     axolotl_env,
@@ -115,7 +117,7 @@ def one_process(tmp_path_factory, tiny_model_dir, pairs):
     return work / "out"
 
 
-# How the two ranks are started: by the stage chain's own command (`smaug.training.chains.train_command`) for one node
+# How the two ranks are started: by the stage chain's own command (`smaug.training.chains.commands.train_command`) for one node
 # with two processes, or for two "nodes" on this machine with one process each (node 0 and node 1 commands).
 LAUNCHES = {"smaug7b_dpop.yml": 2, "smaug34b_dpop.yml": 1, "smaug72b_dpop.yml": 1}  # recipe -> nodes
 
@@ -125,7 +127,7 @@ def _run_chain_commands(stage, nodes: int, port: int, work) -> None:
         C.Launch(num_gpus=RANKS // nodes, nnodes=nodes, node_rank=node, master_addr="127.0.0.1", master_port=port)
         for node in range(nodes)
     ]
-    commands = [C.train_command(stage, launch, "cuda") for launch in launches]
+    commands = [train_command(stage, launch, "cuda") for launch in launches]
     assert all(
         cmd[-3:] == ["--use_deepspeed", "--deepspeed_multinode_launcher", "standard"]
         if nodes > 1
@@ -166,7 +168,7 @@ def zero3(request, tmp_path_factory, tiny_model_dir, pairs):
         deepspeed=str(ds_json),
         plugins=["axolotl_dpop.DPOPPlugin", PLUGIN],
     )
-    stage = C.ChainStage(0, RECIPES_DIR / name, cfg, work / "out", write_config(cfg, work), rebased=True)
+    stage = ChainStage(0, RECIPES_DIR / name, cfg, work / "out", write_config(cfg, work), rebased=True)
     _run_chain_commands(stage, LAUNCHES[name], PORTS[name], work)
     reports = [json.loads((work / "out" / REPORT.format(rank=r)).read_text()) for r in range(RANKS)]
     return name, work / "out", reports

@@ -14,24 +14,28 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from smaug.common.errors import UserError
 from smaug.common.paths import REPO_ROOT
 from smaug.training import chains as C
 from smaug.training.chains import run as chain_run
+from smaug.training.chains.plan import STAGE_LOG
 from smaug.training.tiny_model import build_tiny_llama
-from tests.training.test_chain import _mark_done, write_weights
+from tests.training.test_chain import finish, write_weights
 
 SBATCH = REPO_ROOT / "scripts" / "slurm" / "smaug.sbatch"
 
 FAKE_SCONTROL = """#!/bin/bash
 # `scontrol show hostnames LIST` of a real cluster, answered from FAKE_HOSTS
 [ "$1 $2" = "show hostnames" ] && [ -n "$3" ] || exit 1
+[ -z "$FAKE_SCONTROL_EMPTY" ] || exit 0  # a node list scontrol cannot expand
 for host in $FAKE_HOSTS; do echo "$host"; done
 """
 
-# `srun --nodes=N ... --label CMD...`: runs CMD once per node, one after the other, with the variables SLURM sets
-# in each node's task, and prefixes every line with the task number as --label does.
+# `srun --nodes=N ... --label CMD...`: runs CMD once per node, one after the other (the last node first), with the
+# variables SLURM sets in each node's task, and prefixes every line with the task number as --label does; a failing
+# node ends the job (--kill-on-bad-exit) before node 0 spends its time.
 FAKE_SRUN = f"""#!{sys.executable}
 import os, subprocess, sys
 args = sys.argv[1:]
@@ -43,7 +47,7 @@ while args and args[0].startswith("--"):
     label = label or option == "--label"
 hosts = os.environ["FAKE_HOSTS"].split()
 code = 0
-for node in range(nodes):
+for node in reversed(range(nodes)):
     env = dict(os.environ, SLURM_NODEID=str(node), SLURM_PROCID=str(node), SLURM_LOCALID="0",
                SLURMD_NODENAME=hosts[node])
     if node > 0 and os.environ.get("FAKE_UNSHARED"):  # what a node-local outputs folder looks like
@@ -52,6 +56,8 @@ for node in range(nodes):
     for line in (proc.stdout + proc.stderr).splitlines():
         print(f"{{node}}: {{line}}" if label else line)
     code = code or proc.returncode
+    if code:
+        break
 sys.exit(code)
 """
 
@@ -84,9 +90,8 @@ def _sbatch(tmp_path, chain, hosts, with_scontrol=True, **slurm):
         SLURM_SUBMIT_DIR=str(REPO_ROOT),
         SLURM_JOB_ID="4242",
         SMAUG_OUTPUT_ROOT=str(tmp_path / "shared-out"),
-        SLURM_NNODES=str(len(hosts)),
-        **slurm,
     )
+    env.update({"SLURM_NNODES": str(len(hosts)), **slurm})
     return subprocess.run(["bash", str(SBATCH)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -135,12 +140,52 @@ def test_sbatch_without_scontrol_parses_the_node_list_and_typed_gpu_counts(tmp_p
 
 @pytest.mark.parametrize(
     "nodelist,first",
-    [("gpu[07-09,12],cpu1", "gpu07"), ("a1,b[3-4]", "a1"), ("node[1-2]", "node1"), ("solo", "solo"), ("x[5,9]", "x5")],
+    [
+        ("gpu[07-09,12],cpu1", "gpu07"),
+        ("a1,b[3-4]", "a1"),
+        ("node[1-2]", "node1"),
+        ("solo", "solo"),
+        ("x[5,9]", "x5"),
+        ("node[1-2]-ib", "node1-ib"),  # issue 22.4: a suffix after the brackets was dropped
+        ("rack[1-2]-n[07-08],x", "rack1-n07"),
+    ],
 )
 def test_first_host_of_a_slurm_node_list(nodelist, first):
     function = re.search(r"^first_host\(\) \{.*?^\}", SBATCH.read_text(), re.S | re.M).group(0)
     out = subprocess.run(["bash", "-c", f"{function}\nfirst_host '{nodelist}'"], capture_output=True, text=True)
     assert out.stdout.strip() == first
+
+
+@pytest.mark.parametrize(
+    "slurm, message",
+    [
+        # issue 22.4: an empty first host made every node fall back to 127.0.0.1
+        ({"FAKE_SCONTROL_EMPTY": "1"}, "no first host in SLURM_JOB_NODELIST=gpu[07-08] (scontrol gave none)"),
+        ({"SLURM_NNODES": "0"}, "SLURM_NNODES='0' is not a node count"),
+        ({"SLURM_NNODES": "two"}, "SLURM_NNODES='two' is not a node count"),
+    ],
+)
+def test_sbatch_refuses_a_node_list_or_count_that_cannot_make_a_multi_node_run(tmp_path, slurm, message):
+    proc = _sbatch(
+        tmp_path, "smaug-72b", ["gpu07", "gpu08"], SLURM_JOB_NODELIST="gpu[07-08]", SLURM_GPUS_ON_NODE="8", **slurm
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stdout + proc.stderr
+    assert "CHAIN=" not in proc.stdout, "no node was started"
+
+
+def test_sbatch_never_lets_the_nodes_build_the_venv(tmp_path):
+    """Issue 22.4: every node runs `make CHAIN`, whose set-up would build .venv in the shared checkout on all nodes
+    at once: the script stops unless it is built, and the nodes' make takes it as it is."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("Makefile", "pyproject.toml", "requirements", "plugins", "scripts"):
+        (checkout / name).symlink_to(REPO_ROOT / name)
+    proc = _sbatch(
+        tmp_path, "smaug-72b", ["gpu07"], SLURM_JOB_NODELIST="gpu07", SLURM_GPUS_ON_NODE="8", SMAUG_REPO=str(checkout)
+    )
+    assert proc.returncode == 2 and f"{checkout}/.venv is missing or out of date: run `make setup`" in proc.stderr
+    assert not (checkout / ".venv").exists()
+    assert 'exec make -o "$VENV/.installed" "$CHAIN"' in SBATCH.read_text()
 
 
 def test_sbatch_stops_when_the_outputs_are_not_shared(tmp_path):
@@ -186,8 +231,8 @@ def test_provenance_is_written_by_global_rank_zero_only(tmp_path, monkeypatch):
     assert json.loads((tmp_path / PROVENANCE_FILE).read_text())["training"]["rl"] == "dpop"
 
 
-def _launch(node_rank: int) -> C.Launch:
-    return C.Launch(num_gpus=8, nnodes=2, node_rank=node_rank, master_addr="gpu07")
+def _launch(node_rank: int, wait_s: float = 30) -> C.Launch:
+    return C.Launch(num_gpus=8, nnodes=2, node_rank=node_rank, master_addr="gpu07", node0_wait_s=wait_s)
 
 
 def test_other_nodes_wait_for_node_zeros_marker_and_never_write_it(tmp_path, monkeypatch):
@@ -196,16 +241,18 @@ def test_other_nodes_wait_for_node_zeros_marker_and_never_write_it(tmp_path, mon
     stage = chain.stages[0]
     stage.output_dir.mkdir(parents=True)
     with pytest.raises(UserError, match=r"node 1: recipes/cpu/tiny_sft.yml ended here, but node 0 has not marked"):
-        C.wait_for_node0(chain, stage, [], _launch(1), "sft", wait_s=0.3)
+        chain_run.wait_for_node0(chain, stage, [], _launch(1, wait_s=0.3), "sft")
     assert not stage.marker.exists()
 
     returned = []
-    node1 = threading.Thread(target=lambda: returned.append(C.wait_for_node0(chain, stage, [], _launch(1), "sft", 30)))
+    node1 = threading.Thread(
+        target=lambda: returned.append(chain_run.wait_for_node0(chain, stage, [], _launch(1), "sft"))
+    )
     node1.start()
     time.sleep(0.5)
     assert node1.is_alive() and not returned, "node 1 must wait, not skip past the stage"
     assert not stage.marker.exists()
-    _mark_done(stage)  # node 0 finishes (after saving / merging)
+    finish(chain, stage, [])  # node 0 finishes (after saving / merging)
     node1.join(10)
     assert not node1.is_alive() and returned == [None]
 
@@ -214,9 +261,9 @@ def test_a_marker_from_another_recipe_version_stops_the_waiting_node(tmp_path, m
     monkeypatch.setattr(chain_run, "NODE0_POLL_S", 0.05)
     chain = C.plan_chain("tiny", tmp_path)
     stage = chain.stages[0]
-    _mark_done(stage, digest="0" * 64)
+    finish(chain, stage, [], digest="0" * 64)
     with pytest.raises(UserError, match="run the same checkout on every node"):
-        C.wait_for_node0(chain, stage, [], _launch(1), "sft", wait_s=5)
+        chain_run.wait_for_node0(chain, stage, [], _launch(1, wait_s=5), "sft")
 
 
 def test_on_two_nodes_only_node_zero_merges_and_marks_a_lora_stage(tmp_path, monkeypatch):
@@ -227,13 +274,17 @@ def test_on_two_nodes_only_node_zero_merges_and_marks_a_lora_stage(tmp_path, mon
 
     monkeypatch.setattr(chain_run, "NODE0_POLL_S", 0.05)
     root = tmp_path / "shared"
-    stage = C.plan_chain("tiny-qlora", root).stages[0]
+    # the tiny QLoRA chain as if on GPUs (a CPU chain cannot be multi-node)
+    chains = tmp_path / "chains.yaml"
+    spec = C.load_chains()["tiny-qlora"] | {"hardware": {"accelerator": "cuda", "gpus": 2}}
+    chains.write_text(yaml.safe_dump({"q": spec}))
+    stage = C.plan_chain("q", root, chains).stages[0]
     base = root / "tiny" / "base-model"
     build_tiny_llama(base)  # the prepare step finds the base model and skips
     ran: dict[int, list[str]] = {0: [], 1: []}
 
     def fake_run(cmd, env, log_path, **_):  # both "nodes" run in this process; the log file says which one calls
-        node = 0 if log_path.name == C.STAGE_LOG else 1
+        node = 0 if log_path.name == STAGE_LOG else 1
         ran[node].append(f"{Path(cmd[0]).name} {cmd[1]} -> {log_path.name}")
         if cmd[1] == "train" and node == 0:  # what training leaves on shared storage (the plugin: RANK 0)
             write_weights(stage.output_dir, adapter=True)
@@ -241,14 +292,14 @@ def test_on_two_nodes_only_node_zero_merges_and_marks_a_lora_stage(tmp_path, mon
                 json.dumps({"schema": 1, "base_model": str(base), "license": None, "training": {"rl": "dpop"}})
             )
         if cmd[1] == "merge-lora":
-            write_weights(stage.output_dir / "merged")
+            write_weights(Path(next(a for a in cmd if a.startswith("--output-dir=")).split("=", 1)[1]) / "merged")
         return 0
 
     monkeypatch.setattr(runner, "run_logged", fake_run)
     env = {"NUM_GPUS": "1", "NNODES": "2", "MASTER_ADDR": "gpu07"}
     results = {}
     node1 = threading.Thread(
-        target=lambda: results.setdefault(1, C.run_chain("tiny-qlora", root, env={**env, "NODE_RANK": "1"}))
+        target=lambda: results.setdefault(1, C.run_chain("q", root, False, True, {**env, "NODE_RANK": "1"}, chains))
     )
     node1.start()
     deadline = time.monotonic() + 60
@@ -259,7 +310,7 @@ def test_on_two_nodes_only_node_zero_merges_and_marks_a_lora_stage(tmp_path, mon
     assert ran[1] == ["axolotl train -> smaug_stage.node1.log"], "node 1 trains and does not merge"
     assert not (stage.output_dir / "merged").exists()
 
-    assert C.run_chain("tiny-qlora", root, env={**env, "NODE_RANK": "0"}) == 0
+    assert C.run_chain("q", root, False, True, {**env, "NODE_RANK": "0"}, chains) == 0
     node1.join(30)
     assert not node1.is_alive() and results[1] == 0
     assert ran[0] == ["axolotl train -> smaug_stage.log", "axolotl merge-lora -> smaug_stage.log"]

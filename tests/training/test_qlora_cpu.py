@@ -12,6 +12,7 @@ import pytest
 from smaug.common.paths import RECIPES_DIR
 from smaug.training import chains as C
 from smaug.training import recipes as R
+from smaug.training.chains.plan import STAGE_LOG
 
 REAL, TWIN = "smaug72b_dpop_qlora.yml", "cpu/tiny_dpop_qlora.yml"
 # The keys the twin may set differently, and why; every other key must be equal.
@@ -72,7 +73,7 @@ def _logs(output_dir):
 @pytest.mark.slow
 def test_qlora_twin_trains_4bit_with_the_adapter_disabled_reference(qlora_chain):
     root, stage = qlora_chain
-    log = (stage.output_dir / C.STAGE_LOG).read_text()
+    log = (stage.output_dir / STAGE_LOG).read_text()
     assert "prepare_model_for_kbit_training" in log, "the base was loaded in k-bit (bitsandbytes)"
     logs = _logs(stage.output_dir)
     assert len(logs) == stage.recipe["max_steps"]

@@ -16,35 +16,28 @@ from smaug.training.chains.plan import Chain, ChainStage, Launch
 
 def tracking_settings(chain: Chain, stage: ChainStage, env: dict[str, str]) -> dict[str, Any]:
     """axolotl config keys for experiment tracking, added by the chain (the recipes stay as they are): TensorBoard
-    under the stage's folder by default (local; SMAUG_TENSORBOARD=0 turns it off), W&B when WANDB_PROJECT is set,
-    MLflow when MLFLOW_TRACKING_URI is set. A key the recipe sets itself is left alone."""
-    recipe, short = stage.recipe, Path(stage.name).stem
-    settings: dict[str, Any] = {}
-    if env.get("SMAUG_TENSORBOARD", "1") != "0" and "use_tensorboard" not in recipe:
-        settings["use_tensorboard"] = True
+    under the stage's folder unless SMAUG_TENSORBOARD=0, W&B when WANDB_PROJECT is set, MLflow when
+    MLFLOW_TRACKING_URI is set. A key the recipe sets itself is left alone."""
+    recipe, name = stage.recipe, f"{chain.name}/{Path(stage.name).stem}"
+    wanted = {"use_tensorboard": True} if env.get("SMAUG_TENSORBOARD", "1") != "0" else {}
     if env.get("WANDB_PROJECT") and "wandb_project" not in recipe:
         _need_package("wandb", "WANDB_PROJECT")
-        settings["wandb_project"] = env["WANDB_PROJECT"]
-        for var, key in (("WANDB_ENTITY", "wandb_entity"), ("WANDB_MODE", "wandb_mode")):
-            if env.get(var) and key not in recipe:
-                settings[key] = env[var]
-        if "wandb_name" not in recipe:
-            settings["wandb_name"] = env.get("WANDB_NAME") or f"{chain.name}/{short}"
+        wanted |= {"wandb_project": env["WANDB_PROJECT"], "wandb_entity": env.get("WANDB_ENTITY")}
+        wanted |= {"wandb_mode": env.get("WANDB_MODE"), "wandb_name": env.get("WANDB_NAME") or name}
     if env.get("MLFLOW_TRACKING_URI") and "mlflow_tracking_uri" not in recipe:
         _need_package("mlflow", "MLFLOW_TRACKING_URI")
-        settings["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
-        if "mlflow_experiment_name" not in recipe:  # axolotl logs to MLflow only when an experiment is named
-            settings["mlflow_experiment_name"] = env.get("MLFLOW_EXPERIMENT_NAME") or chain.name
-        if "mlflow_run_name" not in recipe:
-            settings["mlflow_run_name"] = f"{chain.name}/{short}"
-    return settings
+        # axolotl logs to MLflow only when an experiment is named
+        experiment = env.get("MLFLOW_EXPERIMENT_NAME") or chain.name
+        wanted |= {"mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"], "mlflow_experiment_name": experiment}
+        wanted["mlflow_run_name"] = name
+    return {key: value for key, value in wanted.items() if value is not None and key not in recipe}
 
 
 def _need_package(package: str, variable: str) -> None:
     if importlib.util.find_spec(package) is None:
         raise UserError(
-            f"{variable} is set but the `{package}` package is not installed, and axolotl logs to it "
-            f"through that package: pip install {package} (or unset {variable})"
+            f"{variable} is set but the `{package}` package is not installed, and axolotl logs to it through "
+            f"that package: pip install {package} (or unset {variable})"
         )
 
 
@@ -54,33 +47,23 @@ def train_command(
     config = rel(stage.run_config)
     if accelerator == "cpu":
         return runner.train_command(config, overrides=overrides)
-    args = [
-        "--num_processes",
-        str(launch.world_size),
-        "--num_machines",
-        str(launch.nnodes),
-        "--machine_rank",
-        str(launch.node_rank),
-        "--main_process_ip",
-        launch.master_addr,
-        "--main_process_port",
-        str(launch.master_port),
-    ]
+    args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes)]
+    args += ["--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr]
+    args += ["--main_process_port", str(launch.master_port)]
     if stage.recipe.get("deepspeed"):
-        if launch.world_size > 1:
-            # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP)
+        if launch.world_size > 1:  # accelerate's DeepSpeed launcher (--multi_gpu would wrap the ZeRO-3 model in DDP)
             args.append("--use_deepspeed")
-        if launch.nnodes > 1:
-            # one launcher per node (torchrun, started on every node like this chain), not DeepSpeed's
-            # default pdsh/ssh launcher that starts all nodes from node 0
+        if launch.nnodes > 1:  # one launcher per node (as this chain runs), not DeepSpeed's pdsh/ssh from node 0
             args += ["--deepspeed_multinode_launcher", "standard"]
     elif launch.world_size > 1:
         args.append("--multi_gpu")
     return runner.train_command(config, launcher_args=args, overrides=overrides)
 
 
-def merge_command(stage: ChainStage) -> list[str]:
-    return runner.merge_command(rel(stage.run_config))
+def merge_command(stage: ChainStage, into: Path | None = None) -> list[str]:
+    """`axolotl merge-lora` of the stage's adapter; it writes `<output_dir>/merged`, so ``into`` moves that."""
+    overrides = {"lora_model_dir": stage.output_dir, "output_dir": into} if into else {}
+    return runner.merge_command(rel(stage.run_config)) + runner.override_args(overrides)
 
 
 def stage_env(stage: ChainStage, tracking: dict[str, Any] | None = None) -> dict[str, str]:

@@ -1,15 +1,13 @@
-"""Before any GPU time: does this node have the GPUs the chain's `hardware:` asks for? If not, stop with what
-it needs, what was found and what to run instead."""
+"""Before any GPU time: does this node have the GPUs the chain's `hardware:` asks for? If not, stop with what it
+needs, what was found and what to run instead."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from smaug.common.errors import UserError
+from smaug.training.chains.plan import Chain, Launch
 from smaug.training.memory import GIB
-
-if TYPE_CHECKING:
-    from smaug.training.chains import Chain, Launch
 
 
 def hardware_text(hardware: dict[str, Any]) -> str:
@@ -23,23 +21,21 @@ def hardware_text(hardware: dict[str, Any]) -> str:
 
 def detect_gpus() -> tuple[list[float], str]:
     """(memory in GiB of each CUDA device, how they were found)."""
-    try:
-        import torch
-    except ImportError:
-        return [], "torch is not installed"
+    import torch
+
     if not torch.cuda.is_available():
         return [], f"no CUDA device (torch {torch.__version__}: torch.cuda.device_count() == 0)"
-    sizes = [torch.cuda.get_device_properties(i).total_memory / GIB for i in range(torch.cuda.device_count())]
-    names = {torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
-    return sizes, f"{len(sizes)} CUDA device(s): {', '.join(sorted(names))}"
+    count = torch.cuda.device_count()
+    sizes = [torch.cuda.get_device_properties(i).total_memory / GIB for i in range(count)]
+    names = sorted({torch.cuda.get_device_name(i) for i in range(count)})
+    return sizes, f"{count} CUDA device(s): {', '.join(names)}"
 
 
 def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None = None) -> None:
     hardware = chain.hardware
     if hardware.get("accelerator") != "cuda":
         return
-    need_total = int(hardware.get("gpus") or 1)
-    need_gib = float(hardware.get("min_gpu_memory_gib") or 0)
+    need_total, need_gib = int(hardware.get("gpus") or 1), float(hardware.get("min_gpu_memory_gib") or 0)
     sizes, found = gpus if gpus is not None else detect_gpus()
     problems = []
     if launch.world_size < need_total:
@@ -60,5 +56,6 @@ def preflight(chain: Chain, launch: Launch, gpus: tuple[list[float], str] | None
             f"DRY_RUN=1 make {chain.name}   (smaug chain run {chain.name} --dry-run)\n"
             f"  Run the same chain on this CPU in minutes: make smaug-tiny (or make demo)\n"
             f"  Several nodes: set NUM_GPUS (per node), NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each.\n"
-            f"  Know better (e.g. a different card): SMAUG_SKIP_PREFLIGHT=1 make {chain.name} (--skip-preflight) skips this check."
+            f"  Know better (e.g. a different card): SMAUG_SKIP_PREFLIGHT=1 make {chain.name} (--skip-preflight) "
+            "skips this check."
         )
