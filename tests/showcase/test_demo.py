@@ -131,6 +131,27 @@ def test_demo_data_is_built_by_our_builders_with_a_disjoint_held_out_split(tmp_p
     assert all(after[p][1] == before[p][1] for p in before if p.name not in pair_files)
 
 
+def test_demo_reuses_scores_only_of_the_same_model(tmp_path, monkeypatch):
+    import smaug.evaluation.harness as harness
+
+    runs, revision = [], {"now": "rev-A"}
+    monkeypatch.setattr(demo, "eval_dir", lambda model, suite: tmp_path)
+    monkeypatch.setattr(demo, "_identity", lambda model: revision["now"])
+
+    def fake_eval(model, suite, **kwargs):
+        runs.append(model)
+        (tmp_path / "summary.json").write_text(json.dumps({"model_revision": revision["now"], "average": 0.5}))
+        return tmp_path
+
+    monkeypatch.setattr(harness, "evaluate", fake_eval)
+    assert demo.evaluate(tmp_path / "model")["average"] == 0.5 and len(runs) == 1
+    demo.evaluate(tmp_path / "model")
+    assert len(runs) == 1  # the same model: its scores are reused, whatever the files' times
+    revision["now"] = "rev-B"  # the stage was retrained: other weights or provenance
+    demo.evaluate(tmp_path / "model")
+    assert len(runs) == 2
+
+
 def _summary(lay, d_trained, d_heldout):
     scores = {"average": 0.25, "tasks": {"arc": {"value": 0.25}}, "_path": str(REPO_ROOT / "results/x.json")}
 

@@ -276,24 +276,15 @@ def read_report(path: Path) -> BuildReport:
         ) from None
 
 
-def changed_files(report_file: Path, report: BuildReport) -> list[str]:
-    """The files of the report's set that are missing or differ from what the build wrote."""
-    folder = report_file.parent
-    return [
-        name
-        for name, digest in report.files.items()
-        if not (folder / name).is_file() or sha256(folder / name) != digest
-    ]
-
-
 def check_build_set(path: Path) -> None:
-    """Refuse a pair file whose build set (per a build report in its folder) is not the one the report records:
+    """Refuse a pair file whose set, per a build report in its folder that lists it, is not what that build wrote:
     a rebuild stopped between its files leaves new and old files side by side."""
-    target = path.resolve()
     for report_file in sorted(path.parent.glob(f"*{BUILD_REPORT}")):
-        report = read_report(report_file)
-        if any((report_file.parent / name).resolve() == target for name in report.files):
-            changed = changed_files(report_file, report)
+        report, folder = read_report(report_file), report_file.parent
+        if any((folder / name).resolve() == path.resolve() for name in report.files):
+            changed = [
+                n for n, digest in report.files.items() if not (folder / n).is_file() or sha256(folder / n) != digest
+            ]
             if changed:
                 raise UserError(
                     f"{path}: one of the files of the build recorded in {report_file}, but {', '.join(changed)} "

@@ -146,9 +146,9 @@ def analyse_logprobs(lay: Layout) -> dict[str, Any]:
         else:
             pairs = load_pairs(pairs_file, limit=limit)
             result = analyse_pairs([str(lay.dpop)], str(lay.sft), pairs, batch_size=8, max_length=max_length)
-            result["model_revision"] = identity
-            write_json(result_path, result)
             plots.plot_positional(result, positional_png)
+            result["model_revision"] = identity  # written last: the record that the figure is this model's
+            write_json(result_path, result)
         result["_paths"] = {"json": str(result_path), "positional": str(positional_png)}
         results[name] = result
     training_png = lay.analysis / "training_dpop.png"
