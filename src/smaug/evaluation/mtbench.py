@@ -85,8 +85,6 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> MTBenchConfig:
     path = Path(path)
     try:
         return MTBenchConfig.model_validate(yaml.safe_load(path.read_bytes().decode("utf-8")) or {})
-    except FileNotFoundError:
-        raise UserError(f"{path}: MT-Bench config not found; pass --config (see eval/mtbench.yaml)") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"{path}: not a readable YAML MT-Bench config ({' '.join(str(err).split())})") from None
     except ValidationError as err:

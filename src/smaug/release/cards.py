@@ -91,12 +91,8 @@ def _check_model_index(model_name: str, results) -> None:
     """Every result must come back from the metadata once, under its own dataset: a failure here is a bug."""
     from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
-    def view(rs):
-        fields = ("dataset_name", "dataset_type", "dataset_config", "dataset_split", "dataset_args", "metric_type")
-        return sorted(tuple(str(getattr(r, f)) for f in (*fields, "metric_value", "source_name")) for r in rs)
-
     _, back = model_index_to_eval_results(eval_results_to_model_index(model_name, results))
-    if view(back) != view(results):
+    if sorted(map(repr, back)) != sorted(map(repr, results)):  # every field of every result, in any order
         raise RuntimeError("the card's model-index would file eval results under the wrong dataset")
 
 

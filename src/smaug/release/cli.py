@@ -6,48 +6,31 @@ import argparse
 from pathlib import Path
 
 
-def _add_card(sub) -> None:
-    parser = sub.add_parser("card", help="write the licence-aware model card (README.md) into a model folder")
+def _parser(sub, name: str, help: str, evals: str, func) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help)
     parser.add_argument("model_dir", type=Path, help="a trained model folder (holds smaug_provenance.json)")
     parser.add_argument(
-        "--eval",
-        dest="evals",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="SUMMARY_JSON",
-        help="a `smaug eval` summary.json to include (repeatable); those in results/eval/ for this folder are found",
+        "--eval", dest="evals", action="append", type=Path, default=[], metavar="SUMMARY_JSON", help=evals
     )
-    parser.add_argument("--no-auto-eval", action="store_true", help="only use the --eval files given")
-    parser.add_argument("--name", help="model name on the card (default: the folder name)")
-    parser.set_defaults(func=_card)
-
-
-def _add_publish(sub) -> None:
-    parser = sub.add_parser("publish", help="upload a trained model + its card to the Hub (private by default)")
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--repo", required=True, help="target Hub repo, org/name")
-    parser.add_argument("--public", action="store_true", help="create/publish a public repo (default: private)")
-    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded and where; upload nothing")
-    parser.add_argument(
-        "--eval",
-        dest="evals",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="SUMMARY_JSON",
-        help="eval summary.json for a card generated at publish time (repeatable)",
-    )
-    parser.add_argument("--message", help="commit message")
-    parser.set_defaults(func=_publish)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def register(subparsers) -> None:
-    sub = subparsers.add_parser("release", help="model cards and publishing to the Hub").add_subparsers(
-        dest="release_command", required=True
+    sub = subparsers.add_parser("release", help="model cards and publishing to the Hub")
+    sub = sub.add_subparsers(dest="release_command", required=True)
+    evals = "a `smaug eval` summary.json for the card (repeatable); those in results/eval/ for the folder are found too"
+    card = _parser(sub, "card", "write the licence-aware model card (README.md) into a model folder", evals, _card)
+    card.add_argument("--no-auto-eval", action="store_true", help="only use the --eval files given")
+    card.add_argument("--name", help="model name on the card (default: the folder name)")
+    evals = "a summary.json for a card generated at upload (repeatable)"
+    publish = _parser(
+        sub, "publish", "upload a trained model and its card to the Hub (private by default)", evals, _publish
     )
-    _add_card(sub)
-    _add_publish(sub)
+    publish.add_argument("--repo", required=True, help="target Hub repo, org/name")
+    publish.add_argument("--public", action="store_true", help="create/publish a public repo (default: private)")
+    publish.add_argument("--dry-run", action="store_true", help="list what would be uploaded and where; upload nothing")
+    publish.add_argument("--message", help="commit message")
 
 
 def _card(args: argparse.Namespace) -> int:
