@@ -20,7 +20,8 @@ ALLOW_PATTERNS = """config.json generation_config.json adapter_config.json token
     chat_template.json README.md smaug_provenance.json USE_POLICY.md *.safetensors *.safetensors.index.json
     *.tiktoken LICENSE LICENSE.* LICENSE-* NOTICE NOTICE.*""".split()
 IGNORE_PATTERNS = ["*/*"]  # checkpoints, logs, runs
-LOADED = ["*config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab.*", "merges.txt"]
+LOADED = "config.json adapter_config.json *.safetensors *.safetensors.index.json tokenizer.json tokenizer.model".split()
+LOADED += ["vocab.*", "merges.txt", "*.tiktoken"]
 SECRET_NAMES = ".env .env.* *.env .netrc _netrc .git-credentials .pypirc id_rsa* id_ed25519* *credential* *secret*"
 SECRET_NAMES = [*SECRET_NAMES.split(), "*.pem", "*.key", "*token*"]
 NOT_SECRET = ["tokenizer*", "special_tokens_map.json", "added_tokens.json"]
@@ -128,7 +129,7 @@ def plan_upload(model_dir: str | Path) -> UploadPlan:
             problems.append(f"{rel}: a secret-looking file name")
         elif path.is_symlink():  # never followed: it may point anywhere (or nowhere)
             plan.skipped.append((rel, "a symlink"))
-            links += [rel] if _matches(rel, LOADED) else []
+            links += [rel] if "/" not in rel and _matches(rel, LOADED) else []
         elif rel not in uploaded:
             plan.skipped.append((rel, "not a model-repo file"))
             if name.lower().endswith(PICKLE_SUFFIXES) and not _matches(name, TRAINER_STATE):
