@@ -5,9 +5,8 @@ tokens) through the real trainers' ``compute_loss`` + backward, with a live refe
 
   dpo           axolotl's DPO trainer (TRL's loss, full logits)
   dpop          DPOPTrainer, full logits (dpop_chunked_logps: false)
-  chunked       DPOPTrainer, dpop_chunked_logps: true: the custom autograd Function (plain nn.Linear head)
-  chunked-ckpt  the same head through torch.utils.checkpoint over the lm_head module: the path taken under
-                DeepSpeed ZeRO-3 and with a LoRA-wrapped lm_head
+  chunked       DPOPTrainer, dpop_chunked_logps: true: the lm_head module per chunk of completion tokens under
+                torch.utils.checkpoint (every head: plain, LoRA-wrapped, under DeepSpeed ZeRO-3)
   liger-dpo     axolotl's DPO with dpo_use_liger_kernel: Liger's fused-linear DPO, which chunks over pairs
                 (compiled=False: no inductor on this CPU)  [memory only]
 
@@ -34,19 +33,16 @@ Targets (issue): memory <= 0.35x the DPOP step; head time <= 1.40x; 72B step pro
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from unittest import mock
 
 import torch
-from bench_common import peak_bytes, timed_steps
+from bench_common import dpop_config_cls, peak_bytes, timed_steps
 
-KINDS = ("dpo", "dpop", "chunked", "chunked-ckpt")
+KINDS = ("dpo", "dpop", "chunked")
 SMAUG_72B = {
     "hidden": 8192,
     "layers": 80,
@@ -84,19 +80,13 @@ def build_models(vocab: int, hidden: int, layers: int, seq: int):
 
 
 def build_trainer(kind: str, policy, reference, chunk_size: int):
-    from axolotl.core.trainers.dpo.args import AxolotlDPOConfig
     from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
     from datasets import Dataset
 
-    from axolotl_dpop.args import DPOPTrainingArgs
     from axolotl_dpop.trainer import DPOPTrainer
     from smaug.training.tiny_model import build_tokenizer
 
-    @dataclasses.dataclass
-    class Args(DPOPTrainingArgs, AxolotlDPOConfig):  # what axolotl merges when the plugin is registered
-        pass
-
-    args = Args(
+    args = dpop_config_cls()(
         output_dir=tempfile.mkdtemp(prefix=f"bench-{kind}-"),
         per_device_train_batch_size=1,
         beta=0.3,
@@ -113,8 +103,6 @@ def build_trainer(kind: str, policy, reference, chunk_size: int):
     dataset = Dataset.from_list([{"prompt": "1 + 1 =", "chosen": " 2", "rejected": " 3"}])
     cls = AxolotlDPOTrainer if kind in ("dpo", "liger-dpo") else DPOPTrainer
     trainer = cls(policy, reference, args=args, train_dataset=dataset, processing_class=build_tokenizer())
-    if cls is DPOPTrainer:
-        trainer.dpop_lambda = 50.0
     if kind == "liger-dpo":
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
 
@@ -132,16 +120,6 @@ def synthetic_batch(vocab: int, seq: int, prompt: int, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-@contextlib.contextmanager
-def kind_context(kind: str):
-    """chunked-ckpt: make the plain nn.Linear head take the module path, as a ZeRO-3 or LoRA head does."""
-    if kind == "chunked-ckpt":
-        with mock.patch("axolotl_dpop.chunked_logps._is_plain_linear", return_value=False):
-            yield
-    else:
-        yield
-
-
 SKIP_COMPUTE_ABOVE = 2**20  # bytes: tensors this large are allocated but not computed while counting memory
 
 
@@ -152,11 +130,10 @@ def measure_memory(vocab, seq, hidden, layers, chunk_size, kinds, modes=("counte
     for kind in kinds:
         trainer = build_trainer(kind, policy, reference, chunk_size)
         batch = synthetic_batch(vocab, seq, seq // 16, trainer.accelerator.device)
-        with kind_context(kind):
-            for mode in modes:
-                peaks[mode][kind] = peak_bytes(
-                    trainer, batch, warm=False, skip_compute_above=SKIP_COMPUTE_ABOVE if mode == "counted" else None
-                )
+        for mode in modes:
+            peaks[mode][kind] = peak_bytes(
+                trainer, batch, warm=False, skip_compute_above=SKIP_COMPUTE_ABOVE if mode == "counted" else None
+            )
         del trainer
     return peaks
 
@@ -183,14 +160,12 @@ def measure_time(vocab, seq, hidden, rounds, chunk_size) -> dict[str, list[tuple
     order = list(setups)
     warm_up = synthetic_batch(vocab, 32, 2, policy.device)  # first calls (thread pools, lazy init), cheaply
     for kind in order:
-        with kind_context(kind):
-            timed_steps(setups[kind], warm_up, 1)
+        timed_steps(setups[kind], warm_up, 1)
     times = {kind: [] for kind in order}
     for round_index in range(rounds):
         shift = round_index % len(order)
         for kind in order[shift:] + order[:shift]:
-            with kind_context(kind):
-                times[kind] += timed_steps(setups[kind], batch, 1)
+            times[kind] += timed_steps(setups[kind], batch, 1)
     return times
 
 
@@ -258,8 +233,7 @@ def main() -> None:
         print(f"  vocab {vocab:>7,}: " + ", ".join(f"{k} {v / 2**30:.3f} GiB" for k, v in peaks.items()))
         print(
             f"    chunked / dpop = {peaks['chunked'] / peaks['dpop']:.3f}   chunked / dpo = "
-            f"{peaks['chunked'] / peaks['dpo']:.3f}   chunked-ckpt / dpop = "
-            f"{peaks['chunked-ckpt'] / peaks['dpop']:.3f}   liger-dpo / dpo = {peaks['liger-dpo'] / peaks['dpo']:.3f}"
+            f"{peaks['chunked'] / peaks['dpo']:.3f}   liger-dpo / dpo = {peaks['liger-dpo'] / peaks['dpo']:.3f}"
         )
     print(
         f"  target: chunked / dpop <= 0.35 at vocab {args.vocab:,}: "
@@ -282,22 +256,19 @@ def main() -> None:
     print("  step  " + "  ".join(f"{k} {wall[k]:.2f}s (CPU {cpu[k]:.2f}s)" for k in times))
     print("  head  " + "  ".join(f"{k} {head[k]:.2f}s (CPU {head_cpu[k]:.2f}s)" for k in KINDS))
     head_ratio = {k: head[k] / head["dpop"] for k in KINDS}
-    for k in ("chunked", "chunked-ckpt"):
+    for k in ("chunked",):
         print(
             f"  {k}: head / dpop head = {head_ratio[k]:.3f} (CPU {head_cpu[k] / head_cpu['dpop']:.3f}), "
             f"/ dpo head = {head[k] / head['dpo']:.3f}; step / dpop step = {wall[k] / wall['dpop']:.3f} "
             f"(CPU {cpu[k] / cpu['dpop']:.3f}), / dpo step = {wall[k] / wall['dpo']:.3f} (CPU {cpu[k] / cpu['dpo']:.3f})"
         )
-    print(
-        f"  target: head <= 1.40x: chunked {'met' if head_ratio['chunked'] <= 1.40 else 'NOT met'}, "
-        f"chunked-ckpt {'met' if head_ratio['chunked-ckpt'] <= 1.40 else 'NOT met'}"
-    )
+    print(f"  target: head <= 1.40x: chunked {'met' if head_ratio['chunked'] <= 1.40 else 'NOT met'}")
     print(f"  ({time.perf_counter() - started:.0f} s)")
 
     # 4. projection to Smaug-72B
     body, head = flops_per_token(**SMAUG_72B)
     print(f"\nSmaug-72B ({SMAUG_72B}): forward FLOPs/token body {body / 1e9:.1f} G, head {head / 1e9:.2f} G")
-    for k in ("chunked", "chunked-ckpt"):
+    for k in ("chunked",):
         for precompute in (False, True):
             ratio, share = projected_step_ratio(head_ratio[k], precompute)
             print(

@@ -6,6 +6,7 @@ counted; gradients, activations and logits are)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import weakref
@@ -17,6 +18,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
+
+
+def dpop_config_cls():
+    """axolotl's DPO training arguments with the plugin's fields, as axolotl merges them when the plugin is listed."""
+    from axolotl.core.trainers.dpo.args import AxolotlDPOConfig
+
+    from axolotl_dpop.args import DPOPTrainingArgs
+
+    @dataclasses.dataclass
+    class Args(DPOPTrainingArgs, AxolotlDPOConfig):
+        pass
+
+    return Args
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -17,11 +17,10 @@ import statistics
 import tempfile
 
 import torch
-from bench_common import peak_bytes, timed_steps
+from bench_common import dpop_config_cls, peak_bytes, timed_steps
 
 
 def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: float):
-    from axolotl.core.trainers.dpo.args import AxolotlDPOConfig
     from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -36,12 +35,10 @@ def build_trainer(kind: str, model_dir: str, dataset, args_kwargs: dict, lam: fl
     trainer = cls(
         model,
         ref,
-        args=AxolotlDPOConfig(output_dir=out, **args_kwargs),
+        args=dpop_config_cls()(output_dir=out, dpop_lambda=lam, **args_kwargs),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    if kind == "dpop":
-        trainer.dpop_lambda = lam
     trainer.model.train()
     return trainer
 

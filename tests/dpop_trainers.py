@@ -89,7 +89,6 @@ def make_trainer(
         processing_class=tokenizer or AutoTokenizer.from_pretrained(model_dir),
         peft_config=peft_config,
     )
-    trainer.dpop_lambda = 50.0
     # Move the policy away from the reference (after any precompute pass), so that the DPOP penalty is on.
     with torch.no_grad():
         for index, (name, p) in enumerate(trainer.model.named_parameters()):

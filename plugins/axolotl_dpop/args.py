@@ -1,10 +1,10 @@
-"""The config fields DPOPPlugin adds to axolotl's schema, and the training arguments it hands the trainer."""
+"""The config fields DPOPPlugin adds to axolotl's schema, and the training arguments the trainers read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from axolotl_dpop.chunked_logps import DEFAULT_CHUNK_SIZE
 
@@ -14,55 +14,45 @@ DEFAULT_DPOP_LAMBDA = 50.0  # the paper's setting
 DEFAULT_SLIC_LAMBDA = 0.1
 
 
-class DPOPArgs(BaseModel):
-    """Declared so that axolotl's schema keeps the plugin's fields; they are checked (and the lambdas get their
-    defaults) by `DPOPPlugin.register` on the raw YAML, which names the file: `plugin.validate_plugin_config`."""
+def _lambda(description: str):
+    return Field(None, ge=0, allow_inf_nan=False, strict=True, description=description)
 
-    # Set by DPOPPlugin.register when the YAML says `rl: dpop` / `rl: slic` (axolotl's `rl` enum is closed, so
-    # the plugin turns them into `rl: dpo` + `dpop: true` / `slic: true` before validation). Not written by hand.
-    dpop: bool | None = Field(default=None, json_schema_extra={"description": "internal: rl is dpop"})
-    slic: bool | None = Field(default=None, json_schema_extra={"description": "internal: rl is slic"})
-    dpop_lambda: float | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": f"DPOP penalty weight lambda (>= 0; paper and default: {DEFAULT_DPOP_LAMBDA:g}). Only with rl: dpop."
-        },
+
+class DPOPArgs(BaseModel):
+    """Checked on the raw YAML by `plugin.validate_plugin_config` (which names the file), then by axolotl's
+    schema, which includes this model."""
+
+    # Set by DPOPPlugin.register for `rl: dpop` / `rl: slic`, which it turns into `rl: dpo` (axolotl's enum is closed).
+    dpop: bool | None = Field(None, description="internal: rl is dpop")
+    slic: bool | None = Field(None, description="internal: rl is slic")
+    dpop_lambda: float | None = _lambda(
+        f"rl: dpop's penalty weight, a number >= 0 (paper, default: {DEFAULT_DPOP_LAMBDA:g})"
     )
-    slic_lambda: float | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "SLiC regulariser weight lambda on -log p(y_w|x) (>= 0; default "
-            f"{DEFAULT_SLIC_LAMBDA}). Only with rl: slic."
-        },
-    )
-    dpop_chunked_logps: bool | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "rl: dpop: compute log-probs from the last hidden states in chunks of tokens, never "
-            "holding the [2*batch, seq, vocab] logits (same losses and gradients)."
-        },
+    slic_lambda: float | None = _lambda(f"rl: slic's regulariser weight, a number >= 0 (default {DEFAULT_SLIC_LAMBDA})")
+    dpop_chunked_logps: StrictBool | None = Field(
+        None,
+        description="rl: dpop: log-probs from the last hidden states in chunks of tokens, never holding the "
+        "[2*batch, seq, vocab] logits (same losses and gradients)",
     )
     dpop_logps_chunk_size: int | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": f"completion tokens per chunk with dpop_chunked_logps (default {DEFAULT_CHUNK_SIZE})."
-        },
+        None, ge=1, strict=True, description=f"completion tokens per chunk, >= 1 (default {DEFAULT_CHUNK_SIZE})"
     )
     dpop_ref_logps_cache_dir: str | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "rl: dpop with precompute_ref_log_probs: folder of the reference log-prob cache shared "
-            "by runs with the same reference model, data and tokenisation (default: "
-            "<dataset_prepared_path>/dpop_ref_logps)."
-        },
+        None,
+        pattern=r"\S",
+        strict=True,
+        description="folder of the reference log-prob cache of rl: dpop with precompute_ref_log_probs "
+        "(default: <dataset_prepared_path>/dpop_ref_logps)",
     )
 
 
 @dataclass
 class DPOPTrainingArgs:
-    """Fields axolotl merges into its training arguments (the plugin's ``get_training_args_mixin``), so
-    that DPOPTrainer has them during ``__init__``, where TRL precomputes the reference log-probs."""
+    """Merged by axolotl into its training arguments, so the trainers have them in ``__init__``, where TRL
+    runs the precompute pass."""
 
+    dpop_lambda: float = DEFAULT_DPOP_LAMBDA
+    slic_lambda: float = DEFAULT_SLIC_LAMBDA
     dpop_chunked_logps: bool = False
     dpop_logps_chunk_size: int = DEFAULT_CHUNK_SIZE
     dpop_ref_logps_cache_dir: str | None = None

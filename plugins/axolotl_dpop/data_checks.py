@@ -1,11 +1,8 @@
-"""Preference-data checks that run before any model is loaded.
+"""Preference-row checks that run before any model is loaded.
 
-axolotl 0.19 fills a field that a JSON row lacks with null and then formats it into the text, so a row
-without `rejected` silently trains on the string "None". We run each dataset's own `type:` transform
-on every raw row, with null/empty fields removed, so the transform itself tells us which field it
-needs; and we count pairs whose chosen and rejected texts come out identical (they carry no preference
-signal and make DPO/DPOP's log-ratio difference exactly zero).
-"""
+axolotl 0.19 fills a field that a JSON row lacks with null and formats it into the text, so a row without
+`rejected` would train on the string "None". Each dataset's own `type:` transform runs on every raw row with
+null/empty fields removed, so the transform itself says which field it needs."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ MAX_REPORTED_ROWS = 10
 
 
 class PreferenceDataError(ValueError):
-    """A preference dataset cannot be trained on as it is; the message names the dataset, row and field."""
+    """Preference data that cannot be trained on as it is; the message names the dataset, row and field."""
 
 
 @dataclass
@@ -30,25 +27,22 @@ class DatasetReport:
 
 
 def _present(value) -> bool:
-    if value is None:
-        return False
     if isinstance(value, str):
         return bool(value.strip())
     if isinstance(value, (list, tuple, dict)):
         return len(value) > 0
-    return True
+    return value is not None
 
 
 def check_rows(rows: Iterable[dict], transform, source: str, type_name: str, tokenizer=None) -> DatasetReport:
     """Apply ``transform`` (an axolotl DPO prompt-strategy function) to each row and report problems."""
     report = DatasetReport(source=source)
-    wants_tokenizer = "tokenizer" in inspect.signature(transform).parameters
+    kwargs = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(transform).parameters else {}
     for index, row in enumerate(rows):
         report.rows += 1
-        present = {k: v for k, v in row.items() if _present(v)}
         problem = None
         try:
-            out = transform(dict(present), tokenizer=tokenizer) if wants_tokenizer else transform(dict(present))
+            out = transform({k: v for k, v in row.items() if _present(v)}, **kwargs)
         except KeyError as err:
             problem = f"lacks field {err.args[0]!r} (missing, null or empty), which type {type_name!r} needs"
         except (IndexError, TypeError, AttributeError, ValueError) as err:
@@ -57,8 +51,7 @@ def check_rows(rows: Iterable[dict], transform, source: str, type_name: str, tok
             empty = [k for k in ("prompt", "chosen", "rejected") if not _present(out.get(k))]
             if empty:
                 problem = f"gives an empty {'/'.join(empty)} after type {type_name!r}"
-            elif out["chosen"] == out["rejected"]:
-                report.identical += 1
+            report.identical += not empty and out["chosen"] == out["rejected"]
         if problem:
             report.num_problems += 1
             if len(report.problems) < MAX_REPORTED_ROWS:
@@ -70,7 +63,7 @@ def raise_for_problems(reports: list[DatasetReport]) -> None:
     bad = [r for r in reports if r.num_problems]
     if not bad:
         return
-    lines = ["rl: dpop: preference data has rows that cannot be trained on (nothing was loaded or trained):"]
+    lines = ["preference data has rows that cannot be trained on (nothing was loaded or trained):"]
     for report in bad:
         lines.append(f"  {report.source}: {report.num_problems} of {report.rows} rows")
         lines.extend(f"    - {p}" for p in report.problems)
@@ -81,3 +74,40 @@ def raise_for_problems(reports: list[DatasetReport]) -> None:
         "(e.g. chatml.prompt_pairs: prompt/chosen/rejected; chatml.intel: question/chosen/rejected)."
     )
     raise PreferenceDataError("\n".join(lines))
+
+
+def check_configured_datasets(cfg) -> dict[str, int]:
+    """Check every row of the config's `datasets` and `test_datasets` with their `type:`s; rows per split."""
+    from axolotl.loaders import load_tokenizer
+    from axolotl.prompt_strategies.dpo import load as load_dpo
+    from axolotl.utils.data.shared import datasets_with_name_generator, load_dataset_with_config
+    from axolotl.utils.logging import get_logger
+    from datasets import DatasetDict
+
+    reports, rows, tokenizer = [], {"train": 0, "eval": 0}, load_tokenizer(cfg)
+    for key, split in (("datasets", "train"), ("test_datasets", "eval")):
+        for index, ds_cfg in enumerate(cfg.get(key) or []):
+            type_name = "user_defined.default" if isinstance(ds_cfg.get("type"), dict) else ds_cfg.get("type")
+            transform = load_dpo(type_name, cfg, dataset_idx=index) if type_name else (lambda row: row)
+            if transform is None:
+                raise PreferenceDataError(
+                    f"{key}[{index}] ({ds_cfg.get('path')}): unknown DPO dataset type {type_name!r}."
+                )
+            transform = transform[0] if isinstance(transform, tuple) else transform
+            for expanded in datasets_with_name_generator([ds_cfg]):
+                dataset = load_dataset_with_config(expanded, cfg.hf_use_auth_token, streaming=False)
+                if isinstance(dataset, DatasetDict):
+                    dataset = dataset[expanded.get("split") or "train"]
+                source = f"{key}[{index}] {expanded.get('path')}"
+                if expanded.get("data_files"):
+                    source += f" (data_files={expanded.get('data_files')})"
+                report = check_rows(dataset, transform, source, str(type_name), tokenizer)
+                if report.identical:
+                    get_logger(__name__).warning(
+                        f"{source}: {report.identical} of {report.rows} rows have identical chosen and rejected "
+                        "texts; they will be dropped."
+                    )
+                rows[split] += report.rows
+                reports.append(report)
+    raise_for_problems(reports)
+    return rows

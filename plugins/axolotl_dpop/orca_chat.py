@@ -1,19 +1,6 @@
-"""`type: axolotl_dpop.orca_chat`: the SFT dataset type for `shahules786/orca-chat` (ORCA-Chat, the paper's
-"[Es, 2024]").
-
-Its rows are `{"instruction": <system prompt>, "conversation": [{"input": <user turn>, "output": <assistant
-turn>}, ...]}` (recipes/DATASETS.md says where that comes from). No axolotl 0.19 type reads that shape: the
-`chat_template` type wants one message per list item with a role. This type turns each row into
-system/user/assistant messages and is otherwise axolotl's own `chat_template` type, with all its options
-(`chat_template`, `roles_to_train`, `train_on_eos`, ...):
-
-    datasets:
-      - path: shahules786/orca-chat
-        split: train
-        type: axolotl_dpop.orca_chat
-        chat_template: chatml
-        roles_to_train: [assistant]
-"""
+"""`type: axolotl_dpop.orca_chat`: the SFT dataset type for `shahules786/orca-chat` (the paper's "[Es, 2024]"),
+whose rows are `{"instruction": <system prompt>, "conversation": [{"input", "output"}, ...]}`, a shape no
+axolotl 0.19 type reads. Otherwise axolotl's `chat_template` type, with all its options."""
 
 from __future__ import annotations
 
@@ -22,25 +9,18 @@ from typing import Any
 from axolotl.prompt_strategies.chat_template import ChatTemplateStrategy, StrategyLoader
 from pydantic import BaseModel
 
-FIELD_SYSTEM = "instruction"
-FIELD_TURNS = "conversation"
-
 
 def orca_chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """`instruction` + `conversation` -> chat messages; a row without turns is an error naming the field."""
-    turns = row.get(FIELD_TURNS)
+    turns = row.get("conversation")
     if not isinstance(turns, list) or not turns:
         raise ValueError(
-            f"orca-chat row has no `{FIELD_TURNS}` turns (got {type(turns).__name__}); "
-            f"expected a list of {{input, output}}"
+            f"orca-chat row has no `conversation` turns (got {type(turns).__name__}): a list of {{input, output}}"
         )
-    messages = []
-    system = row.get(FIELD_SYSTEM)
-    if isinstance(system, str) and system.strip():
-        messages.append({"role": "system", "content": system})
+    system = row.get("instruction")
+    messages = [{"role": "system", "content": system}] if isinstance(system, str) and system.strip() else []
     for turn in turns:
-        messages.append({"role": "user", "content": turn["input"]})
-        messages.append({"role": "assistant", "content": turn["output"]})
+        messages += [{"role": "user", "content": turn["input"]}, {"role": "assistant", "content": turn["output"]}]
     return messages
 
 
@@ -56,8 +36,7 @@ class _OrcaChatLoader(StrategyLoader):
     def __call__(self, tokenizer, cfg, ds_cfg=None, processor=None):
         ds_cfg = dict(ds_cfg.model_dump() if isinstance(ds_cfg, BaseModel) else ds_cfg or {})
         # Batched-input detection reads this field; the messages themselves come from orca_chat_messages.
-        ds_cfg["field_messages"] = FIELD_TURNS
-        return super().__call__(tokenizer, cfg, ds_cfg, processor=processor)
+        return super().__call__(tokenizer, cfg, {**ds_cfg, "field_messages": "conversation"}, processor=processor)
 
 
 load = _OrcaChatLoader()

@@ -119,44 +119,22 @@ def package_versions(*names: str) -> dict[str, str | None]:
     return versions
 
 
-def provenance_record(
-    *,
-    base_model: str | None,
-    license: str | None = None,
-    recipe: str | None = None,
-    training: dict | None = None,
-    datasets: list | None = None,
-    hardware: dict | None = None,
-    packages: tuple[str, ...] = TRAINING_PACKAGES,
-    **extra: Any,
-) -> dict:
-    """A complete record, the base's own record nested as `parent` when the base is a local folder with one.
-    ``extra`` adds fields such as `created_by`."""
+def provenance_record(*, base_model: str | None, packages: tuple[str, ...] = TRAINING_PACKAGES, **fields: Any) -> dict:
+    """A complete record of ``fields`` (any of Provenance's, or others such as `created_by`), with the versions
+    of ``packages``, the time, and the base's own record as `parent` when the base is a local folder with one."""
     parent = read_provenance(base_model) if base_model and Path(base_model).is_dir() else None
-    return {
-        "schema": SCHEMA_VERSION,
-        "recipe": recipe,
-        "base_model": base_model,
-        "base_model_revision": extra.pop("base_model_revision", None),
-        "parent": parent.record() if parent else None,
-        "license": license,
-        "training": training,
-        "datasets": datasets or [],
-        "hardware": hardware,
-        **extra,
-        "versions": package_versions(*packages),
-        "finished_at": utc_stamp(),
-    }
+    versions = package_versions(*packages)
+    return Provenance(
+        base_model=base_model, parent=parent and parent.record(), versions=versions, finished_at=utc_stamp(), **fields
+    ).record()
 
 
 def training_record(cfg, *, recipe: str | None = None, world_size: int | None = None) -> dict:
     """The record of an `axolotl train` run, from its validated config. ``recipe`` and ``world_size`` default
     to what the run's environment says (SMAUG_RECIPE, WORLD_SIZE)."""
     training = {key: cfg.get(key) for key in _TRAINING_KEYS}
-    rl = training["rl"]
-    training["rl"] = next((own for own in ("dpop", "slic") if cfg.get(own)), None) or (
-        None if rl is None else str(getattr(rl, "value", rl))
-    )
+    rl = next((own for own in ("dpop", "slic") if cfg.get(own)), None) or cfg.get("rl")
+    training["rl"] = None if rl is None else str(getattr(rl, "value", rl))
     if cfg.get("dpo_loss_type"):
         training["dpo_loss_type"] = list(cfg.get("dpo_loss_type"))
     datasets = [
@@ -173,16 +151,13 @@ def training_record(cfg, *, recipe: str | None = None, world_size: int | None = 
     import torch
 
     cuda = torch.cuda.is_available()
-    hardware = {
-        "accelerator": "cuda" if cuda else "cpu",
-        "device_name": torch.cuda.get_device_name(0) if cuda else None,
-        "num_processes": world_size or int(os.environ.get("WORLD_SIZE", "1")),
-    }
+    device = {"accelerator": "cuda", "device_name": torch.cuda.get_device_name(0)} if cuda else {"accelerator": "cpu"}
+    hardware = {"device_name": None, **device, "num_processes": world_size or int(os.environ.get("WORLD_SIZE", "1"))}
     return provenance_record(
         base_model=str(cfg.get("base_model")),
+        base_model_revision=cfg.get("revision_of_model"),
         recipe=recipe,
         training=training,
         datasets=datasets,
         hardware=hardware,
-        base_model_revision=cfg.get("revision_of_model"),
     )

@@ -1,26 +1,7 @@
-"""An on-disk cache of precomputed reference log-probs, shared by every run with the same key.
-
-With ``precompute_ref_log_probs: true`` the reference log-probs of every pair are computed once, before
-training. Runs of a sweep (the β/λ grid, DPO as ``rl: dpop`` with λ = 0 vs DPOP) share the reference model,
-the data and the tokenisation, so they share these numbers too: the first run writes
-``<dir>/<key>.safetensors`` and every later run with the same key reads it instead of running the
-reference forward over the whole dataset.
-
-The key is the SHA-256 of:
-
-* the reference model: a digest of every parameter and buffer the reference forward uses (name, dtype,
-  shape, bytes; a PEFT adapter's own weights are left out, since the reference runs with it disabled),
-  gathered one parameter at a time under ZeRO-3 and hashed by the ranks in turn; plus the model class,
-  its attention implementation and its config (rope settings and the like change the numbers too);
-* the data as tokenised: the ``prompt_ids``/``chosen_ids``/``rejected_ids`` columns in row order, which
-  already reflect the chat template, the tokenizer and the dataset transforms;
-* what the collator then does to them: class, ``max_length`` (axolotl's ``sequence_len``),
-  ``truncation_mode``, ``padding_free``, ``pad_to_multiple_of``; and dropout being disabled.
-
-TRL 1.9 keeps a cache of its own next to the dataset, keyed by ``hash_module(model)``; under ZeRO-3 that
-hash reads the partitioned parameters, i.e. empty shards, and cannot tell two models of one architecture
-apart. The plugin does not use it.
-"""
+"""An on-disk cache of precomputed reference log-probs, `<dir>/<key>.safetensors`, shared by the runs of a sweep
+that have the same key: the reference weights (gathered one parameter at a time under ZeRO-3, PEFT adapters
+left out), the model's class and config, the tokenised data in row order, and the collator's settings.
+A file is trusted only after it is read back: its stored key, its row count and finite values."""
 
 from __future__ import annotations
 
@@ -31,47 +12,28 @@ import re
 from pathlib import Path
 
 import torch
+from axolotl.utils.logging import get_logger
 
 from axolotl_dpop.atomic import atomic_write
 
+LOG = get_logger(__name__)
 CACHE_FORMAT = 1
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-_CONFIG_KEYS_IGNORED = {
-    "_name_or_path",
-    "transformers_version",
-    "use_cache",
-    "architectures",
-    "dtype",
-    "torch_dtype",
-    "output_attentions",
-    "output_hidden_states",
-    "return_dict",
-    "id2label",
-    "label2id",
-    "problem_type",
-}
+_CONFIG_KEYS_IGNORED = set(
+    "_name_or_path transformers_version use_cache architectures dtype torch_dtype output_attentions "
+    "output_hidden_states return_dict id2label label2id problem_type".split()
+)
 # PEFT wraps base layers; the same base weights must hash alike with and without the wrapper.
 _PEFT_NAME_PARTS = re.compile(r"^base_model\.model\.|\.base_layer(?=\.)|\.original_module(?=\.)")
 
 
-def gathered(*params):
-    """Gather ZeRO-3-partitioned parameters for reading, with DeepSpeed's own API (a no-op for ordinary
-    tensors and for parameters already gathered)."""
-    to_gather = {id(p): p for p in params if p is not None and hasattr(p, "ds_id")}
-    if to_gather:
-        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-        to_gather = {k: p for k, p in to_gather.items() if p.ds_status != ZeroParamStatus.AVAILABLE}
-    if not to_gather:
+def _gathered(tensor: torch.Tensor):
+    """A ZeRO-3-partitioned parameter gathered for reading (a collective: every rank takes part)."""
+    if getattr(tensor, "ds_status", None) is None or tensor.ds_status.name == "AVAILABLE":
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(to_gather.values()), modifier_rank=None)
-
-
-def _digest_tensor(tensor: torch.Tensor) -> str:
-    data = tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(data).hexdigest()
+    return deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
 
 
 def reference_tensors(model: torch.nn.Module, adapter_names: tuple[str, ...] = (), keep_adapter: str | None = None):
@@ -81,21 +43,20 @@ def reference_tensors(model: torch.nn.Module, adapter_names: tuple[str, ...] = (
     out = []
     for kind, items in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, tensor in items:
-            if any(part in f".{name}." for part in drop):
-                continue
-            out.append((f"{kind}:{_PEFT_NAME_PARTS.sub('', name)}", tensor))
+            if not any(part in f".{name}." for part in drop):
+                out.append((f"{kind}:{_PEFT_NAME_PARTS.sub('', name)}", tensor))
     return out
 
 
 def weights_digest(named_tensors, rank: int = 0, world_size: int = 1, all_gather_object=None) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of each tensor, in name order. With several processes each
-    rank hashes every ``world_size``-th tensor and the digests are exchanged with ``all_gather_object``.
-    ZeRO-3-partitioned parameters are gathered one at a time (a collective, so every rank takes part)."""
+    rank hashes every ``world_size``-th tensor and the digests are exchanged with ``all_gather_object``."""
     mine = {}
     for index, (name, tensor) in enumerate(sorted(named_tensors, key=lambda item: item[0])):
-        with gathered(tensor):
+        with _gathered(tensor):
             if index % world_size == rank:
-                mine[name] = f"{tensor.dtype}:{tuple(tensor.shape)}:{_digest_tensor(tensor)}"
+                data = tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
+                mine[name] = f"{tensor.dtype}:{tuple(tensor.shape)}:{hashlib.sha256(data).hexdigest()}"
     if world_size > 1:
         parts = [None] * world_size
         all_gather_object(parts, mine)
@@ -105,8 +66,8 @@ def weights_digest(named_tensors, rank: int = 0, world_size: int = 1, all_gather
 
 
 def model_settings(model: torch.nn.Module) -> dict:
-    config = getattr(model, "config", None)
     settings = {"class": type(model).__name__}
+    config = getattr(model, "config", None)
     if config is not None:
         settings["attn_implementation"] = getattr(config, "_attn_implementation", None)
         settings["config"] = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_KEYS_IGNORED}
@@ -118,8 +79,7 @@ def dataset_digest(dataset) -> str:
     import numpy as np
     import pyarrow as pa
 
-    h = hashlib.sha256()
-    h.update(str(len(dataset)).encode())
+    h = hashlib.sha256(str(len(dataset)).encode())
     columns = [c for c in TOKEN_COLUMNS if c in dataset.column_names]
     if not columns:
         raise ValueError(f"reference log-prob cache: the dataset has none of the columns {TOKEN_COLUMNS}")
@@ -132,35 +92,57 @@ def dataset_digest(dataset) -> str:
     return h.hexdigest()
 
 
-def cache_key(components: dict) -> str:
-    return hashlib.sha256(
-        json.dumps({"format": CACHE_FORMAT, **components}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:32]
+def cache_file(cache_dir: str | Path, components: dict) -> tuple[Path, str]:
+    """The cache file for ``components`` and the key text stored in it."""
+    key = json.dumps({"format": CACHE_FORMAT, **components}, sort_keys=True, default=str)
+    return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors", key
 
 
-def cache_path(cache_dir: str | Path, key: str) -> Path:
-    return Path(cache_dir) / f"{key}.safetensors"
-
-
-def load(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached (chosen, rejected) log-probs, or None when absent or not for ``rows`` rows."""
+def load(path: Path, rows: int, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (chosen, rejected) log-probs; None when there are none or the file fails a check (said in
+    one line: the caller recomputes and replaces it)."""
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
-    tensors = load_file(str(path))
-    chosen, rejected = tensors["ref_chosen_logps"], tensors["ref_rejected_logps"]
-    if chosen.shape != (rows,) or rejected.shape != (rows,):
+    try:
+        with safe_open(str(path), "pt") as handle:
+            stored_key = (handle.metadata() or {}).get("key")
+            chosen, rejected = handle.get_tensor("ref_chosen_logps"), handle.get_tensor("ref_rejected_logps")
+    except (SafetensorError, OSError) as err:
+        problem = f"cannot be read ({err})"
+    else:
+        problem = (
+            "was written for other inputs (its stored key differs)"
+            if stored_key != key
+            else f"holds {tuple(chosen.shape)} and {tuple(rejected.shape)} values for {rows} pairs"
+            if chosen.shape != (rows,) or rejected.shape != (rows,)
+            else "holds values that are not finite"
+            if not (chosen.isfinite().all() and rejected.isfinite().all())
+            else None
+        )
+    if problem:
+        LOG.warning(f"reference log-prob cache {path} {problem}: computing the reference log-probs again.")
         return None
     return chosen, rejected
 
 
-def save(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, components: dict) -> Path:
+def check_finite(chosen: torch.Tensor, rejected: torch.Tensor, name: str) -> None:
+    bad = ~(chosen.isfinite() & rejected.isfinite())
+    if bad.any():
+        raise ValueError(
+            f"the reference log-probs of {int(bad.sum())} of {len(bad)} {name} pairs are not finite (first: pair "
+            f"{int(bad.nonzero()[0])}): the reference model overflows on them; check its weights and dtype. "
+            "Nothing was cached or trained."
+        )
+
+
+def save(path: Path, chosen: torch.Tensor, rejected: torch.Tensor, key: str) -> Path:
+    """Written whole under a temporary name, then renamed: two runs writing at once leave one run's file."""
     from safetensors.torch import save_file
 
-    metadata = {"format": str(CACHE_FORMAT), "key": json.dumps(components, sort_keys=True, default=str)}
     tensors = {
         "ref_chosen_logps": chosen.detach().float().cpu().contiguous(),
         "ref_rejected_logps": rejected.detach().float().cpu().contiguous(),
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": key}))

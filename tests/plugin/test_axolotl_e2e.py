@@ -45,6 +45,17 @@ def pairs(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
 
 
+@pytest.fixture(scope="module")
+def pairs_with_identical(pairs):
+    """The same 24 pairs in the same order, with 8 pairs whose chosen and rejected are identical in between."""
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    for index in range(len(rows), 0, -3):
+        rows.insert(index, dict(rows[index - 1], rejected=rows[index - 1]["chosen"]))
+    path = pairs.with_name("pairs-with-identical.jsonl")
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, **overrides):
     out = tmp_path / name / "out"
     cfg = tiny_config(tiny_model_dir, pairs, out, **overrides)
@@ -65,18 +76,21 @@ def lora_run(tmp_path_factory, tiny_model_dir, pairs):
 
 @pytest.fixture(scope="module")
 def precompute_run(tmp_path_factory, tiny_model_dir, pairs, ref_cache_dir):
+    """The plain full fine-tune of these tests (4 steps), with precomputed reference log-probs."""
     return _train(
         tmp_path_factory.mktemp("runs"),
         tiny_model_dir,
         pairs,
         "precompute",
         dpop_ref_logps_cache_dir=str(ref_cache_dir),
+        max_steps=4,
+        save_steps=4,
         **PRECOMPUTE,
     )
 
 
-def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(tmp_path, tiny_model_dir, pairs):
-    out, logs, _ = _train(tmp_path, tiny_model_dir, pairs, "full", max_steps=4, save_steps=4)
+def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(precompute_run, tiny_model_dir):
+    out, logs, _ = precompute_run
     assert len(logs) == 4
     for entry in logs:
         assert DPOP_KEYS | TRL_KEYS <= entry.keys()
@@ -121,15 +135,26 @@ def test_precomputed_reference_log_probs(precompute_run, ref_cache_dir):
     assert logs[0]["rewards/chosen"] == 0.0 and logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
-def test_rl_dpo_is_unchanged_by_the_plugin_and_lambda_zero_is_dpo(tmp_path, tiny_model_dir, pairs):
-    common = {"rl": "dpo", "dpop_lambda": None, "max_steps": 4, "save_steps": 4}
-    _, with_plugin, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-plugin", **common)
+def test_every_preference_rl_trains_on_the_same_checked_rows_and_lambda_zero_is_dpo(
+    tmp_path, tiny_model_dir, pairs, pairs_with_identical
+):
+    """rl: dpo without the plugin on the pairs; rl: dpo with the plugin and rl: dpop with lambda 0 on the same pairs
+    with identical ones in between: the plugin drops those for every arm, so all three train on the same rows."""
+    common = {"rl": "dpo", "dpop_lambda": None, "max_steps": 4, "save_steps": 4, "shuffle_merged_datasets": False}
     _, without, _ = _train(tmp_path, tiny_model_dir, pairs, "dpo-bare", plugins=None, **common)
-    _, dpop_zero, _ = _train(tmp_path, tiny_model_dir, pairs, "dpop-0", dpop_lambda=0, max_steps=4, save_steps=4)
+    _, with_plugin, dpo_proc = _train(tmp_path, tiny_model_dir, pairs_with_identical, "dpo-plugin", **common)
+    _, dpop_zero, dpop_proc = _train(
+        tmp_path, tiny_model_dir, pairs_with_identical, "dpop-0", **{**common, "rl": "dpop", "dpop_lambda": 0}
+    )
+    for proc, logs in ((dpo_proc, with_plugin), (dpop_proc, dpop_zero)):
+        log = proc.stdout + proc.stderr
+        assert "8 of 32 rows have identical chosen and rejected" in log
+        assert "dropped 8 of 32 train pairs" in log
+        assert logs[-1]["epoch"] == pytest.approx(16 / 24)  # 4 steps x 4 pairs over the 24 kept pairs
     losses = [e["loss"] for e in without]
     assert [e["loss"] for e in with_plugin] == losses
     assert not any(DPOP_KEYS & e.keys() for e in with_plugin)
-    # our DPOPTrainer with lambda = 0 reproduces TRL's own DPO loss step by step
+    # our DPOPTrainer with lambda = 0 reproduces TRL's own DPO loss step by step, on the same rows
     assert [e["loss"] for e in dpop_zero] == pytest.approx(losses, rel=1e-5, abs=1e-6)
     assert [e["logps/chosen"] for e in dpop_zero] == pytest.approx([e["logps/chosen"] for e in without], rel=1e-5)
     assert losses[0] != losses[-1]
@@ -233,6 +258,8 @@ def test_chunked_head_with_precompute_hits_the_cache_and_matches(
         dpop_chunked_logps=True,
         dpop_logps_chunk_size=16,
         dpop_ref_logps_cache_dir=str(ref_cache_dir),
+        max_steps=4,
+        save_steps=4,
         **PRECOMPUTE,
     )
     output = proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from axolotl_dpop.chunked_logps import ChunkedLinearLogps, HeadStats, check_chunkable, completion_logps
+from axolotl_dpop.chunked_logps import HeadStats, check_head, completion_logps, last_hidden_states, token_logps
 from tests.axolotl_runner import write_pairs
 from tests.dpop_trainers import make_trainer
 
@@ -76,7 +76,7 @@ def test_chunked_function_matches_the_full_logits(bias, chunk_size):
         assert torch.equal(stats.correct, logits[mask].argmax(-1) == input_ids[:, 1:][mask])
 
 
-def test_chunked_function_gradcheck_in_float64():
+def test_chunked_head_gradcheck_in_float64():
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(11, 5, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(9, 5, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -84,7 +84,7 @@ def test_chunked_function_gradcheck_in_float64():
     labels = torch.randint(0, 9, (11,), generator=gen)
 
     def logps(h, w, b):
-        return ChunkedLinearLogps.apply(h, w, b, labels, 4, False)[0]
+        return token_logps(lambda x: torch.nn.functional.linear(x, w, b), h, labels, 4)[0]
 
     assert torch.autograd.gradcheck(logps, (hidden, weight, bias))
 
@@ -130,10 +130,34 @@ def test_models_that_transform_their_logits_are_refused():
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=4,
-        final_logit_softcapping=30.0,
+        final_logit_softcapping=0.05,  # well inside the random model's logits, so that it changes them
     )
-    with pytest.raises(ValueError, match="final_logit_softcapping=30.0 .* set dpop_chunked_logps: false"):
-        check_chunkable(Gemma2ForCausalLM(config))
+    gemma = Gemma2ForCausalLM(config)
+    outputs, hidden = last_hidden_states(gemma, {"input_ids": torch.randint(0, 32, (2, 6))})
+    with pytest.raises(ValueError, match="differs from this model's logits .* set dpop_chunked_logps: false"):
+        check_head(gemma.get_output_embeddings(), hidden, outputs.logits)
+
+
+class ScaledLlama:
+    """A Llama whose logits are multiplied by `lm_head_multiplier` (as Falcon-H1's are): a key no list names."""
+
+    def forward(self, input_ids=None, logits_to_keep=0, **kwargs):
+        outputs = super().forward(input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        outputs.logits = outputs.logits * self.config.lm_head_multiplier
+        return outputs
+
+
+@pytest.mark.parametrize("precompute", [False, True], ids=["training-step", "precompute-pass"])
+def test_the_chunked_head_checks_itself_against_the_model(tmp_path, tiny_model_dir, pair_rows, precompute):
+    def scale(model):
+        model.config.lm_head_multiplier = 0.25
+        model.__class__ = type("ScaledLlamaForCausalLM", (ScaledLlama, type(model)), {})
+
+    with pytest.raises(ValueError, match="differs from this model's logits .* set dpop_chunked_logps: false"):
+        trainer = make_trainer(
+            tmp_path, tiny_model_dir, pair_rows, chunked=True, precompute=precompute, edit_model=scale
+        )
+        trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader())))
 
 
 # --- DPOPTrainer: chunked vs unchunked on the same batch ---------------------------------------------------

@@ -7,7 +7,7 @@ from axolotl.prompt_strategies.dpo import load as load_dpo
 from axolotl.utils.dict import DictDefault
 
 from axolotl_dpop.data_checks import PreferenceDataError, check_rows, raise_for_problems
-from tests.axolotl_runner import assert_ok, log_history, run_axolotl_train, tiny_config, write_pairs
+from tests.axolotl_runner import run_axolotl_train, tiny_config, write_config, write_pairs
 
 CFG = DictDefault({"datasets": [{"path": "x"}]})
 
@@ -65,18 +65,14 @@ def test_axolotl_train_stops_before_loading_a_model_on_a_row_without_rejected(tm
     assert not (out / "model.safetensors").exists()
 
 
-@pytest.mark.slow
-def test_identical_pairs_are_counted_dropped_and_reported(tmp_path, tiny_model_dir):
-    data = write_pairs(tmp_path / "pairs.jsonl", n=12)
-    rows = [json.loads(line) for line in data.read_text().splitlines()]
-    for row in rows[:4]:
-        row["rejected"] = row["chosen"]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "out"
-    proc = run_axolotl_train(tiny_config(tiny_model_dir, data, out, max_steps=2, save_steps=2), tmp_path / "run")
-    assert_ok(proc)
-    log = proc.stdout + proc.stderr
-    assert "4 of 12 rows have identical chosen and rejected" in log
-    assert "dropped 4 of 12 train pairs" in log
-    # 2 steps x 4 pairs over the 8 kept pairs = exactly one epoch
-    assert log_history(out)[-1]["epoch"] == pytest.approx(1.0)
+def test_rows_all_longer_than_sequence_len_stop_the_run_before_any_model_loads(tmp_path, tiny_model_dir):
+    """TRL would stop with a bare StopIteration on the empty dataset, after loading the model. (Identical pairs
+    are counted and dropped for every rl: tests/plugin/test_axolotl_e2e.py.)"""
+    from axolotl.cli.config import load_cfg
+
+    from axolotl_dpop.plugin import DPOPPlugin
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    cfg = load_cfg(str(write_config(tiny_config(tiny_model_dir, data, tmp_path / "out", sequence_len=8), tmp_path)))
+    with pytest.raises(PreferenceDataError, match=r"config\.yml: sequence_len: 8 drops all 8 train rows"):
+        DPOPPlugin().load_datasets(cfg)

@@ -36,7 +36,7 @@ def test_lambda_defaults_to_the_papers_50(tmp_path):
 
 @pytest.mark.parametrize("bad", [-1, -0.5, "fifty", True, float("nan"), [50]])
 def test_bad_lambda_is_refused_naming_the_file_and_field(tmp_path, bad):
-    with pytest.raises(ValueError, match=r"my_recipe\.yml: dpop_lambda must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"my_recipe\.yml: dpop_lambda: .*a number >= 0"):
         validated(tmp_path, dpop_lambda=bad)
 
 
@@ -48,7 +48,7 @@ def test_other_dpo_losses_are_refused_with_dpop(tmp_path):
 
 
 def test_lambda_without_rl_dpop_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="dpop_lambda is set but rl is not dpop"):
+    with pytest.raises(ValueError, match="dpop_lambda is an option of rl: dpop, not of rl: dpo"):
         validated(tmp_path, rl="dpo", dpop_lambda=50)
 
 
@@ -73,13 +73,13 @@ def test_rl_slic_becomes_dpo_with_the_slic_trainer_and_default_lambda(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"slic_lambda": -0.1}, r"slic_lambda must be a number >= 0"),
-        ({"slic_lambda": float("inf")}, r"slic_lambda must be a number >= 0"),
-        ({"slic_lambda": "0.1"}, r"slic_lambda must be a number >= 0"),
+        ({"slic_lambda": -0.1}, r"slic_lambda: .*a number >= 0"),
+        ({"slic_lambda": float("inf")}, r"slic_lambda: .*a number >= 0"),
+        ({"slic_lambda": "0.1"}, r"slic_lambda: .*a number >= 0"),
         ({"rl_beta": None}, r"rl: slic needs rl_beta, the hinge margin"),
         ({"rl_beta": 0}, r"rl_beta must be a number > 0"),
         ({"rl_beta": -0.3}, r"rl_beta must be a number > 0"),
-        ({"dpop_lambda": 50}, r"dpop_lambda is not an option of rl: slic"),
+        ({"dpop_lambda": 50}, r"dpop_lambda is an option of rl: dpop, not of rl: slic"),
         (
             {"dpo_loss_type": ["hinge"]},
             r"defines its own loss; remove dpo_loss_type .*TRL's hinge: rl: dpo \+ dpo_loss_type: \[hinge\]",
@@ -98,9 +98,9 @@ def test_bad_slic_configs_are_refused_naming_the_file(tmp_path, overrides, messa
 
 
 def test_each_lambda_belongs_to_its_rl(tmp_path):
-    with pytest.raises(ValueError, match="slic_lambda is not an option of rl: dpop"):
+    with pytest.raises(ValueError, match="slic_lambda is an option of rl: slic, not of rl: dpop"):
         validated(tmp_path, slic_lambda=0.1)
-    with pytest.raises(ValueError, match="slic_lambda is set but rl is not slic"):
+    with pytest.raises(ValueError, match="slic_lambda is an option of rl: slic, not of rl: dpo"):
         validated(tmp_path, rl="dpo", dpop_lambda=None, slic_lambda=0.1)
 
 
@@ -123,6 +123,7 @@ def test_chunked_logps_options_reach_the_trainer_arguments(tmp_path):
     assert cfg.dpop_chunked_logps is True and cfg.dpop_logps_chunk_size == 512
     args = DPOPPlugin().get_training_args(cfg)
     assert args == {
+        "dpop_lambda": 50.0,
         "dpop_chunked_logps": True,
         "dpop_logps_chunk_size": 512,
         "dpop_ref_logps_cache_dir": str(tmp_path / "out-prepared" / "dpop_ref_logps"),
@@ -135,16 +136,20 @@ def test_chunked_logps_options_reach_the_trainer_arguments(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": 0}, "dpop_logps_chunk_size must be a whole number"),
-        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": "1k"}, "dpop_logps_chunk_size must be a whole number"),
-        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": True}, "dpop_logps_chunk_size must be a whole number"),
+        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": 0}, r"dpop_logps_chunk_size: .*per chunk, >= 1"),
+        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": "1k"}, r"dpop_logps_chunk_size: .*per chunk, >= 1"),
+        ({"dpop_chunked_logps": True, "dpop_logps_chunk_size": True}, r"dpop_logps_chunk_size: .*per chunk, >= 1"),
         ({"dpop_logps_chunk_size": 256}, "dpop_logps_chunk_size only applies with dpop_chunked_logps: true"),
-        ({"dpop_chunked_logps": "yes"}, "dpop_chunked_logps must be true or false"),
-        ({"dpop_chunked_logps": True, "fsdp_config": {"fsdp_version": 2}}, "FSDP shards"),
+        ({"dpop_chunked_logps": "yes"}, "dpop_chunked_logps: Input should be a valid boolean"),
+        ({"dpop_chunked_logps": True, "fsdp_config": {"fsdp_version": 2}}, "FSDP has resharded it"),
         ({"dpop_ref_logps_cache_dir": "cache"}, "only applies with precompute_ref_log_probs: true"),
-        ({"rl": "dpo", "dpop_lambda": None, "dpop_chunked_logps": True}, r"only apply to rl: dpop"),
+        ({"precompute_ref_log_probs": True, "dpop_ref_logps_cache_dir": " "}, "dpop_ref_logps_cache_dir: String"),
+        ({"rl": "dpo", "dpop_lambda": None, "dpop_chunked_logps": True}, r"is an option of rl: dpop, not of rl: dpo"),
+        # beta <= 0 reverses any preference loss: refused for every rl that lists the plugin (the chain relies on it)
+        ({"rl": "dpo", "dpop_lambda": None, "rl_beta": -0.3}, r"rl_beta must be a number > 0"),
+        ({"rl": "ipo", "dpop_lambda": None, "rl_beta": float("nan")}, r"rl_beta must be a number > 0"),
     ],
 )
-def test_bad_chunked_logps_options_are_refused_naming_the_file(tmp_path, overrides, message):
+def test_bad_options_are_refused_naming_the_file(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=r"my_recipe\.yml: .*" + message):
         validated(tmp_path, **overrides)

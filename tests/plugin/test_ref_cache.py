@@ -115,5 +115,85 @@ def test_peft_wrapping_and_adapter_weights_do_not_change_the_reference_digest(ti
 
 def test_a_cache_file_for_another_row_count_is_ignored(tmp_path):
     path = tmp_path / "k.safetensors"
-    ref_cache.save(path, torch.zeros(3), torch.ones(3), {"any": "thing"})
-    assert ref_cache.load(path, 3) is not None and ref_cache.load(path, 4) is None
+    ref_cache.save(path, torch.zeros(3), torch.ones(3), "key")
+    assert ref_cache.load(path, 3, "key") is not None and ref_cache.load(path, 4, "key") is None
+
+
+# --- issue 22: a cache file is verified when read back, never trusted ---------------------------------------------
+
+
+def _spoil_nan(path, key):
+    ref_cache.save(path, torch.full((6,), float("nan")), torch.zeros(6), key)  # right key, NaN values
+
+
+def _spoil_truncate(path, key):
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _spoil_key(path, key):
+    ref_cache.save(path, torch.zeros(6), torch.zeros(6), key.replace('"format"', '"other"'))  # another run's file
+
+
+@pytest.mark.parametrize("spoil", [_spoil_nan, _spoil_truncate, _spoil_key], ids=["nan", "truncated", "other-key"])
+def test_a_spoilt_cache_file_is_recomputed_saying_so(tmp_path, tiny_model_dir, rows, reference_forwards, spoil, caplog):
+    cache = tmp_path / "cache"
+    _, first = _precompute(tmp_path, tiny_model_dir, rows, cache)
+    [path] = cache.glob("*.safetensors")
+    key = _stored_key(path)
+    spoil(path, key)
+    with caplog.at_level("WARNING"):
+        _, again = _precompute(tmp_path, tiny_model_dir, rows, cache)
+    assert reference_forwards == ["train", "train"], "the spoilt file must not be used"
+    assert torch.equal(again, first) and torch.isfinite(again).all()
+    assert (
+        f"reference log-prob cache {path}" in caplog.text and "computing the reference log-probs again" in caplog.text
+    )
+    assert ref_cache.load(path, len(rows), key) is not None  # replaced by a good file
+
+
+def _stored_key(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()["key"]
+
+
+def test_reference_log_probs_that_are_not_finite_stop_the_run_before_training(tmp_path, tiny_model_dir, rows):
+    def poison(model):
+        with torch.no_grad():
+            model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        ValueError, match=r"reference log-probs of 6 of 6 train pairs are not finite .*Nothing was cached"
+    ):
+        _precompute(tmp_path, tiny_model_dir, rows, cache, edit_model=poison)
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_two_writers_of_one_cache_file_never_leave_a_mix(tmp_path):
+    """Each save writes a whole file under a temporary name and renames it: a reader sees one writer's values."""
+    import threading
+
+    path, stop, seen = tmp_path / "k.safetensors", threading.Event(), []
+    values = {float(v): (torch.full((4096,), float(v)), torch.full((4096,), -float(v))) for v in (1, 2)}
+
+    def write(value):
+        while not stop.is_set():
+            ref_cache.save(path, *values[value], "key")
+
+    writers = [threading.Thread(target=write, args=(v,)) for v in values]
+    for writer in writers:
+        writer.start()
+    try:
+        while len(seen) < 200:
+            loaded = ref_cache.load(path, 4096, "key")
+            if loaded is not None:
+                seen.append(loaded)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    for chosen, rejected in seen:
+        value = chosen[0].item()
+        assert torch.equal(chosen, values[value][0]) and torch.equal(rejected, values[value][1])
