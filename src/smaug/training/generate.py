@@ -181,14 +181,9 @@ class _Generator:
         from smaug.training.chains import hardware_text
 
         peak = f"H100 SXM, {memory.H100_BF16_FLOPS / 1e12:.0f} bf16 TFLOP/s at {memory.MFU:.0%} MFU"
-        rows, shapes = (
-            [
-                f"| Recipe | Chain | GPUs (nodes of 8) | Hardware (`chains.yaml`) | Sequence length | Tokens "
-                f"per step | Steps | GPU-hours ({peak}) | Wall time | Checkpoints kept (disk each) |",
-                "|---|---|---|---|---:|---:|---:|---:|---:|---|",
-            ],
-            {},
-        )
+        columns = ["Recipe", "Chain", "GPUs (nodes of 8)", "Hardware (`chains.yaml`)", "Sequence length"]
+        columns += ["Tokens per step", "Steps", f"GPU-hours ({peak})", "Wall time", "Checkpoints kept (disk each)"]
+        rows, shapes = [f"| {' | '.join(columns)} |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"], {}
         for chain, spec in self.chains.items():
             if spec["hardware"].get("accelerator") != "cuda":
                 continue
@@ -231,8 +226,5 @@ def generated_recipes(spec_path: Path = GENERATE_SPEC) -> dict[str, str]:
 
 def stale_generated(spec_path: Path = GENERATE_SPEC) -> list[str]:
     """Generated files whose committed text differs from the generator's output (or that are missing)."""
-    return [
-        name
-        for name, text in generated_recipes(spec_path).items()
-        if not (RECIPES_DIR / name).is_file() or (RECIPES_DIR / name).read_text() != text
-    ]
+    files = generated_recipes(spec_path).items()
+    return [n for n, text in files if not (RECIPES_DIR / n).is_file() or (RECIPES_DIR / n).read_text() != text]

@@ -1,7 +1,5 @@
-"""What one training stage needs before anyone pays for GPUs (`--dry-run`): GPU memory per device and host RAM
-per node, part by part with its assumptions (each part checked against memory measured on CPU runs by
-benchmarks/bench_memory_plan.py; allocator fragmentation, NCCL buffers and DeepSpeed's buckets come on top),
-and its projected cost."""
+"""What a training stage needs before anyone pays for GPUs (`--dry-run`): GPU memory per device and host RAM per
+node, part by part (allocator fragmentation, NCCL and DeepSpeed's buffers come on top), and its projected cost."""
 
 from __future__ import annotations
 
@@ -230,8 +228,6 @@ def projected_cost(recipe: dict[str, Any], hardware: dict[str, Any], shape: Mode
     # A checkpoint holds the weights and what resuming needs: LoRA's ~16 B per trainable parameter; a full
     # fine-tune's 16-bit weights + DeepSpeed's fp32 master, m and v (12 B), or torch AdamW's m and v.
     e = param_bytes(recipe)
-    if adapter:
-        size = 16 * lora_params(shape, int(recipe.get("lora_r") or 8))
-    else:
-        size = shape.params * (e + (12 if recipe.get("deepspeed") else 2 * e))
+    lora = 16 * lora_params(shape, int(recipe.get("lora_r") or 8))
+    size = lora if adapter else shape.params * (e + (12 if recipe.get("deepspeed") else 2 * e))
     return Cost(gpus, seq, tokens, steps, gpu_hours, kept, size / 1e9)

@@ -1,7 +1,5 @@
-"""`--dry-run`'s check of a recipe's chat templates against the model's own tokenizer, when it is on this machine
-(a local folder or the Hugging Face cache; nothing is downloaded): each special-token string is one token (a
-string the tokenizer splits is ordinary text to the model; one the recipe adds under `tokens:` starts with an
-untrained embedding), and a preference stage's prompts do not start with BOS when the tokenizer adds one."""
+"""`--dry-run`'s check of a recipe's templates against the model's tokenizer when it is on this machine: each
+special-token string is one token, and a preference stage's prompts do not start with BOS twice."""
 
 from __future__ import annotations
 
@@ -14,9 +12,8 @@ from smaug.common.errors import UserError
 from smaug.common.paths import looks_local, repo_path
 from smaug.training.recipes import is_preference
 
-# What a special token looks like in a template or format string: ChatML-style `<|...|>` and SentencePiece's
-# `<s>` / `</s>`. Llama-2's `[INST]` and `<<SYS>>` are ordinary text to Llama-2's tokenizer (it was trained on
-# them split into pieces).
+# A special token in a template or format: ChatML-style `<|...|>`, SentencePiece's `<s>` / `</s>`. Llama-2's
+# `[INST]` and `<<SYS>>` are ordinary text to its tokenizer (it was trained on them split into pieces).
 SPECIAL_LIKE = re.compile(r"<\|[^|<>\s]{1,40}\|>|</?s>")
 _FORMAT_KEYS = ("prompt_format", "chosen_format", "rejected_format", "format", "no_input_format", "system_format")
 _PROMPT_KEYS = ("prompt_format", "format", "no_input_format")
@@ -151,9 +148,9 @@ def dry_run_lines(recipe: dict[str, Any], indent: str = "  ", where: str = "this
         tokenizer = AutoTokenizer.from_pretrained(
             str(repo_path(name)) if looks_local(name) else name, local_files_only=True
         )
-    except OSError:  # transformers' "not found locally"
-        where_looked = "a local folder or the Hugging Face cache"
-        return lines + [unchecked + f"the tokenizer of {name} is not on this machine ({where_looked})"]
+    except OSError:  # transformers' "not found locally": nothing is downloaded
+        why = f"the tokenizer of {name} is not on this machine (a local folder or the Hugging Face cache)"
+        return lines + [unchecked + why]
     except Exception as err:  # a broken or partial download: the plan still prints
         return lines + [unchecked + f"cannot load the tokenizer of {name} ({err})"]
     checks, problems = check_tokens(recipe, tokenizer)

@@ -9,6 +9,9 @@ from pathlib import Path
 from smaug.common.chat import CHATML_TEMPLATE, IM_END, IM_START
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", IM_START, IM_END]
+_SPECIALS = dict(
+    bos_token="<s>", eos_token=IM_END, pad_token="<pad>", unk_token=None, additional_special_tokens=[IM_START, "</s>"]
+)
 
 
 def build_tokenizer():
@@ -21,14 +24,7 @@ def build_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<s>",
-        eos_token=IM_END,
-        pad_token="<pad>",
-        unk_token=None,
-        additional_special_tokens=[IM_START, "</s>"],
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, **_SPECIALS)
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
