@@ -79,7 +79,7 @@ def _lcp(a: torch.Tensor, b: torch.Tensor, a_mask: torch.Tensor, b_mask: torch.T
 
 
 def build_trees(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> Trees:
-    """Trees (on the CPU) for a TRL preference batch ``[2B, T]`` (chosen rows first; any padding side)."""
+    """Trees (on the CPU) for a TRL preference batch ``[2B, T]`` (chosen rows first; padding dropped)."""
     ids, keep, completion = input_ids.cpu(), attention_mask.cpu().bool(), completion_mask.cpu().bool()
     half = ids.shape[0] // 2
     seqs = [(ids[i][keep[i]], completion[i][keep[i]]) for i in range(2 * half)]
