@@ -376,7 +376,7 @@ from smaug.training import lock, runner
 folder, token = Path(sys.argv[1]), sys.argv[2]
 with lock.hold([folder], 0, "test") as held:
     runner.run_logged([sys.executable, "-c", "import time; print('training', flush=True); time.sleep(120)", token],
-                      dict(os.environ), folder.parent / "log.txt", pass_fds=held, echo=False)
+                      dict(os.environ), folder.parent / "log.txt", pass_fds=held)
 """
 
 

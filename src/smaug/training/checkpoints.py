@@ -1,5 +1,4 @@
-"""A stage folder's `checkpoint-N` folders (complete or half-written) and whether a folder holds a whole model,
-read from files only (no torch)."""
+"""A stage folder's `checkpoint-N` folders and whether a folder holds a whole model, from files only (no torch)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`smaug recipes list|validate|generate` and `smaug chain run|status|list` (what `make smaug-34b` and
-`make status CHAIN=...` call)."""
+"""`smaug recipes list|validate|generate` and `smaug chain run|status|list`."""
 
 from __future__ import annotations
 

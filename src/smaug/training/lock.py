@@ -1,6 +1,5 @@
-"""One chain run at a time per stage folder and node rank (two would resume from each other's checkpoints): an
-exclusive flock on `<parent>/.<folder>.node<R>.smaug-lock`, held for the whole run and inherited by the `axolotl
-train` it starts, so killing the chain alone keeps the folder locked. The kernel drops it once every holder died."""
+"""One chain run per stage folder and node rank: an exclusive flock, held for the whole run and inherited by the
+`axolotl train` it starts (killing the chain alone keeps the folder locked); the kernel drops it with its holders."""
 
 from __future__ import annotations
 

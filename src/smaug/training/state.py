@@ -1,9 +1,5 @@
-"""What a stage's output folder says about the stage and what the next chain run does with it, decided in one
-place (`assess`): `smaug chain run` and `smaug chain status` both act on it. Files only: no model, no GPU.
-
-Two records in a stage folder: `.smaug_stage_inputs`, written when a run of the stage starts (its run id, the
-recipe's hash and settings, what it consumes), and the done-marker `.smaug_stage_done` (the same, plus when the
-run finished)."""
+"""What a stage's folder says about the stage, and what the next chain run does with it: `assess`, for both
+`smaug chain run` and `smaug chain status`. Files only: no model, no GPU."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stage chains: recipes/chains.yaml's lists of axolotl recipes, run in order (`make smaug-34b` is
-`smaug chain run smaug-34b`)."""
+"""Stage chains: recipes/chains.yaml's lists of axolotl recipes, run in order (`make smaug-34b`)."""
 
 from smaug.training.chains.plan import Launch, load_chains, plan_chain
 from smaug.training.chains.preflight import hardware_text

@@ -1,5 +1,5 @@
-"""Every stage checked before the first one trains: values axolotl accepts but that break training (NaN/inf,
-non-positive steps or batch sizes, unknown optimizer...), then axolotl's own validation, with the DPOP plugin's."""
+"""Every stage checked before the first one trains: values that break training, then axolotl's own validation
+(with the DPOP plugin's)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The commands a stage runs: `axolotl train` with the launcher arguments of the node and the recipe (DeepSpeed or
-DDP), `axolotl merge-lora`, their environment, and the experiment-tracking keys the chain adds."""
+"""The commands a stage runs (`axolotl train` for the node and the recipe, `axolotl merge-lora`), their
+environment, and the experiment-tracking keys the chain adds."""
 
 from __future__ import annotations
 
@@ -41,12 +41,23 @@ def _need_package(package: str, variable: str) -> None:
         )
 
 
+def override_args(overrides: dict[str, Any] | None) -> list[str]:
+    """axolotl config keys as its CLI takes them: `--key=value`, and `--key` / `--no-key` for booleans."""
+    args = []
+    for key, value in (overrides or {}).items():
+        flag = key.replace("_", "-")
+        args.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag}={value}")
+    return args
+
+
 def train_command(
     stage: ChainStage, launch: Launch, accelerator: str, overrides: dict[str, Any] | None = None
 ) -> list[str]:
-    config = rel(stage.run_config)
+    """`axolotl train CONFIG --key=value ...`, then `--launcher python` on a CPU (one process: nothing for
+    accelerate to launch) or `--launcher accelerate -- ARGS` for the node's GPUs."""
+    cmd = [str(runner.venv_bin() / "axolotl"), "train", rel(stage.run_config), *override_args(overrides)]
     if accelerator == "cpu":
-        return runner.train_command(config, overrides=overrides)
+        return cmd + ["--launcher", "python"]
     args = ["--num_processes", str(launch.world_size), "--num_machines", str(launch.nnodes)]
     args += ["--machine_rank", str(launch.node_rank), "--main_process_ip", launch.master_addr]
     args += ["--main_process_port", str(launch.master_port)]
@@ -57,13 +68,13 @@ def train_command(
             args += ["--deepspeed_multinode_launcher", "standard"]
     elif launch.world_size > 1:
         args.append("--multi_gpu")
-    return runner.train_command(config, launcher_args=args, overrides=overrides)
+    return cmd + ["--launcher", "accelerate", "--", *args]
 
 
 def merge_command(stage: ChainStage, into: Path | None = None) -> list[str]:
     """`axolotl merge-lora` of the stage's adapter; it writes `<output_dir>/merged`, so ``into`` moves that."""
     overrides = {"lora_model_dir": stage.output_dir, "output_dir": into} if into else {}
-    return runner.merge_command(rel(stage.run_config)) + runner.override_args(overrides)
+    return [str(runner.venv_bin() / "axolotl"), "merge-lora", rel(stage.run_config), *override_args(overrides)]
 
 
 def stage_env(stage: ChainStage, tracking: dict[str, Any] | None = None) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""What each stage consumes (its base model, the local files its recipe reads), recorded in its run records so
-that a changed input makes a done stage stale, and the prepared-data folder per set of inputs."""
+"""What each stage consumes (its base model, its local files), so that a changed input makes a stage stale, and
+the prepared-data folder per set of inputs."""
 
 from __future__ import annotations
 

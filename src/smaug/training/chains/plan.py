@@ -1,6 +1,4 @@
-"""A chain's plan: recipes/chains.yaml read, each stage's recipe loaded (its output paths moved under another
-output root when asked), and the folders checked: no two stages share or nest an output, no stage starts from
-its own or a later stage's output."""
+"""A chain's plan: its stages' recipes (output paths under another root when asked) and the folder checks."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Before any GPU time: does this node have the GPUs the chain's `hardware:` asks for? If not, stop with what it
-needs, what was found and what to run instead."""
+"""Before any GPU time: does this node have the GPUs the chain's `hardware:` asks for?"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What `--dry-run` and `smaug chain status` print: stages, commands, the memory plan (GPU per device, host RAM per
-node next to what chains.yaml states) and where each stage stands."""
+"""What `--dry-run` and `smaug chain status` print."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Running a chain: a lock on every folder it writes, each stage trained (or resumed, or completed without
-training), merged when it is a LoRA stage, marked done on node 0 (the other nodes wait for the marker), and a
-failure reported with what to do."""
+"""Running a chain: locks, each stage trained, resumed or completed without training, merged, marked done."""
 
 from __future__ import annotations
 
