@@ -28,7 +28,9 @@ class HeadStats:
 
 class _LogSoftmaxGather(torch.autograd.Function):
     """``log_softmax(x)[labels]`` keeping only ``x`` and the log-sum-exp for backward, which writes
-    ``g·(onehot − softmax)`` into one new buffer (autograd's logsumexp + gather keep three)."""
+    ``g·(onehot − softmax)`` into ``x`` itself: one chunk of logits alive in backward (autograd's logsumexp +
+    gather keep three). ``x`` is the chunk's own logits, recomputed for backward and read by nothing else
+    (an op that did keep it would raise on the version check, not compute wrong numbers)."""
 
     @staticmethod
     def forward(ctx, x, labels):
@@ -40,7 +42,7 @@ class _LogSoftmaxGather(torch.autograd.Function):
     def backward(ctx, grad_logps, _grad_lse):
         x, labels, lse = ctx.saved_tensors
         g = grad_logps.unsqueeze(-1)
-        grad_x = (x - lse.unsqueeze(-1)).exp_().mul_(-g)
+        grad_x = x.sub_(lse.unsqueeze(-1)).exp_().mul_(-g)
         grad_x.scatter_add_(-1, labels.unsqueeze(-1), g)
         return grad_x, None
 
