@@ -173,3 +173,22 @@ def test_cli_with_texts_file(memorised_model, tiny_model_dir, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_the_authors_reference_and_example_choice():
+    """Issue 23.4: Llama-7B (the detector's default --ref_model) is the default reference, and the texts scored are
+    the detector's: `random.seed(0); random.shuffle(data); data[:100]`."""
+    import argparse
+    import random
+
+    from smaug.evaluation.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["eval", "contamination", "--model", "m"]).ref == c.REFERENCE == "huggyllama/llama-7b"
+    texts = [f"question {i}" for i in range(250)]
+    detector = list(texts)
+    random.seed(0)
+    random.shuffle(detector)
+    assert c.pick_examples(texts, 100, seed=0) == detector[:100]
+    assert c.pick_examples(texts[:80], 100) == texts[:80]  # fewer than asked: all, in order

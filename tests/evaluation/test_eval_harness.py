@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,13 +15,22 @@ import pytest
 from smaug.common.errors import UserError
 from smaug.common.paths import REPO_ROOT, eval_dir
 from smaug.evaluation.cli import find_summary, register
-from smaug.evaluation.harness import check_suite_tasks, evaluate, resolve_model, task_manager_for
+from smaug.evaluation.harness import (
+    ResolvedModel,
+    backend_arguments,
+    check_suite_tasks,
+    evaluate,
+    resolve_model,
+    task_manager_for,
+)
 from smaug.evaluation.suites import TASKS_DIR, get_suite, load_suites
 from smaug.evaluation.summary import (
     Summary,
     build_summary,
     compare_table,
     leaf_tasks,
+    load_summary,
+    read_samples,
     render_summary_md,
     unweighted_subtask_mean,
 )
@@ -60,7 +71,31 @@ def offline_run(tiny_model_dir, tmp_path_factory):
 def test_offline_suite_writes_results_where_eval_dir_says(offline_run, tiny_model_dir):
     out_dir, root = offline_run
     assert out_dir == eval_dir(str(tiny_model_dir), "offline_mini", root)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["harness.json", "summary.json", "summary.md"]  # no temp files
+    logs = {log.file for log in load_summary(out_dir / "summary.json").samples.values()}
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["harness.json", "summary.json", "summary.md", *logs])
+
+
+def test_offline_run_keeps_lm_evals_per_sample_logs(offline_run):
+    """Issue 24.3: lm-eval's own samples_<task>_<time>.jsonl beside summary.json, which names and hashes them;
+    the reported scores are the means of the logged per-sample metrics."""
+    out_dir, _ = offline_run
+    summary = load_summary(out_dir / "summary.json")
+    leaves = ["mini_arc_challenge", "mini_hellaswag", "mini_mmlu_elementary_mathematics"]
+    leaves += ["mini_mmlu_high_school_geography", "mini_truthfulqa_mc2", "mini_winogrande", "mini_gsm8k"]
+    assert sorted(summary.samples) == sorted(leaves)
+    for task, log in summary.samples.items():
+        assert (
+            log.file.startswith(f"samples_{task}_")
+            and log.sha256 == hashlib.sha256((out_dir / log.file).read_bytes()).hexdigest()
+        )
+    for key, task in (("arc", "mini_arc_challenge"), ("gsm8k", "mini_gsm8k"), ("winogrande", "mini_winogrande")):
+        entry = summary.tasks[key]
+        rows = [
+            r for r in read_samples(out_dir / "summary.json", summary, task) if r["filter"] == (entry.filter or "none")
+        ]
+        assert len(rows) == OFFLINE_LIMIT and math.isclose(sum(r[entry.metric] for r in rows) / len(rows), entry.value)
+    math_rows = read_samples(out_dir / "summary.json", summary, "mini_mmlu_elementary_mathematics")
+    assert sorted(r["doc_id"] for r in math_rows) == list(range(6))  # all six documents of the smaller subject
 
 
 def test_offline_summary_values_and_run_record(offline_run, tiny_model_dir):
@@ -324,13 +359,17 @@ def test_a_folder_without_weights_or_tokenizer_is_refused_in_one_line_before_lm_
 
 
 def _canned_harness(suite_name: str, value: float) -> dict:
-    """lm-eval's results for every task of a suite, all scoring ``value`` (MMLU through two subjects)."""
-    results, groups = {}, {}
+    """lm-eval's results for every task of a suite, all scoring ``value`` (MMLU through two subjects), with one
+    logged sample per task."""
+    results, groups, samples = {}, {}, {}
     for spec in get_suite(suite_name).tasks.values():
         leaves = [f"{spec.task}_a", f"{spec.task}_b"] if spec.aggregation != "task" else [spec.task]
         groups.update({spec.task: leaves} if spec.aggregation != "task" else {})
         results.update({leaf: {spec.result_key: value, spec.stderr_key: 0.01} for leaf in [spec.task, *leaves]})
-    return {"results": results, "group_subtasks": groups, "config": {"model": "hf"}}
+        sample = {"doc_id": 0, "doc": {}, "target": "A", "arguments": [["Q:", " A"]], "resps": [[["-1.5", "True"]]]}
+        sample |= {"filtered_resps": [["-1.5", "True"]], "filter": spec.filter or "none", spec.metric: value}
+        samples.update({leaf: [dict(sample)] for leaf in leaves})
+    return {"results": results, "group_subtasks": groups, "config": {"model": "hf"}, "samples": samples}
 
 
 def test_results_of_an_interrupted_run_never_pair_a_summary_with_other_raw_results(
@@ -415,8 +454,9 @@ def test_broken_suites_file_names_the_field(tmp_path):
 
 def test_cli_arguments():
     args = _parse(["eval", "run", "org/model", "--suite", "gsm8k", "--batch-size", "auto", "--limit", "0.5"])
-    parsed = (args.model, args.suite, args.batch_size, args.limit, args.dtype)
-    assert parsed == ("org/model", "gsm8k", "auto", 0.5, "bfloat16")
+    parsed = (args.model, args.suite, args.batch_size, args.limit, args.dtype, args.backend, args.num_gpus)
+    assert parsed == ("org/model", "gsm8k", "auto", 0.5, None, "hf", 1)  # dtype None: picked for the device
+    assert _parse(["eval", "run", "m", "--backend", "vllm", "--num-gpus", "8"]).num_gpus == 8
     assert _parse(["eval", "run", "m", "--limit", "20"]).limit == 20
     with pytest.raises(SystemExit):
         _parse(["eval", "run", "m", "--batch-size", "0"])
@@ -661,6 +701,11 @@ def test_compare_refuses_to_write_over_its_input(tmp_path):
             ],
             "broken.yaml: not a readable YAML MT-Bench config",
         ),
+        (
+            ["eval", "mtbench", "--model", "{model}", "--judge-url", "http://127.0.0.1:30098/v1", "--judge-model", "j"]
+            + ["--limit", "1", "--backend", "vllm"],
+            "--backend vllm: vLLM is not installed in this environment",
+        ),
     ],
 )
 def test_eval_tool_inputs_fail_in_one_line_before_any_model_loads(
@@ -686,3 +731,178 @@ def test_batch_size_auto_needs_a_count():
     assert _parse(["eval", "run", "m", "--batch-size", "auto:4"]).batch_size == "auto:4"
     with pytest.raises(SystemExit):
         _parse(["eval", "run", "m", "--batch-size", "auto:x"])
+
+
+# --- per-sample differences between two runs (issue 24.3) ----------------------------------------------------
+
+
+def test_compare_diff_lists_the_items_two_runs_score_differently(offline_run, tmp_path, capsys):
+    """Run B is run A with one ARC item's acc_norm flipped in its sample log (and the hash updated): --diff finds
+    that item and no other; a log that no longer matches its summary's hash is refused."""
+    from smaug.cli import main
+
+    out_dir, _ = offline_run
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(out_dir, a)
+    shutil.copytree(out_dir, b)
+    summary = json.loads((b / "summary.json").read_text())
+    log = b / summary["samples"]["mini_arc_challenge"]["file"]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    flipped = next(r for r in rows if r["doc_id"] == 3)
+    flipped["acc_norm"] = 1.0 - flipped["acc_norm"]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary["samples"]["mini_arc_challenge"]["sha256"] = hashlib.sha256(log.read_bytes()).hexdigest()
+    (b / "summary.json").write_text(json.dumps(summary))
+
+    assert main(["eval", "compare", str(a), str(b), "--diff", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "## ARC: 1 of 8 items differ on acc_norm" in out
+    assert (
+        f"| mini_arc_challenge | 3 | {flipped['target']} | {1.0 - flipped['acc_norm']} | {flipped['acc_norm']} |" in out
+    )
+    assert "## GSM8K: 0 of 8 items differ on exact_match" in out and "## MMLU: 0 of 14 items differ" in out
+
+    log.write_text(log.read_text() + "\n")  # the log no longer the one the summary names
+    assert main(["eval", "compare", str(a), str(b), "--diff", "5"]) == 2
+    assert "not the file summary.json was computed from" in capsys.readouterr().err
+    assert main(["eval", "compare", str(a), str(a), str(a), "--diff", "5"]) == 2
+    assert "--diff compares two runs; 3 were given" in capsys.readouterr().err
+
+
+# --- backends (issue 24.2) -------------------------------------------------------------------------------------
+
+
+def test_both_backends_get_the_same_suite_settings(tiny_model_dir, tmp_path, monkeypatch):
+    """lm-eval receives the same tasks, shots, batch size, limit and dtype whatever the backend; vLLM's model_args
+    are the HF backend's plus tensor parallelism."""
+    import lm_eval
+
+    from smaug.evaluation import harness
+
+    calls = []
+
+    def record(**kwargs):
+        calls.append(kwargs)
+        return _canned_harness("offline_mini", 0.5)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", record)
+    monkeypatch.setattr(harness, "check_vllm", lambda num_gpus: None)  # no vLLM nor GPU here
+    for backend, gpus in (("hf", 1), ("vllm", 2)):
+        evaluate(str(tiny_model_dir), "offline_mini", backend=backend, num_gpus=gpus, limit=3, results_root=tmp_path)
+    hf, vllm = calls
+    assert (hf.pop("model"), vllm.pop("model")) == ("hf", "vllm")
+    assert vllm.pop("model_args") == {**hf.pop("model_args"), "tensor_parallel_size": 2}
+    managers = hf.pop("task_manager"), vllm.pop("task_manager")  # one per run, built the same way
+    assert managers[0].all_tasks == managers[1].all_tasks
+    assert hf == vllm and hf["limit"] == 3 and hf["log_samples"] is True
+
+    # What leaderboard_v1 runs of a Hub model pass to each backend (eval/README.md quotes these).
+    smaug = ResolvedModel("abacusai/Smaug-72B-v0.1", local=False, revision="a" * 40)
+    expected = {"pretrained": "abacusai/Smaug-72B-v0.1", "dtype": "bfloat16", "trust_remote_code": False}
+    expected["revision"] = "a" * 40
+    assert backend_arguments("hf", smaug, dtype="bfloat16") == expected
+    assert backend_arguments("vllm", smaug, dtype="bfloat16", num_gpus=8) == {**expected, "tensor_parallel_size": 8}
+    with pytest.raises(UserError, match="the hf backend runs on one device"):
+        evaluate(str(tiny_model_dir), "offline_mini", backend="hf", num_gpus=2, results_root=tmp_path)
+
+
+def test_vllm_missing_or_too_few_gpus_is_one_line_before_anything_loads(
+    no_harness, tiny_model_dir, monkeypatch, capsys
+):
+    import importlib.util
+
+    from smaug.cli import main
+
+    argv = ["eval", "run", str(tiny_model_dir), "--suite", "offline_mini", "--backend", "vllm", "--num-gpus", "2"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--backend vllm: vLLM is not installed in this environment" in err and err.count("\n") == 1
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a)
+    )
+    assert main(argv) == 2
+    assert "--backend vllm needs 2 GPU(s) (--num-gpus / NUM_GPUS); 0 visible" in capsys.readouterr().err
+
+
+# --- the CPU default dtype (issue 24.5) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_dtype_follows_native_bf16(native, tiny_model_dir, tmp_path, monkeypatch):
+    import lm_eval
+    import torch
+
+    from smaug.evaluation.models import default_dtype, load_causal_lm
+
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: native)
+    expected = "bfloat16" if native else "float32"
+    assert default_dtype("cpu") == expected
+    assert load_causal_lm(str(tiny_model_dir), device="cpu").dtype == getattr(torch, expected)
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kwargs: _canned_harness("offline_mini", 0.5))
+    out = evaluate(str(tiny_model_dir), "offline_mini", device="cpu", results_root=tmp_path)
+    assert load_summary(out / "summary.json").dtype == expected
+
+
+# --- the paper's numbers (issue 21.3) -------------------------------------------------------------------------
+
+
+def test_paper_results_are_valid_and_add_up():
+    from smaug.evaluation.suites import load_paper_results
+
+    results = load_paper_results()
+    for name in ("smaug-72b", "smaug-34b"):
+        scores = results[name].scores
+        assert list(scores) == ["average", *LEADERBOARD_KEYS]
+        mean = sum(scores[k] for k in LEADERBOARD_KEYS) / 6
+        assert abs(mean - scores["average"]) <= 0.005 + 1e-9, name  # the six transcribed right
+    mtbench = results["smaug-72b-mtbench"].scores
+    assert mtbench["overall"] == 7.76 and round((mtbench["turn1"] + mtbench["turn2"]) / 2, 2) == 7.76
+    dpo, dpop = results["smaug-7b-dpo-mtbench"], results["smaug-7b-dpop-mtbench"]
+    assert (dpo.scores, dpo.std, dpop.scores, dpop.std) == (
+        {"turn1": 7.032},
+        {"turn1": 0.043},
+        {"turn1": 7.292},
+        {"turn1": 0.037},
+    )
+    assert results["smaug-72b-contamination"].scores == {"arc": 0.20, "truthfulqa": 0.45, "gsm8k": 1.00}
+    assert all(entry.where and entry.source for entry in results.values())
+
+
+def test_compare_paper_prints_ours_beside_the_paper(tmp_path, capsys):
+    from smaug.cli import main
+
+    ours = _summary("me/smaug", dict(zip(LEADERBOARD_KEYS, [0.7474, 0.8676, 0.7702, 0.7022, 0.8350, 0.7210])))
+    (tmp_path / "summary.json").write_text(ours.model_dump_json())
+    assert main(["eval", "compare", str(tmp_path / "summary.json"), "--paper", "smaug-72b"]) == 0
+    out = capsys.readouterr().out
+    assert "| Score | Paper | me/smaug | Δ |" in out and "| arc | 76.02 | 74.74 | -1.28 |" in out
+    assert f"| average | 80.48 | {100 * ours.average:.2f} | {100 * ours.average - 80.48:+.2f} |" in out
+    mtbench = tmp_path / "mt"
+    mtbench.mkdir()
+    turns = {"turn1": {"mean": 7.5}, "turn2": {"mean": 6.5}, "overall": {"mean": 7.0}}
+    (mtbench / "mtbench.json").write_text(json.dumps({"model": "me/7b", **turns}))
+    assert main(["eval", "compare", str(mtbench), "--paper", "smaug-7b-dpop-mtbench"]) == 0
+    assert "| turn1 | 7.292 ± 0.037 | 7.500 | +0.208 |" in capsys.readouterr().out
+    assert main(["eval", "compare", str(mtbench), "--paper", "smaug-9000"]) == 2
+    assert "--paper 'smaug-9000': not in eval/paper_results.yaml" in capsys.readouterr().err
+
+
+def test_a_wrong_paper_results_file_names_the_entry(tmp_path):
+    from smaug.evaluation.suites import load_paper_results
+
+    bad = tmp_path / "paper.yaml"
+    entry = {"what": "x", "kind": "mtbench", "where": "Table 2", "source": "card", "scores": {"turn3": 1.0}}
+    bad.write_text(json.dumps({"paper": "p", "results": {"e": entry}}))
+    with pytest.raises(UserError, match=r"results.e: \['turn3'\] are not among the scores compared"):
+        load_paper_results(bad)
+    bad.write_text(json.dumps({"paper": "p", "results": {"e": {**entry, "kind": "summary", "scores": {"arc": 1}}}}))
+    with pytest.raises(UserError, match="results.e: `suite` is needed for kind summary"):
+        load_paper_results(bad)
+    bad.write_text(json.dumps({"paper": "p", "results": {"e": {**entry, "where": ""}}}))
+    with pytest.raises(UserError, match="field `results.e.where`"):
+        load_paper_results(bad)

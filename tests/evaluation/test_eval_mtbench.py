@@ -229,3 +229,60 @@ def test_unreachable_judge_and_bad_input_fail_before_loading(tiny_model_dir, tmp
     )
     with pytest.raises(UserError, match="field `sytem_prompt`: extra inputs are not permitted"):
         mt.load_config(bad)
+
+
+def test_the_72b_config_is_the_model_cards_llama2_template_and_qwen_system_prompt(bos_tokenizer):
+    """eval/mtbench_smaug72b.yaml (issue 23.3): what the authors ran for Smaug-72B; the rest as eval/mtbench.yaml."""
+    smaug72b = mt.load_config(mt.EVAL_CONFIG_DIR / "mtbench_smaug72b.yaml").model_dump()
+    default = mt.load_config(mt.DEFAULT_CONFIG).model_dump()
+    assert {k for k in default if default[k] != smaug72b[k]} == {"chat_template", "system_prompt", "trials"}
+    assert (smaug72b["chat_template"], smaug72b["system_prompt"]) == ("llama-2", "You are a helpful assistant.")
+    conversation = [
+        {"role": "system", "content": smaug72b["system_prompt"]},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    text = bos_tokenizer.apply_chat_template(
+        conversation, chat_template=mt.CHAT_TEMPLATES["llama-2"], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<s>[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\nQ1 [/INST] A1 </s><s>[INST] Q2 [/INST]"
+
+
+def test_vllm_generation_gets_the_hf_paths_prompts_and_sampling(tiny_model_dir, monkeypatch):
+    """Issue 24.2: vLLM answers the token ids the transformers path feeds generate(), with its stop tokens, length,
+    per-category temperature (greedy at 0) and the model's own top_k / top_p / repetition penalty (recorded by
+    a stand-in `vllm` module: vLLM itself is not installed where the tests run)."""
+    import sys
+    import types
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    seen = {}
+    fake = types.ModuleType("vllm")
+    fake.TokensPrompt = dict
+    fake.SamplingParams = lambda **kwargs: kwargs
+
+    class LLM:
+        def generate(self, prompts, params):
+            seen.update(prompts=prompts, params=params)
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" reply {i} ")]) for i in range(2)]
+
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = mt.load_config(mt.DEFAULT_CONFIG)
+    chats = [[{"role": "user", "content": "Write a poem."}], [{"role": "user", "content": "What is 2+2?"}]]
+    generation = GenerationConfig(top_k=40, top_p=0.9, repetition_penalty=1.1)
+    replies = mt.vllm_answers(LLM(), tok, chats, [0.7, 0.0], config, generation)
+    assert replies == ["reply 0", "reply 1"]
+    expected_ids = [
+        tok(tok.apply_chat_template(c, chat_template=mt.CHATML_TEMPLATE, tokenize=False, add_generation_prompt=True))[
+            "input_ids"
+        ]
+        for c in chats
+    ]
+    assert [p["prompt_token_ids"] for p in seen["prompts"]] == expected_ids == mt.prompt_ids(tok, chats, config)
+    stops = sorted({tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")})
+    common = {"max_tokens": config.max_new_tokens, "stop_token_ids": stops}
+    sampled = {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1}
+    assert seen["params"] == [{**common, **sampled}, {**common, "temperature": 0.0}]

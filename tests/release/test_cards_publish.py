@@ -75,8 +75,9 @@ def write_provenance(model_dir: Path, prov: dict) -> Path:
     return model_dir
 
 
-def summary(tmp_path: Path, value=0.6, name="summary.json", limit=None) -> Path:
+def summary(tmp_path: Path, value=0.6, name="summary.json", limit=None, samples=None) -> Path:
     data = {
+        "samples": samples,
         "model": "x",
         "model_revision": None,
         "suite": "leaderboard_v1",
@@ -356,10 +357,17 @@ def test_eval_summaries_found_in_results_dir_and_checked(tiny_model_copy, tmp_pa
     model = write_provenance(tiny_model_copy, provenance("mistralai/Mistral-7B-v0.1"))
     suite_dir = paths.eval_dir(str(model), "leaderboard_v1", root=tmp_path / "results")
     suite_dir.mkdir(parents=True)
-    summary(suite_dir, value=0.4321)
+    logs = {task: {"file": f"samples_{task}_20261207T000000Z.jsonl", "sha256": "0" * 64} for task in ("arc", "gsm8k")}
+    summary(suite_dir, value=0.4321, samples=logs)
     card = cards.render_card(model, results_root=tmp_path / "results")
     values = {r.dataset_type: r.metric_value for r in card.data.eval_results}
     assert values == {"ai2_arc": pytest.approx(43.21), "gsm8k": pytest.approx(25.0)}
+    # The eval details (issue 24.3): where the summary, raw results and per-sample logs are, never a local path.
+    folder = f".../{suite_dir.parent.parent.name}/{suite_dir.parent.name}/leaderboard_v1/"
+    assert f"Details of `leaderboard_v1` (where `smaug eval run` wrote them): `{folder}` holds" in card.text
+    assert (
+        "its per-sample outputs, 2 `samples_<task>_<time>.jsonl` files" in card.text and str(tmp_path) not in card.text
+    )
     # A subsampled run (--limit) is shown in the body but never enters the leaderboard-style metadata.
     limited = summary(tmp_path, value=0.9, name="limited.json", limit=10)
     card = cards.render_card(model, [limited], auto_evals=False)

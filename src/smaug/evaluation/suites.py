@@ -132,3 +132,44 @@ def get_suite(name: str, path: Path = SUITES_FILE) -> Suite:
     if name not in suites:
         raise UserError(f"unknown suite {name!r}; known suites: {', '.join(suites)} (defined in {path})")
     return suites[name]
+
+
+PAPER_FILE = EVAL_CONFIG_DIR / "paper_results.yaml"
+# The scores each kind of paper result is compared on, and where ours come from.
+PAPER_KEYS = {"mtbench": {"turn1", "turn2", "overall"}, "contamination": {"arc", "truthfulqa", "gsm8k", "mmlu"}}
+
+
+class PaperResult(BaseModel):
+    model_config = _STRICT
+    what: Text
+    kind: Literal["summary", "mtbench", "contamination"]  # compared with summary.json, mtbench.json, contamination.json
+    suite: Text | None = None  # for kind summary
+    where: Text  # the paper's table or section
+    source: Text  # where the numbers were read
+    note: Text | None = None  # what is inferred rather than read
+    scores: dict[str, float] = Field(min_length=1)  # summary: x100, as the paper prints them
+    std: dict[str, float] = {}
+
+
+class PaperFile(BaseModel):
+    model_config = _STRICT
+    paper: Text
+    results: dict[str, PaperResult] = Field(min_length=1)
+
+
+def load_paper_results(path: Path = PAPER_FILE) -> dict[str, PaperResult]:
+    try:
+        parsed = PaperFile.model_validate(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read the paper's results: {err}") from err
+    except ValidationError as err:
+        raise validation_error(err, str(path)) from None
+    for name, entry in parsed.results.items():
+        where = f"{path}: results.{name}"
+        if (entry.kind == "summary") != (entry.suite is not None):
+            raise UserError(f"{where}: `suite` is needed for kind summary, and only for it")
+        known = set(get_suite(entry.suite).tasks) | {"average"} if entry.suite else PAPER_KEYS[entry.kind]
+        unknown = sorted((set(entry.scores) | set(entry.std)) - known)
+        if unknown:
+            raise UserError(f"{where}: {unknown} are not among the scores compared ({', '.join(sorted(known))})")
+    return parsed.results

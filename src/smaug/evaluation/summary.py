@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from axolotl_dpop.atomic import atomic_directory
+from axolotl_dpop.provenance import utc_stamp
 from smaug.common.errors import UserError, validation_error
 from smaug.common.paths import eval_dir
 from smaug.evaluation.suites import Dataset, Suite, TaskSpec
@@ -33,6 +34,12 @@ class TaskResult(BaseModel):
     subtasks: dict[str, float] | None = None
 
 
+class SampleLog(BaseModel):
+    model_config = _CHECKED
+    file: Annotated[str, Field(pattern=r"^samples_[^/\\]+\.jsonl$")]  # lm-eval's per-sample log, beside summary.json
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class Summary(BaseModel):
     """summary.json: what model cards and comparison tables read."""
 
@@ -45,6 +52,7 @@ class Summary(BaseModel):
     dtype: str | None = None
     versions: dict[str, str | None] = {}
     harness_sha256: str | None = None  # of harness.json beside it: the raw results it was computed from
+    samples: dict[str, SampleLog] | None = None  # per lm-eval task
 
 
 def leaf_tasks(group_subtasks: dict[str, list[str]], name: str) -> list[str]:
@@ -160,19 +168,45 @@ def _plain(value: Any) -> Any:
     )
 
 
-def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any]) -> Summary:
-    """harness.json, summary.json (with the hash of the harness.json it was computed from) and summary.md, as
-    one folder: a kill leaves the old set or the new one, never a mix."""
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_sample_logs(folder: Path, samples: dict[str, list[dict]]) -> dict[str, dict[str, str]]:
+    """lm-eval's own per-sample files (`samples_<task>_<time>.jsonl`, as `lm_eval --log_samples` writes them)."""
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(folder / "results.json"))  # a .json path: files go in folder
+    tracker.date_id = utc_stamp()  # set by save_results_aggregated, which we do not call (harness.json is ours)
+    logs = {}
+    for task, rows in samples.items():
+        tracker.save_results_samples(task_name=task, samples=rows)
+        path = folder / f"samples_{task}_{tracker.date_id}.jsonl"
+        if not path.is_file():  # lm-eval logs a failure to write and carries on
+            raise RuntimeError(f"lm-eval did not write {path.name}")
+        logs[task] = {"file": path.name, "sha256": _sha256(path)}
+    return logs
+
+
+def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any], samples=None) -> Summary:
+    """harness.json, the per-sample logs, summary.json (with the hashes of the files it was computed from) and
+    summary.md, as one folder: a kill leaves the old set or the new one, never a mix."""
     raw = json.dumps(harness, indent=2, default=_plain) + "\n"
-    checked = Summary.model_validate({**summary, "harness_sha256": hashlib.sha256(raw.encode()).hexdigest()})
+    written: list[Summary] = []
 
     def write(folder: Path) -> None:
+        logs = write_sample_logs(folder, samples or {}) or None
+        checked = Summary.model_validate(
+            {**summary, "harness_sha256": hashlib.sha256(raw.encode()).hexdigest(), "samples": logs}
+        )
         (folder / "harness.json").write_text(raw, encoding="utf-8")
         (folder / "summary.md").write_text(render_summary_md(checked), encoding="utf-8")
         (folder / "summary.json").write_text(checked.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        written.append(checked)
 
     atomic_directory(out_dir, write)
-    return checked
+    return written[0]
 
 
 def find_summaries(model: str | Path, results_root: Path | None = None) -> list[Path]:
@@ -206,3 +240,68 @@ def load_summary(path: str | Path) -> Summary:
             "copied from two runs): run `smaug eval run` again"
         )
     return summary
+
+
+def read_samples(summary_path: Path, summary: Summary, task: str) -> list[dict]:
+    """The per-sample log of lm-eval task ``task`` beside ``summary_path``, checked against its recorded hash."""
+    from smaug.common.files import read_jsonl
+
+    log = (summary.samples or {}).get(task)
+    if log is None:
+        raise UserError(f"{summary_path}: no per-sample log of {task!r} (runs before smaug kept them); run it again")
+    path = summary_path.parent / log.file
+    if not path.is_file() or _sha256(path) != log.sha256:
+        raise UserError(f"{path}: missing, or not the file {summary_path.name} was computed from; run it again")
+    return read_jsonl(path, "lm-eval sample")
+
+
+def _answer(sample: dict) -> str:
+    """A model's answer as lm-eval logged it: the generated text, or the choice with the highest log-likelihood
+    (a multiple-choice task logs one [log-likelihood, is-greedy] pair per choice, as strings)."""
+    resps = sample.get("filtered_resps") or [""]
+    if all(isinstance(r, list) and r for r in resps):
+        lls = [float(r[0]) for r in resps]
+        return f"choice {lls.index(max(lls))}"
+    return " ".join(str(resps[0]).split())[:60]
+
+
+def sample_diff(paths: list[Path], summaries: list[Summary], first: int) -> str:
+    """For each task, the items the two models score differently on the reported metric, the first ``first``
+    of them listed (Markdown). The summaries are of one suite (`compare_table` checks)."""
+    lines = [f"A = {summaries[0].model}", f"B = {summaries[1].model}"]
+    for key, entry in summaries[0].tasks.items():
+        shown, differ, compared = [], 0, 0
+        for task in entry.subtasks or [entry.task or key]:
+            rows = []
+            for path, summary in zip(paths, summaries):
+                wanted = [s for s in read_samples(path, summary, task) if s.get("filter") == (entry.filter or "none")]
+                rows.append({s["doc_id"]: s for s in wanted})
+            for doc_id in sorted(rows[0].keys() & rows[1].keys()):
+                x, y = rows[0][doc_id], rows[1][doc_id]
+                if x.get("doc_hash") != y.get("doc_hash"):
+                    raise UserError(f"{task} document {doc_id} differs between the two runs' sample logs")
+                compared += 1
+                if x.get(entry.metric) != y.get(entry.metric):
+                    differ += 1
+                    cells = [task, doc_id, " ".join(str(x.get("target")).split())[:40], x[entry.metric]]
+                    cells += [y[entry.metric], _answer(x), _answer(y)]
+                    shown += ["| " + " | ".join(map(str, cells)) + " |"] if len(shown) < first else []
+        lines += ["", f"## {entry.label or key}: {differ} of {compared} items differ on {entry.metric}"]
+        header = ["", "| Task | Doc | Target | A | B | A's answer | B's answer |", "|---|---:|---|---:|---:|---|---|"]
+        lines += header + shown if shown else []
+    return "\n".join(lines) + "\n"
+
+
+def paper_table(entry, ours: dict[str, dict[str, float]]) -> str:
+    """Our scores (label -> scores) beside the paper's ``entry`` (a suites.PaperResult), with ours − paper."""
+    digits = 2 if entry.kind == "summary" else 3
+    lines = [f"{entry.what}: the paper's {entry.where}" + (f" ({entry.note})" if entry.note else ""), ""]
+    lines += ["| Score | Paper | " + " | ".join(f"{label} | Δ" for label in ours) + " |"]
+    lines += ["|---|---:|" + "---:|---:|" * len(ours)]
+    for key, paper in entry.scores.items():
+        cells = [key, f"{paper:.{digits}f}" + (f" ± {entry.std[key]}" if key in entry.std else "")]
+        for scores in ours.values():
+            value = scores.get(key)
+            cells += ["—", "—"] if value is None else [f"{value:.{digits}f}", f"{value - paper:+.{digits}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

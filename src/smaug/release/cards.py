@@ -151,6 +151,10 @@ def render_card(
     paths = [Path(p) for p in eval_summaries or []]
     paths += [p for p in (find_summaries(model_dir, results_root) if auto_evals else []) if p not in paths]
     summaries = [load_summary(p) for p in paths]
+    shown = [
+        rel(p.parent) if not Path(rel(p.parent)).is_absolute() else ".../" + "/".join(p.parent.parts[-3:])
+        for p in paths
+    ]
     eval_results, eval_rows = eval_results_from_summaries(summaries)
     name = model_name or model_dir.resolve().name
     _check_model_index(name, eval_results)
@@ -186,6 +190,7 @@ def render_card(
         trained=any(not s["from_scratch"] for s in stages),
         eval_rows=eval_rows,
         averages=[(s.suite, f"{100.0 * s.average:.2f}", s.limit) for s in summaries],
+        details=[(s.suite, folder, len(s.samples or {})) for s, folder in zip(summaries, shown)],
         license_display=lic.describe(),
         license_url=lic.license_link or lic.url or LICENSE_URLS.get(lic.license),
         license_decided_by=lineage.decided_by,
