@@ -888,6 +888,11 @@ def test_compare_paper_prints_ours_beside_the_paper(tmp_path, capsys):
     (mtbench / "mtbench.json").write_text(json.dumps({"model": "me/7b", **turns}))
     assert main(["eval", "compare", str(mtbench), "--paper", "smaug-7b-dpop-mtbench"]) == 0
     assert "| turn1 | 7.292 ± 0.037 | 7.500 | +0.208 |" in capsys.readouterr().out
+    (mtbench / "mtbench.json").write_text(json.dumps({"model": "me/7b", "turn1": {"mean": 7.5}}))
+    assert main(["eval", "compare", str(mtbench), "--paper", "smaug-7b-dpop-mtbench"]) == 2
+    assert (
+        "mtbench.json: not the mtbench.json `smaug eval mtbench` writes (KeyError('turn2'))" in capsys.readouterr().err
+    )
     assert main(["eval", "compare", str(mtbench), "--paper", "smaug-9000"]) == 2
     assert "--paper 'smaug-9000': not in eval/paper_results.yaml" in capsys.readouterr().err
 

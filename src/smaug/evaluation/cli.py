@@ -164,32 +164,24 @@ def find_summary(item: str, suite: str, results_root: Path | None = None) -> Pat
     )
 
 
-def _result_file(item: str, name: str) -> tuple[Path, dict]:
-    """An mtbench.json or contamination.json (or the folder holding it), read."""
-    import json
-
-    path = Path(item) / name if Path(item).is_dir() else Path(item)
-    try:
-        return path, json.loads(path.read_bytes())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable {name} ({err}); give the file or its folder") from None
-
-
 def _paper_scores(item: str, entry, results_root: Path | None) -> tuple[str, dict[str, float]]:
     """How ``item`` is named and its scores, in the units of the paper's ``entry``."""
+    import json
+
     from smaug.evaluation.summary import load_summary
 
     if entry.kind == "summary":
         summary = load_summary(find_summary(item, entry.suite, results_root))
         scores = {key: 100 * task.value for key, task in summary.tasks.items()} | {"average": 100 * summary.average}
         return summary.model + (" (--limit)" if summary.limit is not None else ""), scores
-    path, data = _result_file(item, f"{entry.kind}.json")
+    path = Path(item) / f"{entry.kind}.json" if Path(item).is_dir() else Path(item)
     try:
+        data = json.loads(path.read_bytes())
         if entry.kind == "mtbench":
             return data["model"], {key: data[key]["mean"] for key in ("turn1", "turn2", "overall")}
         return data["model"], {name: result["score"] for name, result in data["benchmarks"].items()}
-    except (KeyError, TypeError) as err:
-        raise UserError(f"{path}: no {err} in it; pass a file `smaug eval {entry.kind}` wrote") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not the {entry.kind}.json `smaug eval {entry.kind}` writes ({err!r})") from None
 
 
 def _compare(args: argparse.Namespace) -> int:
