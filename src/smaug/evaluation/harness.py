@@ -156,11 +156,13 @@ def evaluate(
         raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if isinstance(limit, bool) or not (limit is None or whole_or_fraction(limit)):
         raise UserError(f"--limit {limit!r}: must be a whole number of documents per task, or a fraction in (0, 1)")
-    if backend not in BACKENDS or (backend == "hf" and num_gpus != 1):
-        raise UserError(f"--backend {backend} --num-gpus {num_gpus}: the hf backend runs on one device; use vllm")
-    resolved = resolve_model(model, revision)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "hf" and num_gpus != 1:
+        raise UserError(f"--num-gpus {num_gpus}: the hf backend runs on one device; use --backend vllm")
     if backend == "vllm":
         check_vllm(num_gpus)
+    resolved = resolve_model(model, revision)
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     out_dir = eval_dir(resolved.name, suite.name, results_root)

@@ -157,17 +157,6 @@ def compare_table(summaries: list[Summary]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plain(value: Any) -> Any:
-    """lm-eval's results hold numpy numbers, sets and functions (in task configs)."""
-    return (
-        value.tolist()
-        if hasattr(value, "tolist")
-        else sorted(map(str, value))
-        if isinstance(value, set)
-        else str(value)
-    )
-
-
 def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -182,9 +171,7 @@ def write_sample_logs(folder: Path, samples: dict[str, list[dict]]) -> dict[str,
     logs = {}
     for task, rows in samples.items():
         tracker.save_results_samples(task_name=task, samples=rows)
-        path = folder / f"samples_{task}_{tracker.date_id}.jsonl"
-        if not path.is_file():  # lm-eval logs a failure to write and carries on
-            raise RuntimeError(f"lm-eval did not write {path.name}")
+        path = folder / f"samples_{task}_{tracker.date_id}.jsonl"  # lm-eval logs a failure to write it: hashing fails
         logs[task] = {"file": path.name, "sha256": _sha256(path)}
     return logs
 
@@ -192,7 +179,9 @@ def write_sample_logs(folder: Path, samples: dict[str, list[dict]]) -> dict[str,
 def write_results(out_dir: Path, harness: dict[str, Any], summary: dict[str, Any], samples=None) -> Summary:
     """harness.json, the per-sample logs, summary.json (with the hashes of the files it was computed from) and
     summary.md, as one folder: a kill leaves the old set or the new one, never a mix."""
-    raw = json.dumps(harness, indent=2, default=_plain) + "\n"
+    from lm_eval.utils import handle_non_serializable  # how lm-eval writes its own results files
+
+    raw = json.dumps(harness, indent=2, default=handle_non_serializable) + "\n"
     written: list[Summary] = []
 
     def write(folder: Path) -> None:
