@@ -852,8 +852,10 @@ def test_cpu_dtype_follows_native_bf16(native, tiny_model_dir, tmp_path, monkeyp
 
 
 def test_paper_results_are_valid_and_add_up():
-    from smaug.evaluation.suites import load_paper_results
+    from smaug.evaluation.contamination import BENCHMARKS
+    from smaug.evaluation.suites import PAPER_KEYS, load_paper_results
 
+    assert PAPER_KEYS["contamination"] == set(BENCHMARKS)  # what contamination.json can hold
     results = load_paper_results()
     for name in ("smaug-72b", "smaug-34b"):
         scores = results[name].scores

@@ -135,8 +135,9 @@ def get_suite(name: str, path: Path = SUITES_FILE) -> Suite:
 
 
 PAPER_FILE = EVAL_CONFIG_DIR / "paper_results.yaml"
-# The scores each kind of paper result is compared on, and where ours come from.
-PAPER_KEYS = {"mtbench": {"turn1", "turn2", "overall"}, "contamination": {"arc", "truthfulqa", "gsm8k", "mmlu"}}
+# The scores a paper result of each kind can name: mtbench.json's turn means, contamination.json's benchmarks.
+PAPER_KEYS = {"mtbench": {"turn1", "turn2", "overall"}}
+PAPER_KEYS["contamination"] = {"arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"}
 
 
 class PaperResult(BaseModel):
