@@ -262,11 +262,20 @@ def per_pair(stats: dict, timing: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def bench_flops(tokens: float, head: float) -> float:
+    """Training FLOPs per pair at this benchmark's shape, attention left out: body forward + backward (3 passes),
+    the chunked head 4 (forward, recomputed forward, 2 backward matmuls)."""
+    return 3 * 2 * 4 * (4 * 1024**2 + 3 * 1024 * 2816) * tokens + 4 * 2 * 1024 * 152064 * head
+
+
 def print_set(setting: str, name: str, stats: dict, rows: dict) -> None:
     for kind, r in rows.items():
+        head = stats["head_questions" if kind == "questions" else "head_shared"]
+        flops = bench_flops(r["tokens_s"], head) / bench_flops(r["tokens_u"], stats["head_unshared"])
         print(
             f"  {setting:9} {name:11} {kind + ' trees':15} tokens {r['tokens_u']:6.1f} -> {r['tokens_s']:6.1f} "
-            f"({r['tokens_s'] / r['tokens_u']:.3f}; floor {stats['floor'] / r['tokens_u']:.3f})  step "
+            f"({r['tokens_s'] / r['tokens_u']:.3f}; floor {stats['floor'] / r['tokens_u']:.3f}), head rows "
+            f"{stats['head_unshared']:5.1f} -> {head:5.1f}, FLOPs {flops:.3f}  step "
             f"{r['wall_s'] / r['wall_u']:.3f} [{r['cpu_s'] / r['cpu_u']:.3f}]  peak {r['peak_s'] / 2**20:5.0f} / "
             f"{r['peak_u'] / 2**20:5.0f} MiB = {r['peak_s'] / r['peak_u']:.3f}",
             flush=True,
@@ -340,6 +349,9 @@ def main() -> None:
     print("\nPer pair. Tokens through the body: unshared -> shared (ratio); floor = each distinct token once.")
     print(
         "Step: shared / unshared time per pair, wall [process CPU]. Peak: MiB of one step's tensors, shared / unshared."
+    )
+    print(
+        "FLOPs: the step's matmul FLOPs ratio at this shape (bench_flops), what the step ratio tends to on an idle CPU."
     )
     first = tokenize(tokenizer, settings["zero-shot"]["arc"][:1])
     step(model, micro_batches([first], "unshared", model.device)[0], "unshared")  # allocates the gradients
