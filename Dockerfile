@@ -68,4 +68,13 @@ RUN pip install --no-build-isolation -c /tmp/constraints-gpu.txt -e plugins/axol
     && python -c "import axolotl_dpop, smaug, axolotl, trl, flash_attn, deepspeed" \
     && touch "$VIRTUAL_ENV/.installed"
 
+# lm-eval and MT-Bench on vLLM (`make eval BACKEND=vllm`), in their own venv: the vLLM release that pins our torch
+# needs a newer huggingface_hub than the training environment's. Versions: requirements/vllm.txt.
+ENV VLLM_VENV=/opt/vllm
+RUN "python${PYTHON_VERSION}" -m venv "$VLLM_VENV" \
+    && "$VLLM_VENV/bin/pip" install -r requirements/vllm.txt \
+    && "$VLLM_VENV/bin/pip" install --no-deps -e plugins/axolotl_dpop -e . \
+    && "$VLLM_VENV/bin/python" -c "import torch, vllm, lm_eval.models.vllm_causallms; assert torch.version.cuda" \
+    && "$VLLM_VENV/bin/smaug" eval suites > /dev/null
+
 CMD ["bash"]

@@ -4,10 +4,15 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
-# Knobs (all optional): CHAIN (for `make status`), MODEL, MODELS, REF, SUITE, BATCH_SIZE, REPO, DRY_RUN=1,
+# Knobs (all optional): CHAIN (for `make status`), MODEL, MODELS, REF, SUITE, BATCH_SIZE, BACKEND, REPO, DRY_RUN=1,
 # PUBLIC=1, JUDGE_URL, JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
+# BACKEND=vllm: lm-eval's vLLM model (tensor parallel over NUM_GPUS) from the GPU image's own venv (requirements/vllm.txt)
+BACKEND ?= hf
+VLLM_VENV ?= /opt/vllm
+EVAL_BIN = $(if $(filter vllm,$(BACKEND)),$(VLLM_VENV)/bin/)
+EVAL_BACKEND = --backend $(BACKEND) $(if $(filter vllm,$(BACKEND)),$(if $(NUM_GPUS),--num-gpus $(NUM_GPUS)))
 DATA_OUT ?= outputs/data
 FEW_SHOT ?= 0
 SEED ?= 0
@@ -26,7 +31,7 @@ CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKI
         smaug-tiny-qlora status recipes recipes-check
 .PHONY: setup lint test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory \
-        bench-memory-plan
+        bench-memory-plan bench-shared-prefix
 
 setup: $(VENV)/.installed
 
@@ -70,13 +75,13 @@ data-mini: setup
 
 # --- evaluation ---
 eval: setup
-	smaug eval run $(MODEL) --suite $(SUITE) --batch-size $(BATCH_SIZE)
+	$(EVAL_BIN)smaug eval run $(MODEL) --suite $(SUITE) --batch-size $(BATCH_SIZE) $(EVAL_BACKEND)
 
 eval-compare: setup
 	smaug eval compare $(MODELS) --suite $(SUITE) $(if $(OUT),--out $(OUT))
 
 mtbench: setup
-	smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config $(MTBENCH_CONFIG)
+	$(EVAL_BIN)smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config $(MTBENCH_CONFIG) $(EVAL_BACKEND)
 
 contamination: setup
 	smaug eval contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
@@ -101,3 +106,4 @@ bench-data: setup
 bench-status: setup ; python benchmarks/bench_chain_status.py
 bench-memory: setup ; nice python benchmarks/bench_chunked_logps.py
 bench-memory-plan: setup ; python benchmarks/bench_memory_plan.py
+bench-shared-prefix: setup ; nice python benchmarks/bench_shared_prefix.py
