@@ -82,12 +82,15 @@ def test_analysis_matches_independent_forward_pass(tiny_model_dir, second_model_
     assert stats["per_pair"]["first_diff"] == EXPECTED_FIRST_DIFF
 
     deltas = {"chosen": [], "rejected": []}
+    direct = {"model": {"chosen": [], "rejected": []}, "reference": {"chosen": [], "rejected": []}}
     for row in PAIRS:
         for side in ("chosen", "rejected"):
             completion = row[side] + "<|im_end|>"
             model = _direct_logps(second_model_dir, _chatml(row), completion)
             ref = _direct_logps(tiny_model_dir, _chatml(row), completion)
             deltas[side].append([m - r for m, r in zip(model, ref)])
+            direct["model"][side].append(model)
+            direct["reference"][side].append(ref)
 
     for side in ("chosen", "rejected"):
         totals = [sum(d) for d in deltas[side]]
@@ -106,6 +109,22 @@ def test_analysis_matches_independent_forward_pass(tiny_model_dir, second_model_
     assert stats["buckets"]["chosen"]["before"]["mean_delta_per_token"] == pytest.approx(
         stats["buckets"]["rejected"]["before"]["mean_delta_per_token"], abs=1e-6
     )
+    # Figure 4 (right) as the paper defines it: each model's own mean log-prob by position, the reference's too;
+    # model_profile gives the same numbers for one model on its own.
+    alone = lp.model_profile(str(second_model_dir), PAIRS, window=5, batch_size=2, dtype="float32")
+    for who, got in (("model", stats), ("reference", result["reference_stats"]), ("model", alone)):
+        for side in ("chosen", "rejected"):
+            curve = got["positional_logp"][side]
+            for position, value in zip(curve["position"], curve["mean_logp"]):
+                pooled = [
+                    row[k + position]
+                    for row, k in zip(direct[who][side], EXPECTED_FIRST_DIFF)
+                    if 0 <= k + position < len(row)
+                ]
+                assert value == pytest.approx(sum(pooled) / len(pooled), abs=1e-5)
+            assert got[f"{side}_logp_total_mean"] == pytest.approx(sum(map(sum, direct[who][side])) / 3, abs=1e-4)
+    at, shifted = plots.shifted(alone["positional_logp"]["chosen"])
+    assert shifted[at.index(-1)] == 0 and shifted[at.index(0)] != 0
     margins = [
         c - r for c, r in zip(stats["per_pair"]["chosen_total_delta"], stats["per_pair"]["rejected_total_delta"])
     ]

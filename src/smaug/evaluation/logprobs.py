@@ -1,6 +1,6 @@
 """How a trained model moves the log-probs of chosen and rejected completions against a reference model, token
-by token around the first token where they differ (the Smaug paper's Figure 4: DPO can lower Δchosen after
-it; DPOP keeps Δchosen >= 0).
+by token around the first token where they differ (DPO can lower Δchosen after it; DPOP keeps Δchosen >= 0), and
+each model's own log-probs there (the Smaug paper's Figure 4, right).
 
 Tokenised as TRL's DPOTrainer does: prompt_ids = tok(prompt), completion_ids = tok(prompt + completion) after
 the prompt's tokens, EOS appended to a completion lacking it. Formats: `chatml` (axolotl's
@@ -84,6 +84,30 @@ def _mean(values) -> float | None:
     return fmean(values) if values else None
 
 
+def _by_position(encoded, rows, window: int) -> tuple[list[int], list[float], list[int]]:
+    """Positions t - k (k: each pair's first differing token; pairs without one left out) within ``window``, the
+    mean of ``rows``' per-token values at each, and how many tokens each mean pools."""
+    points: dict[int, list[float]] = {}
+    for enc, row in zip(encoded, rows):
+        k = enc["first_diff"]
+        for t, value in enumerate(row if k is not None else []):
+            if -window <= t - k <= window:
+                points.setdefault(t - k, []).append(value)
+    at = sorted(points)
+    return at, [fmean(points[p]) for p in at], [len(points[p]) for p in at]
+
+
+def profile(encoded, chosen, rejected, window: int = 20) -> dict:
+    """A model's own log-probs: sequence totals averaged over pairs, and the mean per-token log-prob by position
+    around the first differing token (the paper's Figure 4, right)."""
+    stats: dict[str, Any] = {"positional_logp": {}}
+    for side, logps in (("chosen", chosen), ("rejected", rejected)):
+        stats[f"{side}_logp_total_mean"] = _mean(map(sum, logps))
+        at, means, _ = _by_position(encoded, logps, window)
+        stats["positional_logp"][side] = {"position": at, "mean_logp": means}
+    return stats
+
+
 def summarise(encoded, ref_chosen, ref_rejected, chosen, rejected, window: int = 20) -> dict:
     """Per-model statistics from per-token log-probs of the model and of the reference (see the module doc)."""
     deltas = {
@@ -92,33 +116,26 @@ def summarise(encoded, ref_chosen, ref_rejected, chosen, rejected, window: int =
     }
     totals = {side: [sum(d) for d in per_pair] for side, per_pair in deltas.items()}
     buckets = {side: {"before": [], "at": [], "after": []} for side in deltas}
-    positional: dict[str, dict[int, list[float]]] = {side: {} for side in deltas}
     for side, per_pair in deltas.items():
         for enc, pair_deltas in zip(encoded, per_pair):
             k = enc["first_diff"]
             for t, delta in enumerate(pair_deltas if k is not None else []):
                 buckets[side]["before" if t < k else "at" if t == k else "after"].append(delta)
-                if -window <= t - k <= window:
-                    positional[side].setdefault(t - k, []).append(delta)
     margins = [c - r for c, r in zip(totals["chosen"], totals["rejected"])]
     stats = {"n_pairs": len(encoded), "n_pairs_without_difference": sum(e["first_diff"] is None for e in encoded)}
-    for side, logps in (("chosen", chosen), ("rejected", rejected)):
+    for side in deltas:
         stats[f"{side}_total_delta_mean"] = _mean(totals[side])
         stats[f"{side}_per_token_delta_mean"] = _mean(_mean(d) for d in deltas[side])
-        stats[f"{side}_logp_total_mean"] = _mean(sum(x) for x in logps)
+    stats |= profile(encoded, chosen, rejected, window)
     stats["reward_accuracy"] = sum(m > 0 for m in margins) / len(margins) if margins else None
     stats["buckets"] = {
         side: {name: {"mean_delta_per_token": _mean(v), "n_tokens": len(v)} for name, v in parts.items()}
         for side, parts in buckets.items()
     }
     stats["positional"] = {}
-    for side, points in positional.items():
-        at = sorted(points)
-        stats["positional"][side] = {
-            "position": at,
-            "mean_delta": [_mean(points[p]) for p in at],
-            "n_tokens": [len(points[p]) for p in at],
-        }
+    for side, per_pair in deltas.items():
+        at, means, counts = _by_position(encoded, per_pair, window)
+        stats["positional"][side] = {"position": at, "mean_delta": means, "n_tokens": counts}
     stats["per_pair"] = {
         "first_diff": [e["first_diff"] for e in encoded],
         **{f"n_{side}_tokens": [len(e[f"{side}_ids"]) for e in encoded] for side in deltas},
@@ -165,13 +182,9 @@ def analyse_pairs(
     reference_model = load_causal_lm(reference, dtype, device)
     ref_chosen, ref_rejected = _pair_logprobs(reference_model, encoded, batch_size, pad_id, "reference")
     del reference_model
-    totals = {
-        f"{side}_logp_total_mean": _mean(map(sum, logps))
-        for side, logps in (("chosen", ref_chosen), ("rejected", ref_rejected))
-    }
     result: dict[str, Any] = dict(reference=reference, format=fmt, dtype=dtype, n_pairs=len(encoded), window=window)
     result |= {
-        "reference_stats": totals,
+        "reference_stats": profile(encoded, ref_chosen, ref_rejected, window),
         "models": {},
         "versions": package_versions("smaug-dpop", "transformers", "torch"),
     }
@@ -185,3 +198,24 @@ def analyse_pairs(
             stats["per_pair"] |= dict(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
         result["models"][path] = stats
     return result
+
+
+def model_profile(
+    path: str,
+    pairs: list[dict],
+    fmt: str = "chatml",
+    max_length: int | None = None,
+    window: int = 20,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """``profile`` of one model on ``pairs``, tokenized by the model's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    check_model_ref(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoded = encode_pairs(tokenizer, pairs, fmt, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    logps = _pair_logprobs(load_causal_lm(path, dtype, device), encoded, batch_size, pad_id, Path(path).name or path)
+    return {"n_pairs": len(encoded), **profile(encoded, *logps, window)}

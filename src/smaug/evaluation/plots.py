@@ -1,5 +1,5 @@
-"""The paper's Figure 4 (Δ log-prob by position around the first differing token) from a log-prob analysis, and
-Figure 5 (chosen/rejected log-probs over training) from runs' trainer_state.json."""
+"""The paper's Figure 4, right (log-prob by position around the first differing token) from a log-prob analysis,
+and chosen/rejected log-probs over training from runs' trainer_state.json."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ TRAINING_KEYS = ("logps/chosen", "logps/rejected", "rewards/margins", "rewards/a
 PANELS = {"logps": "sequence log-prob", "rewards/margins": "reward margin", "dpop/penalty": "DPOP penalty"}
 
 
-def _figure(panels: int):
+def new_figure(panels: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,29 +24,39 @@ def _figure(panels: int):
     return plt, fig, axes[0], plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def _save(plt, fig, out_png: str | Path) -> Path:
+def save_png(plt, fig, out_png: str | Path) -> Path:
     try:
         return atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     finally:
         plt.close(fig)
 
 
+def _name(model: str) -> str:
+    return Path(model).name if Path(model).is_dir() else model
+
+
+def shifted(curve: dict) -> tuple[list[int], list[float]]:
+    """A positional log-prob curve moved to 0 at position -1, as the paper draws Figure 4 (right); unmoved when no
+    pair has a token before its first difference."""
+    at, values = curve["position"], curve["mean_logp"]
+    zero = values[at.index(-1)] if -1 in at else 0.0
+    return at, [v - zero for v in values]
+
+
 def plot_positional(result: dict, out_png: str | Path) -> Path:
-    """Figure 4: mean Δ log-prob per token against the position relative to the first differing token."""
-    plt, fig, (ax,), colours = _figure(1)
-    for i, (model, stats) in enumerate(result["models"].items()):
-        for side, style in (("chosen", "-"), ("rejected", "--")):
-            curve, name = stats["positional"][side], Path(model).name if Path(model).is_dir() else model
-            ax.plot(
-                curve["position"], curve["mean_delta"], style, color=colours[i % len(colours)], label=f"{name} {side}"
-            )
-    ax.axhline(0.0, color="grey", linewidth=0.8)
+    """Figure 4 (right): the mean log-prob of the preferred completion's tokens by position relative to the first
+    differing token, each model shifted to 0 at position -1, the reference included (dashed)."""
+    plt, fig, (ax,), colours = new_figure(1)
+    curves = {f"{_name(result['reference'])} (reference)": result["reference_stats"]}
+    curves |= {_name(model): stats for model, stats in result["models"].items()}
+    for i, (name, stats) in enumerate(curves.items()):
+        style = "--" if i == 0 else "-"
+        ax.plot(*shifted(stats["positional_logp"]["chosen"]), style, color=colours[i % len(colours)], label=name)
     ax.axvline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set(xlabel="token position relative to the first differing token", ylabel="Δ log-prob vs reference (per token)")
-    reference = Path(result["reference"]).name if Path(result["reference"]).is_dir() else result["reference"]
-    ax.set_title(f"Log-prob change vs {reference} ({result['n_pairs']} pairs)")
+    ax.set(xlabel="token position relative to the first differing token", ylabel="log-prob, 0 at position -1")
+    ax.set_title(f"Preferred completions by position ({result['n_pairs']} pairs)")
     ax.legend(fontsize=8)
-    return _save(plt, fig, out_png)
+    return save_png(plt, fig, out_png)
 
 
 def find_trainer_state(path: str | Path) -> Path:
@@ -96,7 +106,7 @@ def plot_training(runs: dict[str, str | Path], out_png: str | Path) -> Path:
         raise UserError("no runs given; pass one or more run folders (LABEL=PATH to name them)")
     logs = {label: read_training_log(path) for label, path in runs.items()}
     panels = [p for p in PANELS if p == "logps" or any(p in series for series in logs.values())]
-    plt, fig, axes, colours = _figure(len(panels))
+    plt, fig, axes, colours = new_figure(len(panels))
     for i, (label, series) in enumerate(logs.items()):
         for ax, panel in zip(axes, panels):
             lines = [("logps/chosen", "-"), ("logps/rejected", "--")] if panel == "logps" else [(panel, "-")]
@@ -106,4 +116,4 @@ def plot_training(runs: dict[str, str | Path], out_png: str | Path) -> Path:
     for ax, panel in zip(axes, panels):
         ax.set(xlabel="step", title=PANELS[panel])
         ax.legend(fontsize=8)
-    return _save(plt, fig, out_png)
+    return save_png(plt, fig, out_png)
