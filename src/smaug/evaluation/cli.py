@@ -134,6 +134,29 @@ def register(subparsers) -> None:
     _add_run(sub)
     _add_compare(sub)
     _add_tools(sub)
+    _add_sweep(sub)
+
+
+def _add_sweep(sub) -> None:
+    from smaug.evaluation import logprobs, sweep
+
+    parser = sub.add_parser(
+        "sweep", help="score every checkpoint of a chain; the paper's Figures 2-6", description=sweep.__doc__
+    )
+    parser.add_argument("chain", help="a chain of recipes/chains.yaml")
+    each = "[DATASET=]"
+    parser.add_argument("--suite", action="append", type=sweep.per_dataset, required=True, metavar=each + "SUITE")
+    parser.add_argument("--pairs", action="append", type=sweep.per_dataset, default=[], metavar=each + "FILE")
+    parser.add_argument("--max-pairs", type=positive_int, default=sweep.MAX_PAIRS, help="pairs sampled per file")
+    parser.add_argument("--format", choices=logprobs.FORMATS, default="chatml", dest="fmt", help="of the pairs")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 where it is fast")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--limit", type=_limit, help="the first N documents per task: not comparable")
+    parser.add_argument("--output-root", type=Path, help="where the chain wrote (default ./outputs)")
+    parser.add_argument("--results-dir", dest="results_root", type=Path)
+    parser.add_argument("--out", type=Path, help="default results/figures/CHAIN/")
+    parser.set_defaults(func=sweep.run_cli)
 
 
 def _run(args: argparse.Namespace) -> int:

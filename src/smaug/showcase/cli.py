@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     _add_reproduce(sub)
     _add_tiny_model(sub)
     _add_demo_model(sub)
+    _add_figures_mini(sub)
 
 
 def _offline() -> None:
@@ -103,3 +104,22 @@ def _demo_model(args: argparse.Namespace) -> int:
 
     convert(args.out_dir, dtype=args.dtype, force=args.force)
     return 0
+
+
+def _add_figures_mini(sub) -> None:
+    from smaug.showcase import figures_mini
+
+    parser = sub.add_parser(
+        "figures-mini",
+        help="make figures-mini: DPO, IPO, SLiC and DPOP scored per checkpoint on a task, SmolLM2-135M on a CPU",
+        description=figures_mini.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output-root", type=Path, help="where the chain writes (default ./outputs)")
+
+    def run(args: argparse.Namespace) -> int:
+        _offline()
+        figures_mini.figures_mini(args.output_root)
+        return 0
+
+    parser.set_defaults(func=run)
