@@ -30,6 +30,8 @@ def make_trainer(
     rows,
     *,
     chunked,
+    shared=False,
+    group_pairs=False,
     variant="full",
     precompute=False,
     cache_dir=None,
@@ -66,7 +68,7 @@ def make_trainer(
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets) if variant == "lora" else None
     )
     args = _training_args_cls()(
-        output_dir=str(tmp_path / f"out-{chunked}"),
+        output_dir=str(tmp_path / f"out-{chunked}-{shared}"),
         per_device_train_batch_size=4,
         max_length=max_length,
         beta=0.3,
@@ -78,6 +80,8 @@ def make_trainer(
         remove_unused_columns=False,
         precompute_ref_log_probs=precompute,
         dpop_chunked_logps=chunked,
+        dpop_shared_prefix=shared,
+        dpop_group_pairs=group_pairs,
         dpop_logps_chunk_size=chunk_size,
         dpop_ref_logps_cache_dir=str(cache_dir) if cache_dir else None,
     )

@@ -37,6 +37,16 @@ class DPOPArgs(BaseModel):
     dpop_logps_chunk_size: int | None = Field(
         None, ge=1, strict=True, description=f"completion tokens per chunk, >= 1 (default {DEFAULT_CHUNK_SIZE})"
     )
+    dpop_shared_prefix: StrictBool | None = Field(
+        None,
+        description="rl: dpop or slic: one sequence per pair (the common prefix once, then each answer's rest), "
+        "same losses and gradients with fewer tokens; uses the chunked head",
+    )
+    dpop_group_pairs: StrictBool | None = Field(
+        None,
+        description="with dpop_shared_prefix: pairs with the same prompt and chosen answer in one micro-batch and "
+        "one sequence (ARC, HellaSwag); groups, not pairs, are shuffled",
+    )
     dpop_ref_logps_cache_dir: str | None = Field(
         None,
         pattern=r"\S",
@@ -55,4 +65,6 @@ class DPOPTrainingArgs:
     slic_lambda: float = DEFAULT_SLIC_LAMBDA
     dpop_chunked_logps: bool = False
     dpop_logps_chunk_size: int = DEFAULT_CHUNK_SIZE
+    dpop_shared_prefix: bool = False
+    dpop_group_pairs: bool = False
     dpop_ref_logps_cache_dir: str | None = None

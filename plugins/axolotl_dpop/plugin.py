@@ -10,11 +10,13 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
+from axolotl.utils.schemas.enums import LEGACY_ATTN_FLAG_TO_IMPL
 from pydantic import ValidationError
 
 from axolotl_dpop import data_checks
 from axolotl_dpop.args import DEFAULT_DPOP_LAMBDA, DEFAULT_SLIC_LAMBDA, DPOPArgs
 from axolotl_dpop.chunked_logps import DEFAULT_CHUNK_SIZE
+from axolotl_dpop.shared_prefix import check_attention
 
 LOG = get_logger(__name__)
 # rl -> (its trainer, its lambda option, that option's default)
@@ -25,7 +27,17 @@ PLUGIN_RL = {
 # The rl types whose rows axolotl reads as prompt/chosen/rejected pairs (`axolotl.prompt_strategies.dpo`), after
 # `register` turned dpop/slic into dpo: every arm of a comparison gets the same checked rows.
 PAIRED_RL = {"dpo", "ipo", "simpo"}
-_NEEDS = {"dpop_logps_chunk_size": "dpop_chunked_logps", "dpop_ref_logps_cache_dir": "precompute_ref_log_probs"}
+# The columns TRL 1.9's DPO reads (its `_signature_columns` for images). Another column can mislead it: it decides
+# whether rows are conversational from one arbitrary key, so a leftover `messages` list (UltraFeedback) can make
+# it skip the EOS of every completion under some hash seeds.
+TRL_COLUMNS = ("prompt", "chosen", "rejected", "image", "images", "tools", "chat_template_kwargs")
+# Options of both rl: dpop and rl: slic (how the log-probs are computed), and the options each one needs.
+_FORWARD_OPTIONS = ("dpop_chunked_logps", "dpop_logps_chunk_size", "dpop_shared_prefix", "dpop_group_pairs")
+_NEEDS = {
+    "dpop_logps_chunk_size": ("dpop_chunked_logps", "dpop_shared_prefix"),
+    "dpop_ref_logps_cache_dir": ("precompute_ref_log_probs",),
+    "dpop_group_pairs": ("dpop_shared_prefix",),
+}
 # DPO options that change the loss DPOP and SLiC replace, and (SLiC has no reference model) those of a reference.
 _CONFLICTING = ("dpo_use_weighting", "dpo_use_liger_kernel", "dpo_label_smoothing", "dpo_ld_alpha")
 _REFERENCE_OPTIONS = ("precompute_ref_log_probs", "rl_adapter_ref_model")
@@ -58,6 +70,8 @@ class DPOPPlugin(BasePlugin):
             lam: float(cfg[lam]),
             "dpop_chunked_logps": bool(cfg.get("dpop_chunked_logps")),
             "dpop_logps_chunk_size": cfg.get("dpop_logps_chunk_size") or DEFAULT_CHUNK_SIZE,
+            "dpop_shared_prefix": bool(cfg.get("dpop_shared_prefix")),
+            "dpop_group_pairs": bool(cfg.get("dpop_group_pairs")),
             "dpop_ref_logps_cache_dir": (cfg.get("dpop_ref_logps_cache_dir") or str(prepared / "dpop_ref_logps"))
             if cfg.get("precompute_ref_log_probs")
             else None,
@@ -90,6 +104,8 @@ class DPOPPlugin(BasePlugin):
         meta = load_preference_datasets(cfg=cfg)
         splits = {"train": meta.train_dataset, "eval": meta.eval_dataset}
         for split, dataset in splits.items():
+            if dataset is not None:
+                dataset = dataset.select_columns([c for c in dataset.column_names if c in TRL_COLUMNS])
             kept = _drop_identical(dataset, split) if dataset is not None else None
             if kept is not None and len(kept) == 0 and rows[split]:
                 # TRL would stop at its first look at the empty dataset (StopIteration), after loading the model.
@@ -138,14 +154,17 @@ def validate_plugin_config(cfg: dict) -> None:
         raise ValueError(f"{where}: rl: slic needs rl_beta, the hinge margin in nats (> 0).")
     if beta is not None and not (type(beta) in (int, float) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"{where}: rl_beta must be a number > 0 (the paper uses 0.3), got {beta!r}.")
-    for key in [key for key in DPOPArgs.model_fields if key not in PLUGIN_RL]:
-        owner = key.split("_")[0]  # dpop_* options belong to rl: dpop, slic_* to rl: slic
-        if cfg.get(key) is not None and owner != rl:
+    for key in [key for key in DPOPArgs.model_fields if key not in PLUGIN_RL and cfg.get(key) is not None]:
+        # dpop_* options belong to rl: dpop, slic_* to rl: slic, the forward's options to both
+        owners = tuple(PLUGIN_RL) if key in _FORWARD_OPTIONS else (key.split("_")[0],)
+        if rl not in owners:
             raise ValueError(
-                f"{where}: {key} is an option of rl: {owner}, not of rl: {rl}; remove it or set rl: {owner}."
+                f"{where}: {key} is an option of rl: {owners[0]}, not of rl: {rl}; remove it or set rl: "
+                f"{' or rl: '.join(owners)}."
             )
-        if cfg.get(key) is not None and key in _NEEDS and not cfg.get(_NEEDS[key]):
-            raise ValueError(f"{where}: {key} only applies with {_NEEDS[key]}: true.")
+        needs = _NEEDS.get(key, ())
+        if needs and not any(cfg.get(need) for need in needs):
+            raise ValueError(f"{where}: {key} only applies with {' or '.join(f'{n}: true' for n in needs)}.")
     if rl not in PLUGIN_RL:
         return
     loss_type = cfg.get("dpo_loss_type")
@@ -163,11 +182,22 @@ def validate_plugin_config(cfg: dict) -> None:
             f"{where}: rl: {rl} sets trainer_cls itself; remove trainer_cls ({cfg.get('trainer_cls')!r}) "
             f"or subclass {PLUGIN_RL[rl][0]}."
         )
-    if cfg.get("dpop_chunked_logps") and (cfg.get("fsdp") or cfg.get("fsdp_config")):
+    head = next((key for key in ("dpop_shared_prefix", "dpop_chunked_logps") if cfg.get(key)), None)
+    if head and (cfg.get("fsdp") or cfg.get("fsdp_config")):
         raise ValueError(
-            f"{where}: dpop_chunked_logps calls the output projection outside the model's forward, where FSDP has "
-            "resharded it; use DeepSpeed (ZeRO-3 is supported) or set dpop_chunked_logps: false."
+            f"{where}: {head} calls the output projection outside the model's forward, where FSDP has "
+            f"resharded it; use DeepSpeed (ZeRO-3 is supported) or set {head}: false."
         )
+    if cfg.get("dpop_shared_prefix"):
+        # The shared forward sends only completion tokens to the head: it implies the chunked head.
+        if cfg.get("dpop_chunked_logps") is False:
+            raise ValueError(f"{where}: dpop_shared_prefix uses the chunked head; remove dpop_chunked_logps: false.")
+        flag = next((flag for flag in LEGACY_ATTN_FLAG_TO_IMPL if cfg.get(flag)), None)
+        attn = cfg.get("attn_implementation") or LEGACY_ATTN_FLAG_TO_IMPL.get(flag)
+        try:
+            check_attention(attn, flag)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def _keeps_no_reference_model(cfg) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch.utils.data import Sampler
 
-from axolotl_dpop.chunked_logps import HeadStats, last_hidden_states, token_logps
+from axolotl_dpop.chunked_logps import HeadStats, check_head, last_hidden_states, token_logps
 
 # Attention implementations that take a custom mask (transformers' masking_utils builds it for each). The
 # flash-attention kernels only know causal attention over padded or packed sequences.
@@ -28,13 +28,16 @@ SUPPORTED_ATTENTION = ("sdpa", "eager", "flex_attention")
 _WINDOWED = {"full_attention": False, "sliding_attention": True}  # layer type -> keeps config.sliding_window
 
 
-def check_attention(attn_implementation: str | None) -> None:
-    """Refuse an attention implementation that cannot take the tree mask (None: transformers' default, SDPA)."""
+def check_attention(attn_implementation: str | None, flag: str | None = None) -> None:
+    """Refuse an attention implementation that cannot take the tree mask (None: transformers' default, SDPA);
+    ``flag``: axolotl's legacy flag that chose it, if any (``flash_attention``)."""
     if attn_implementation is not None and attn_implementation not in SUPPORTED_ATTENTION:
+        chosen, fix = f"attn_implementation: {attn_implementation}", "set attn_implementation: sdpa"
+        if flag:
+            chosen, fix = f"{flag}: true ({chosen})", f"replace {flag}: true with attn_implementation: sdpa"
         raise ValueError(
-            f"dpop_shared_prefix: attn_implementation: {attn_implementation} cannot take the tree attention mask "
-            "(an answer that sees the shared prefix but not the other answer); set attn_implementation: sdpa "
-            "(flex_attention on a GPU) or dpop_shared_prefix: false."
+            f"dpop_shared_prefix: {chosen} cannot take the tree attention mask (an answer that sees the shared "
+            f"prefix but not the other answer); {fix} (flex_attention on a GPU) or set dpop_shared_prefix: false."
         )
 
 
@@ -175,7 +178,7 @@ def tree_attention_mask(trees: Trees, config, dtype: torch.dtype = torch.float32
 
 
 def shared_prefix_logps(
-    model, unwrapped, inputs: dict, chunk_size: int, with_stats: bool = False, trees: Trees | None = None, **kwargs
+    model, unwrapped, inputs: dict, chunk_size: int, with_stats=False, trees=None, check=False, **kw
 ):
     """Summed completion log-probs of a TRL preference batch through one tree forward.
 
@@ -191,8 +194,8 @@ def shared_prefix_logps(
         inputs: the collator's batch: ``input_ids``, ``attention_mask``, ``completion_mask`` ``[2B, T]``.
         chunk_size / with_stats: as for the chunked head.
         trees: ``build_trees`` of the batch, when already built.
-        kwargs: further model keyword arguments (``output_router_logits``; note that a router's auxiliary
-            loss is then taken over the tree's tokens, each distinct token once).
+        check: run ``chunked_logps.check_head`` on this batch (the trainer's first).
+        kw: further model keyword arguments.
     """
     device = inputs["input_ids"].device
     if trees is None:
@@ -200,7 +203,9 @@ def shared_prefix_logps(
     trees = trees.to(device)
     mask = tree_attention_mask(trees, unwrapped.config, unwrapped.dtype)
     model_kwargs = {"input_ids": trees.input_ids, "attention_mask": mask, "position_ids": trees.position_ids}
-    outputs, hidden = last_hidden_states(model, {**kwargs, **model_kwargs, "use_cache": False})
+    outputs, hidden = last_hidden_states(model, {**kw, **model_kwargs, "use_cache": False})
+    if check:
+        check_head(unwrapped.get_output_embeddings(), hidden, outputs.logits)
     out = token_logps(
         unwrapped.get_output_embeddings(),
         hidden.flatten(0, 1)[trees.hidden_index],
@@ -208,7 +213,9 @@ def shared_prefix_logps(
         chunk_size,
         with_stats,
     )
-    logps = out[0].new_zeros(inputs["input_ids"].shape[0]).index_add(0, trees.sequence, out[0][trees.row])
+    # Summed in fp64: a sequence's tokens are scattered over the head rows, so the sum runs in their order.
+    sums = out[0].new_zeros(inputs["input_ids"].shape[0], dtype=torch.float64)
+    logps = sums.index_add(0, trees.sequence, out[0][trees.row].double()).to(out[0].dtype)
     if not with_stats:
         return outputs, logps, None
     _, entropy, logit_mean, argmax = out
@@ -225,31 +232,35 @@ class GroupedBatchSampler(Sampler[list[int]]):
     always consecutive within one micro-batch instead of spread over the epoch; groups are packed in that order
     into micro-batches of at most ``batch_size`` pairs, and a group larger than ``batch_size`` is a micro-batch
     of its own (so micro-batches can hold fewer, or more, pairs than ``batch_size``). Every pair is still seen
-    once per epoch."""
+    once per epoch. With ``num_replicas`` processes, rank ``rank`` takes every ``num_replicas``-th micro-batch;
+    the first micro-batches are repeated to give every rank as many (as accelerate's even batches do)."""
 
-    def __init__(self, keys: Sequence[Hashable], batch_size: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, keys: Sequence[Hashable], batch_size: int, seed=0, shuffle=True, num_replicas=1, rank=0):
         groups: dict[Hashable, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(key, []).append(index)
         self.groups = list(groups.values())
         self.batch_size, self.seed, self.shuffle, self.epoch = batch_size, seed, shuffle, 0
+        self.num_replicas, self.rank = num_replicas, rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
+    def _batches(self) -> list[list[int]]:
         order = range(len(self.groups))
         if self.shuffle:
             order = torch.randperm(len(self.groups), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        batch: list[int] = []
+        batches: list[list[int]] = [[]]
         for g in order:
             group = self.groups[int(g)]
-            if batch and len(batch) + len(group) > self.batch_size:
-                yield batch
-                batch = []
-            batch = batch + group
-        if batch:
-            yield batch
+            if batches[-1] and len(batches[-1]) + len(group) > self.batch_size:
+                batches.append([])
+            batches[-1] = batches[-1] + group
+        batches = [b for b in batches if b]
+        return batches + batches[: -len(batches) % self.num_replicas]
+
+    def __iter__(self):
+        return iter(self._batches()[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self._batches()) // self.num_replicas

@@ -17,6 +17,7 @@ from trl.trainer import dpo_trainer as trl_dpo
 from axolotl_dpop import ref_cache
 from axolotl_dpop.chunked_logps import HeadStats, check_chunkable, check_head, completion_logps, last_hidden_states
 from axolotl_dpop.loss import dpop_loss, dpop_penalty, slic_loss
+from axolotl_dpop.shared_prefix import GroupedBatchSampler, check_shared_prefix, shared_prefix_logps
 
 LOG = get_logger(__name__)
 
@@ -52,7 +53,7 @@ class DPOPTrainer(AxolotlDPOTrainer):
     tag_names = ["axolotl", "dpo", "dpop"]
     loss_name = "dpop"
     _loss = staticmethod(_dpop)
-    _head_checked = False  # the chunked head is checked against the model once, on its first batch
+    _head_checked = False  # the model is checked once, on its first batch (chunked head, shared forward)
     _reference_digest = None
 
     def __init__(self, *args, **kwargs):
@@ -64,20 +65,28 @@ class DPOPTrainer(AxolotlDPOTrainer):
     def _sequence_logps(self, model, inputs, with_stats: bool = False, **model_kwargs):
         """(model outputs, summed completion log-probs [2B], HeadStats for TRL's logit metrics or None) of a TRL
         batch, which is [chosen; rejected]; position t predicts token t + 1."""
-        model_kwargs.update({k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}, use_cache=False)
-        input_ids, completion_mask = inputs["input_ids"], inputs["completion_mask"]
-        if self.args.dpop_chunked_logps:
-            unwrapped = self.accelerator.unwrap_model(model)
-            if not self._head_checked:
-                check_chunkable(unwrapped)
-            outputs, hidden = last_hidden_states(model, model_kwargs)
-            head = unwrapped.get_output_embeddings()
-            if not self._head_checked:
-                check_head(head, hidden, outputs.logits)
+        args, first = self.args, not self._head_checked
+        if not args.dpop_shared_prefix:  # the shared forward builds its own ids, mask and positions
+            model_kwargs.update({k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}, use_cache=False)
+        if args.dpop_shared_prefix or args.dpop_chunked_logps:
+            unwrapped, chunk_size = self.accelerator.unwrap_model(model), args.dpop_logps_chunk_size
+            if first:
+                self._check_model(unwrapped, inputs)
+            if args.dpop_shared_prefix:
+                out = shared_prefix_logps(model, unwrapped, inputs, chunk_size, with_stats, check=first, **model_kwargs)
+            else:
+                outputs, hidden = last_hidden_states(model, model_kwargs)
+                head = unwrapped.get_output_embeddings()
+                if first:
+                    check_head(head, hidden, outputs.logits)
+                ids, completion = inputs["input_ids"], inputs["completion_mask"]
+                out = (outputs, *completion_logps(head, hidden, ids, completion, chunk_size, with_stats))
+            if first:
                 self._head_checked = True
-                LOG.info(f"DPOP: chunked log-probs, {self.args.dpop_logps_chunk_size} completion tokens per chunk.")
-            chunk_size = self.args.dpop_logps_chunk_size
-            return outputs, *completion_logps(head, hidden, input_ids, completion_mask, chunk_size, with_stats)
+                shared = "prefix-shared forward, " if args.dpop_shared_prefix else ""
+                LOG.info(f"DPOP: {shared}chunked log-probs, {chunk_size} completion tokens per chunk.")
+            return out
+        input_ids, completion_mask = inputs["input_ids"], inputs["completion_mask"]
         outputs = model(**model_kwargs)
         logits, labels, mask = outputs.logits[:, :-1], input_ids[:, 1:], completion_mask[:, 1:]
         logps = trl_dpo.selective_log_softmax(logits, labels).masked_fill(mask == 0, 0.0).sum(dim=1)
@@ -89,12 +98,61 @@ class DPOPTrainer(AxolotlDPOTrainer):
             correct = picked.argmax(-1) == labels[rows, cols]
             return outputs, logps, HeadStats(rows, trl_dpo.entropy_from_logits(picked), picked.mean(-1), correct)
 
+    def _check_model(self, unwrapped, inputs) -> None:
+        check_chunkable(unwrapped)
+        if not self.args.dpop_shared_prefix:
+            return
+        check_shared_prefix(unwrapped)
+        if self.aux_loss_enabled:
+            raise ValueError(
+                f"dpop_shared_prefix: {type(unwrapped).__name__} adds a router auxiliary loss, which the shared "
+                "forward would take over its trees' tokens instead of the pairs' sequences; set "
+                "dpop_shared_prefix: false."
+            )
+        extra = set(inputs) - _NON_MODEL_KEYS - {"input_ids", "attention_mask"}
+        if extra:
+            raise ValueError(f"dpop_shared_prefix: batches with {sorted(extra)} are not supported; set it to false.")
+
+    def get_train_dataloader(self):
+        """With dpop_group_pairs, micro-batches of whole groups of pairs with one prompt and chosen answer."""
+        if not self.args.dpop_group_pairs:
+            return super().get_train_dataloader()
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        # Python's hash of a tuple of ints is the same in every process: one group order on every rank.
+        keys = [
+            hash((tuple(prompt), tuple(chosen)))
+            for batch in dataset.select_columns(["prompt_ids", "chosen_ids"]).iter(batch_size=1024)
+            for prompt, chosen in zip(batch["prompt_ids"], batch["chosen_ids"])
+        ]
+        state = self.accelerator.state
+        sampler = GroupedBatchSampler(
+            keys, self._train_batch_size, self.args.seed, num_replicas=state.num_processes, rank=state.process_index
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        # Each rank takes its own micro-batches from the sampler: accelerate must not split them again.
+        return prepare_data_loader(
+            loader, self.accelerator.device, num_processes=1, process_index=0, put_on_device=True
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extra = {"output_router_logits": True} if self.aux_loss_enabled else {}
         outputs, logps, stats = self._sequence_logps(model, inputs, with_stats=True, **extra)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         losses, *rewards_and_metrics = self._loss(self, model, inputs, chosen_logps, rejected_logps)
         loss = losses.mean()
+        if self.args.dpop_group_pairs and self.model.training:
+            # A micro-batch of whole groups holds more or fewer pairs than micro_batch_size: every pair weighs
+            # 1 / micro_batch_size, as a pair of a full micro-batch does without grouping.
+            loss = loss * len(losses) / self.args.per_device_train_batch_size
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         with torch.no_grad():
@@ -199,7 +257,7 @@ class DPOPTrainer(AxolotlDPOTrainer):
         metrics["logits/chosen"].append(token_mean(stats.logit_mean, chosen))
         metrics["logits/rejected"].append(token_mean(stats.logit_mean, ~chosen))
         metrics["mean_token_accuracy"].append(token_mean(stats.correct.float(), chosen))
-        for name, value in {
+        per_pair = {
             "rewards/chosen": chosen_rewards,
             "rewards/rejected": rejected_rewards,
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
@@ -207,8 +265,12 @@ class DPOPTrainer(AxolotlDPOTrainer):
             "logps/chosen": chosen_logps,
             "logps/rejected": rejected_logps,
             **extra,
-        }.items():
-            metrics[name].append(self.accelerator.gather(value.float()).mean().item())
+        }
+        # Means over every rank's pairs from gathered sums: grouped micro-batches differ in size between ranks.
+        sums = torch.stack([v.float().sum() for v in per_pair.values()] + [chosen_logps.new_tensor(len(chosen_logps))])
+        sums = self.accelerator.gather(sums).view(-1, len(sums)).sum(0)
+        for name, total in zip(per_pair, sums[:-1]):
+            metrics[name].append((total / sums[-1]).item())
 
 
 class SLiCTrainer(DPOPTrainer):

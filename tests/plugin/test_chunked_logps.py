@@ -147,15 +147,19 @@ class ScaledLlama:
         return outputs
 
 
-@pytest.mark.parametrize("precompute", [False, True], ids=["training-step", "precompute-pass"])
-def test_the_chunked_head_checks_itself_against_the_model(tmp_path, tiny_model_dir, pair_rows, precompute):
+@pytest.mark.parametrize(
+    "precompute,shared",
+    [(False, False), (True, False), (True, True)],
+    ids=["training-step", "precompute-pass", "shared-forward-precompute-pass"],
+)
+def test_the_chunked_head_checks_itself_against_the_model(tmp_path, tiny_model_dir, pair_rows, precompute, shared):
     def scale(model):
         model.config.lm_head_multiplier = 0.25
         model.__class__ = type("ScaledLlamaForCausalLM", (ScaledLlama, type(model)), {})
 
     with pytest.raises(ValueError, match="differs from this model's logits .* set dpop_chunked_logps: false"):
         trainer = make_trainer(
-            tmp_path, tiny_model_dir, pair_rows, chunked=True, precompute=precompute, edit_model=scale
+            tmp_path, tiny_model_dir, pair_rows, chunked=True, shared=shared, precompute=precompute, edit_model=scale
         )
         trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader())))
 

@@ -76,3 +76,21 @@ def test_rows_all_longer_than_sequence_len_stop_the_run_before_any_model_loads(t
     cfg = load_cfg(str(write_config(tiny_config(tiny_model_dir, data, tmp_path / "out", sequence_len=8), tmp_path)))
     with pytest.raises(PreferenceDataError, match=r"config\.yml: sequence_len: 8 drops all 8 train rows"):
         DPOPPlugin().load_datasets(cfg)
+
+
+def test_only_the_columns_trl_reads_reach_it(tmp_path, tiny_model_dir):
+    """TRL 1.9 judges a row conversational from one arbitrary key: a leftover message list (UltraFeedback's
+    `messages`) next to string pairs would, under some hash seeds, tokenize them without the EOS."""
+    from axolotl.cli.config import load_cfg
+    from trl.data_utils import is_conversational
+
+    from axolotl_dpop.plugin import DPOPPlugin
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    data.write_text("".join(json.dumps({**row, "messages": messages, "source": "x"}) + "\n" for row in rows))
+    cfg = load_cfg(str(write_config(tiny_config(tiny_model_dir, data, tmp_path / "out"), tmp_path)))
+    train = DPOPPlugin().load_datasets(cfg).train_dataset
+    assert sorted(train.column_names) == ["chosen", "prompt", "rejected"]
+    assert not is_conversational(train[0])

@@ -126,11 +126,23 @@ def test_chunked_logps_options_reach_the_trainer_arguments(tmp_path):
         "dpop_lambda": 50.0,
         "dpop_chunked_logps": True,
         "dpop_logps_chunk_size": 512,
+        "dpop_shared_prefix": False,
+        "dpop_group_pairs": False,
         "dpop_ref_logps_cache_dir": str(tmp_path / "out-prepared" / "dpop_ref_logps"),
     }
     # without precompute there is nothing to cache; without the switch the default chunk size is carried
     plain = DPOPPlugin().get_training_args(validated(tmp_path))
     assert plain["dpop_chunked_logps"] is False and plain["dpop_ref_logps_cache_dir"] is None
+
+
+@pytest.mark.parametrize("rl", ["dpop", "slic"])
+def test_shared_prefix_options_reach_the_trainer_arguments_of_either_rl(tmp_path, rl):
+    from axolotl_dpop.plugin import DPOPPlugin
+
+    extra = {"rl": "slic", "dpop_lambda": None} if rl == "slic" else {}
+    options = {"dpop_shared_prefix": True, "dpop_group_pairs": True, "dpop_logps_chunk_size": 64}
+    cfg = validated(tmp_path, **extra, **options, attn_implementation="sdpa")
+    assert DPOPPlugin().get_training_args(cfg).items() >= {**options, "dpop_chunked_logps": False}.items()
 
 
 @pytest.mark.parametrize(
@@ -143,6 +155,21 @@ def test_chunked_logps_options_reach_the_trainer_arguments(tmp_path):
         ({"dpop_chunked_logps": "yes"}, "dpop_chunked_logps: Input should be a valid boolean"),
         ({"dpop_chunked_logps": True, "fsdp_config": {"fsdp_version": 2}}, "FSDP has resharded it"),
         ({"dpop_ref_logps_cache_dir": "cache"}, "only applies with precompute_ref_log_probs: true"),
+        ({"dpop_shared_prefix": "yes"}, "dpop_shared_prefix: Input should be a valid boolean"),
+        ({"dpop_group_pairs": True}, "dpop_group_pairs only applies with dpop_shared_prefix: true"),
+        ({"dpop_shared_prefix": True, "dpop_chunked_logps": False}, "uses the chunked head; remove dpop_chunked_logps"),
+        ({"dpop_shared_prefix": True, "fsdp_config": {"fsdp_version": 2}}, "set dpop_shared_prefix: false"),
+        (
+            {"dpop_shared_prefix": True, "attn_implementation": "flash_attention_2"},
+            r"dpop_shared_prefix: attn_implementation: flash_attention_2 cannot take the tree attention mask.*; set "
+            "attn_implementation: sdpa",
+        ),
+        (
+            {"dpop_shared_prefix": True, "flash_attention": True},
+            r"flash_attention: true \(attn_implementation: flash_attention_2\) cannot take .*; replace "
+            "flash_attention: true with attn_implementation: sdpa",
+        ),
+        ({"rl": "dpo", "dpop_lambda": None, "dpop_shared_prefix": True}, r"is an option of rl: dpop, not of rl: dpo"),
         ({"precompute_ref_log_probs": True, "dpop_ref_logps_cache_dir": " "}, "dpop_ref_logps_cache_dir: String"),
         ({"rl": "dpo", "dpop_lambda": None, "dpop_chunked_logps": True}, r"is an option of rl: dpop, not of rl: dpo"),
         # beta <= 0 reverses any preference loss: refused for every rl that lists the plugin (the chain relies on it)

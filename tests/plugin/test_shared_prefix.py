@@ -225,6 +225,9 @@ def test_grouped_sampler_keeps_a_question_in_one_micro_batch_and_trees_stay_exac
         orders.add(tuple(map(tuple, sampler)))
     assert len(orders) > 1
     assert [len(b) for b in GroupedBatchSampler(keys, batch_size=1, shuffle=False)] == [3, 1, 3, 1, 1]
+    # Two ranks: each takes every other micro-batch, and as many as the other (the first one again on rank 1)
+    ranks = [list(GroupedBatchSampler(keys, 1, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert ranks == [[[0, 1, 2], [4, 5, 6], [8]], [[3], [7], [0, 1, 2]]] and len(ranks[0]) == 3
 
     # ARC-like rows: one question, its chosen answer, three wrong ones; through the sampler, one tree each.
     gen = torch.Generator().manual_seed(5)
@@ -245,3 +248,119 @@ def test_grouped_sampler_keeps_a_question_in_one_micro_batch_and_trees_stay_exac
         (want, *_), _ = step(model, batch, False, ref)
         (got, *_), _ = step(model, batch, True, ref)
         assert rel_err(got, want) < REL
+
+
+# --- Through DPOPTrainer: the shared forward (dpop_shared_prefix) against the default full-logits path ---------
+
+
+@pytest.fixture(scope="module")
+def arithmetic_rows(tmp_path_factory):
+    """MetaMath-like pairs (one number of the answer changed); the first two questions with three wrong answers
+    each and the third with five (ARC-like groups sharing prompt and chosen answer)."""
+    import json
+
+    from tests.axolotl_runner import write_pairs
+
+    path = write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", n=8)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    wrong = {0: 2, 1: 2, 2: 4}  # more wrong answers of these questions
+    return rows + [
+        dict(rows[i], rejected=rows[i]["rejected"].replace("The answer", f"So {k} is"))
+        for i, n in wrong.items()
+        for k in range(1, n + 1)
+    ]
+
+
+def trainer_step(trainer, batch):
+    from tests.plugin.test_chunked_logps import loss_metrics_grads
+
+    return loss_metrics_grads(trainer, batch)
+
+
+# Rewards and margins are differences of ~190-nat summed log-probs, which the two paths round differently in fp32
+# (1-2 units in the last place), and can be near 0: they agree within 1e-5 relative or within what 1e-6 of the
+# log-probs becomes in them (beta of make_trainer).
+WEIGHT = {"rewards/chosen": 0.3, "rewards/rejected": 0.3, "rewards/margins": 0.6}
+
+
+def assert_same_step(got, want, scale=1.0) -> float:
+    """Asserts one step's equality; returns the fraction of pairs with the DPOP penalty on."""
+    (loss_s, metrics_s, grads_s), (loss_u, metrics_u, grads_u) = got, want
+    logps = 1e-6 * max(abs(metrics_u["logps/chosen"]), abs(metrics_u["logps/rejected"]))
+    assert loss_s == pytest.approx(loss_u * scale, rel=REL)
+    assert metrics_s.keys() == metrics_u.keys() >= {"entropy", "logits/chosen", "mean_token_accuracy", "dpop/penalty"}
+    for key, value in metrics_u.items():
+        assert metrics_s[key] == pytest.approx(value, rel=REL, abs=logps * WEIGHT.get(key, 1.0)), key
+    assert grads_s.keys() == grads_u.keys()
+    assert max(rel_err(grads_s[n] / scale, w) for n, w in grads_u.items()) < REL
+    return metrics_u["dpop/active_fraction"]
+
+
+@pytest.mark.parametrize(
+    "variant,precompute",
+    [("full", False), ("lora", False), ("full", True)],
+    ids=["full-ref-model", "lora-adapter-disabled", "precomputed-ref"],
+)
+def test_trainer_shared_equals_the_full_logits_path(tmp_path, tiny_model_dir, arithmetic_rows, variant, precompute):
+    """Policy pass, live reference pass (separate model or adapter disabled) and precompute pass."""
+    from tests.dpop_trainers import make_trainer
+
+    trainers = {
+        shared: make_trainer(
+            tmp_path,
+            tiny_model_dir,
+            arithmetic_rows,
+            chunked=False,
+            shared=shared,
+            variant=variant,
+            precompute=precompute,
+        )
+        for shared in (False, True)
+    }
+    if precompute:  # the precompute pass went through the shared forward
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            got, want = (torch.tensor(trainers[s].train_dataset[key]) for s in (True, False))
+            assert rel_err(got, want) < REL
+    active = [
+        assert_same_step(trainer_step(trainers[True], batch), trainer_step(trainers[False], batch))
+        for batch in trainers[False].get_train_dataloader()
+    ]
+    assert max(active) > 0, "the test should exercise the penalty"
+
+
+def test_question_trees_through_the_trainer_keep_one_term_per_pair(tmp_path, tiny_model_dir, arithmetic_rows):
+    """dpop_group_pairs: micro-batches of whole questions (one of 5 pairs on its own); each pair weighs
+    1 / micro_batch_size (4 here)."""
+    from tests.dpop_trainers import make_trainer
+
+    grouped = make_trainer(tmp_path, tiny_model_dir, arithmetic_rows, chunked=False, shared=True, group_pairs=True)
+    plain = make_trainer(tmp_path, tiny_model_dir, arithmetic_rows, chunked=False)
+    loader = grouped.get_train_dataloader()
+    batches = list(loader.batch_sampler)
+    prompts = [row["prompt"] for row in grouped.train_dataset]
+    assert sorted(i for b in batches for i in b) == list(range(len(arithmetic_rows)))
+    for question in set(prompts[:3]):  # the questions with several pairs: one micro-batch each
+        assert sum(any(prompts[i] == question for i in b) for b in batches) == 1
+    assert sorted(len(b) for b in batches)[-2:] == [4, 5]
+    active = [
+        assert_same_step(trainer_step(grouped, b), trainer_step(plain, b), scale=len(b["input_ids"]) / 2 / 4)
+        for b in loader
+    ]
+    assert max(active) > 0, "the test should exercise the penalty"
+
+
+def test_a_router_auxiliary_loss_is_refused_with_the_shared_forward(tmp_path, tiny_model_dir, arithmetic_rows):
+    """And batches with inputs the tree forward would drop (images)."""
+    from tests.dpop_trainers import make_trainer
+
+    def moe_like(model):  # TRL adds the router loss for a config with `output_router_logits`
+        model.config.output_router_logits = False
+
+    trainer = make_trainer(tmp_path, tiny_model_dir, arithmetic_rows, chunked=False, shared=True, edit_model=moe_like)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert trainer.aux_loss_enabled
+    with pytest.raises(ValueError, match="router auxiliary loss.* set dpop_shared_prefix: false"):
+        trainer.compute_loss(trainer.model, batch)
+    trainer.aux_loss_enabled = False
+    with pytest.raises(ValueError, match=r"batches with \['pixel_values'\] are not supported"):
+        trainer.compute_loss(trainer.model, {**batch, "pixel_values": torch.zeros(1)})

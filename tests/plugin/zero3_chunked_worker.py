@@ -1,8 +1,10 @@
-"""One rank of the ZeRO-3 check of the chunked head (run by tests/test_chunked_zero3.py under torchrun, gloo).
+"""One rank of the ZeRO-3 check of the chunked head and the prefix-shared forward (run by
+tests/plugin/test_chunked_zero3.py under torchrun, gloo).
 
 A tiny Llama is built under ``deepspeed.zero.Init`` (every parameter partitioned across the ranks: outside
 its module's forward, ``lm_head.weight`` is an empty shard) and wrapped in a ZeRO-3 engine. One DPOP step is
-taken with the full-logits head and, on a second engine with the same weights, with the chunked head; the
+taken with the full-logits head and, on further engines with the same weights, with the chunked head and with
+the prefix-shared forward (pairs whose answers share a prefix); the
 full gradients (``deepspeed.utils.safe_get_full_grad``) and the parameters after the optimizer step are
 compared with each other and with plain PyTorch (no DeepSpeed); the second case ties the embeddings and
 turns on the body's gradient checkpointing. Rank 0 writes the errors as JSON."""
@@ -23,6 +25,7 @@ from trl.trainer.utils import selective_log_softmax
 from axolotl_dpop import ref_cache
 from axolotl_dpop.chunked_logps import completion_logps, last_hidden_states
 from axolotl_dpop.loss import dpop_loss
+from axolotl_dpop.shared_prefix import shared_prefix_logps
 from tests.cpu_deepspeed import prepare_cpu_deepspeed
 
 DS_CONFIG = {
@@ -55,18 +58,23 @@ def build(config: LlamaConfig, bias: bool, checkpointing: bool = False) -> Llama
 def batch():
     gen = torch.Generator().manual_seed(5)
     input_ids = torch.randint(0, VOCAB, (4, SEQ), generator=gen)  # [chosen x2; rejected x2]
-    completion_mask = torch.zeros(4, SEQ, dtype=torch.long)
+    input_ids[2:, :14] = input_ids[:2, :14]  # each rejected answer shares its first tokens with the chosen one
+    completion_mask, attention_mask = torch.zeros(4, SEQ, dtype=torch.long), torch.ones(4, SEQ, dtype=torch.long)
     for row, (start, end) in enumerate([(6, 24), (9, 20), (6, 22), (9, 24)]):
         completion_mask[row, start:end] = 1
-    return input_ids, torch.ones_like(input_ids), completion_mask
+        attention_mask[row, end:] = 0  # right padding
+    return input_ids, attention_mask, completion_mask
 
 
-def logps(model, head_module, chunked: bool):
+def logps(model, unwrapped, mode: str):
     input_ids, attention_mask, completion_mask = batch()
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if chunked:
+    if mode == "shared":
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+        return shared_prefix_logps(model, unwrapped, inputs, chunk_size=8)[1]
+    if mode == "chunked":
         _, hidden = last_hidden_states(model, kwargs)
-        return completion_logps(head_module, hidden, input_ids, completion_mask, chunk_size=8)[0]
+        return completion_logps(unwrapped.get_output_embeddings(), hidden, input_ids, completion_mask, 8)[0]
     logits = model(**kwargs).logits[:, :-1]
     per_token = selective_log_softmax(logits, input_ids[:, 1:]).masked_fill(completion_mask[:, 1:] == 0, 0.0)
     return per_token.sum(dim=1)
@@ -96,12 +104,12 @@ def run(tied: bool, bias: bool, checkpointing: bool = False) -> dict:
     plain = build(config, bias, checkpointing)
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     with torch.no_grad():  # reference log-probs away from the policy's, so the DPOP penalty is on for a chosen row
-        reference = logps(plain, plain.lm_head, chunked=False) + torch.tensor([0.4, -0.3, 0.2, -0.1])
-    loss_of(logps(plain, plain.lm_head, chunked=False), reference).backward()
+        reference = logps(plain, plain, "full") + torch.tensor([0.4, -0.3, 0.2, -0.1])
+    loss_of(logps(plain, plain, "full"), reference).backward()
     plain_grads = {n: p.grad.clone() for n, p in plain.named_parameters()}
 
     results, engines = {}, {}  # engines: the first stays referenced while the second is built and run
-    for chunked in (False, True):
+    for mode in ("full", "chunked", "shared"):
         with deepspeed.zero.Init(config_dict_or_path=DS_CONFIG):
             model = build(config, bias, checkpointing)
         head = model.get_output_embeddings()
@@ -112,24 +120,28 @@ def run(tied: bool, bias: bool, checkpointing: bool = False) -> dict:
         engine, *_ = deepspeed.initialize(
             model=model, config=DS_CONFIG, model_parameters=[p for p in model.parameters()]
         )
-        loss = loss_of(logps(engine, engine.module.get_output_embeddings(), chunked), reference)
+        loss = loss_of(logps(engine, engine.module, mode), reference)
         engine.backward(loss)
         grads = {n: safe_get_full_grad(p).clone() for n, p in engine.module.named_parameters()}
         engine.step()
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
             after = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-        engines[chunked] = engine
-        results[chunked] = {"loss": loss.item(), "grads": grads, "after": after, "partitioned": partitioned}
+        engines[mode] = engine
+        results[mode] = {"loss": loss.item(), "grads": grads, "after": after, "partitioned": partitioned}
 
     names = list(plain_grads)
-    unchunked, chunked_ = results[False], results[True]
+    unchunked, chunked_, shared = results["full"], results["chunked"], results["shared"]
     return {
-        "head_weight_was_an_empty_shard": unchunked["partitioned"] and chunked_["partitioned"],
+        "head_weight_was_an_empty_shard": all(r["partitioned"] for r in results.values()),
         "loss_rel_chunked_vs_unchunked": abs(chunked_["loss"] - unchunked["loss"]) / abs(unchunked["loss"]),
         "grad_rel_unchunked_vs_plain": max(rel(unchunked["grads"][n], plain_grads[n]) for n in names),
         "grad_rel_chunked_vs_plain": max(rel(chunked_["grads"][n], plain_grads[n]) for n in names),
         "grad_rel_chunked_vs_unchunked": max(rel(chunked_["grads"][n], unchunked["grads"][n]) for n in names),
         "param_rel_after_step": max(rel(chunked_["after"][n], unchunked["after"][n]) for n in names),
+        "shared_loss_rel_vs_unchunked": abs(shared["loss"] - unchunked["loss"]) / abs(unchunked["loss"]),
+        "shared_grad_rel_vs_plain": max(rel(shared["grads"][n], plain_grads[n]) for n in names),
+        "shared_grad_rel_vs_unchunked": max(rel(shared["grads"][n], unchunked["grads"][n]) for n in names),
+        "shared_param_rel_after_step": max(rel(shared["after"][n], unchunked["after"][n]) for n in names),
         "head_grad_norm": plain.get_output_embeddings().weight.grad.norm().item(),
         "params_moved": max(rel(unchunked["after"][n], state[n]) for n in names if n in state) > 0,
     }
