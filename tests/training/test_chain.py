@@ -20,10 +20,8 @@ import yaml
 from smaug.cli import main as smaug_main
 from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, repo_path
-from smaug.training import chains as C
-from smaug.training import memory
-from smaug.training.chains import inputs as I
-from smaug.training.chains import preflight as P
+from smaug.training import chains as C, memory
+from smaug.training.chains import inputs as I, preflight as P
 from smaug.training.chains.commands import train_command
 from smaug.training.chains.plan import RESOLVED_CONFIG, STAGE_LOG
 from smaug.training.checkpoints import complete_checkpoints, set_aside_incomplete_checkpoints

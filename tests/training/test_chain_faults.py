@@ -23,8 +23,7 @@ from axolotl_dpop.atomic import TEMP_NAME, host_name, remove_stale_temps, write_
 from smaug.cli import main as smaug_main
 from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT
-from smaug.training import chains as C
-from smaug.training import lock, runner
+from smaug.training import chains as C, lock, runner
 from smaug.training.chains import inputs as I
 from smaug.training.chains.checks import validate_stages
 from smaug.training.chains.commands import tracking_settings
@@ -756,8 +755,7 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write_only_i
 
 
 def test_the_plugins_provenance_writer_names_and_cleans_its_temp_files_the_same_way(tmp_path):
-    from axolotl_dpop import atomic
-    from axolotl_dpop import provenance as plugin
+    from axolotl_dpop import atomic, provenance as plugin
 
     name = atomic._temp_prefix(tmp_path / plugin.PROVENANCE_FILE) + "abc123.tmp"
     assert TEMP_NAME.match(name)["name"] == plugin.PROVENANCE_FILE

@@ -19,8 +19,7 @@ import pytest
 import torch
 
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT
-from smaug.training import chains as C
-from smaug.training import recipes as R
+from smaug.training import chains as C, recipes as R
 from smaug.training.chains.commands import train_command
 from smaug.training.chains.plan import ChainStage
 from tests.axolotl_runner import (

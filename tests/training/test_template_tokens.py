@@ -10,8 +10,7 @@ import yaml
 
 from smaug.common.errors import UserError
 from smaug.common.paths import RECIPES_DIR
-from smaug.training import chains as C
-from smaug.training import template_tokens as T
+from smaug.training import chains as C, template_tokens as T
 from smaug.training.recipes import load_recipe
 
 
