@@ -66,9 +66,10 @@ status: setup ; smaug chain status $(CHAIN)
 recipes: setup ; smaug recipes generate
 recipes-check: setup ; smaug recipes generate --check && smaug recipes validate
 
-# --- datasets (issue: build the paper's pairs) ---
+# --- datasets: the released sets' pairs and their eval splits (the builders' defaults) ---
 data-metamath data-arc data-hellaswag: data-%: setup
-	smaug data build $* --out $(DATA_OUT)/$*_dpo.parquet --few-shot $(FEW_SHOT) --seed $(SEED) && smaug data stats $(DATA_OUT)/$*_dpo.parquet
+	smaug data build $* --out $(DATA_OUT)/$*_dpo.parquet --few-shot $(FEW_SHOT) --seed $(SEED) \
+	  && smaug data stats $(DATA_OUT)/$*_dpo.parquet && smaug data stats $(DATA_OUT)/$*_dpo.eval.parquet
 
 data-mini: setup
 	smaug data build metamath --source data/mini/metamath.jsonl --out $(DATA_OUT)/mini/metamath_dpo.jsonl && smaug data build arc --source data/mini/arc_challenge.jsonl --out $(DATA_OUT)/mini/arc_dpo.jsonl && smaug data build hellaswag --source data/mini/hellaswag.jsonl --out $(DATA_OUT)/mini/hellaswag_dpo.jsonl
