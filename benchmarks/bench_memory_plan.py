@@ -68,7 +68,6 @@ CASES = [
     Case(
         "h512 L4 V4099 1x384, ZeRO-3 + optimizer offload", 512, 4, "zero3_bf16_offload_optimizer.json", seq=384, micro=1
     ),
-    Case("h384 L6 V2053 2x256, ZeRO-3 + CPU offload", 384, 6, "zero3_bf16_cpuoffload.json", vocab=2053),
     Case("h512 L8 V4099 2x256, ZeRO-3, gradient checkpointing", 512, 8, "zero3_bf16.json", gradient_checkpointing=True),
 ]
 

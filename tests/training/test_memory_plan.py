@@ -5,6 +5,7 @@ compared with it; the READMEs show the same figures; and the estimate's parts ag
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -42,26 +43,48 @@ def test_chains_state_the_host_ram_the_estimate_needs_and_not_much_more():
             assert need <= hardware["host_ram_gb"] <= 1.1 * need, f"{name}: estimate {need:.0f} GB"
 
 
-def test_72b_host_ram_counts_fp32_gradients_next_to_the_optimizer_states():
+def test_72b_host_ram_counts_fp32_gradients_next_to_the_optimizer_states(tmp_path):
     recipe = yaml.safe_load((RECIPES_DIR / "smaug72b_dpop.yml").read_text())
     shape = memory.KNOWN_MODELS[recipe["base_model"]]
     est = memory.estimate(recipe, shape, 8, 8, REPO_ROOT)
     host = dict(est.host_rows)
     per_param = est.host_gib * memory.GIB / shape.params
-    # bf16 weights 2 + bf16 gradient partition 2 + fp32 gradient copy 4 + fp32 master, m, v 12; the recipe
-    # precomputes the reference log-probs, so there is no reference model (with one: + 2, 22 B, ~1.59 TB)
-    assert per_param == pytest.approx(20) and host["gradients, fp32 copy for the CPU optimizer (4 B/param)"] > 0
-    assert 1.4e12 < est.host_gib * memory.GIB < 1.5e12  # ~1.45 TB per 8-GPU node, not the 1.2 TB once stated
-    with_reference = memory.estimate({**recipe, "precompute_ref_log_probs": False}, shape, 8, 8, REPO_ROOT)
-    assert with_reference.host_gib * memory.GIB / shape.params == pytest.approx(22)
+    # bf16 gradient partition 2 + fp32 gradient copy 4 + fp32 master, m, v 12; the bf16 weights stay on the GPUs
+    assert per_param == pytest.approx(18) and host["gradients, fp32 copy for the CPU optimizer (4 B/param)"] > 0
+    assert 1.25e12 < est.host_gib * memory.GIB < 1.35e12  # ~1.30 TB per 8-GPU node, not the 1.2 TB once stated
     assert est.parts["gradients"] == (0.0, 6 * shape.params / 8)
+    # The recipe's own plan needs no parameter offload: ~30 GiB of an 80 GB GPU (the weights 16.8 of it).
+    assert 29 < est.total_gib < 32 and dict(est.rows)["weights, bf16 (2 B/param)"] == pytest.approx(16.83, abs=0.01)
+    # With parameter offload the bf16 weights go to the host too (+ 2 B), and a reference model's (+ 2 B).
+    zero = json.loads((REPO_ROOT / recipe["deepspeed"]).read_text())
+    zero["zero_optimization"]["offload_param"] = {"device": "cpu"}
+    (tmp_path / "offload_param.json").write_text(json.dumps(zero))
+    offload = {**recipe, "deepspeed": str(tmp_path / "offload_param.json")}
+    assert memory.estimate(offload, shape, 8, 8, REPO_ROOT).host_gib * memory.GIB / shape.params == pytest.approx(20)
+    with_reference = memory.estimate({**offload, "precompute_ref_log_probs": False}, shape, 8, 8, REPO_ROOT)
+    assert with_reference.host_gib * memory.GIB / shape.params == pytest.approx(22)
+
+
+def test_the_plan_knows_the_shared_forward():
+    """dpop_shared_prefix implies the chunked head and adds the tree mask; the activations stay counted for the
+    longest pair, which may share nothing but a short prompt."""
+    recipe = yaml.safe_load((RECIPES_DIR / "smaug72b_dpop.yml").read_text())
+    shape = memory.KNOWN_MODELS[recipe["base_model"]]
+    unshared = {**recipe, "dpop_shared_prefix": None, "dpop_chunked_logps": None}
+    plans = {name: memory.estimate(r, shape, 8, 8, REPO_ROOT) for name, r in (("shared", recipe), ("no", unshared))}
+    shared, plain = (dict(plans[k].rows) for k in ("shared", "no"))
+    assert any(label.startswith("chunked head") for label in shared) and not any("chunked" in k for k in plain)
+    mask = shared["tree attention mask (1 x 4096^2: bool, + bf16 in SDPA per layer kept)"]
+    assert mask * memory.GIB == 4096**2 * (1 + 2)  # one layer's bf16 copy under gradient checkpointing
+    assert plans["shared"].parts["activations"][0] == pytest.approx(plans["no"].parts["activations"][0] + 3 * 4096**2)
+    assert any("dpop_shared_prefix" in line for line in plans["shared"].assumptions)
 
 
 def test_dry_run_compares_host_ram_with_chains_yaml(capsys, tmp_path):
     assert C.run_chain("smaug-72b", dry_run=True, env={}) == 0
     out = capsys.readouterr().out
-    assert "hardware: 8x H100 80 GB, ~1.5 TB host RAM" in out
-    assert re.search(r"host RAM per node for offloaded states \(estimate\): 14\d\d GB .*states 1500 GB: ok", out)
+    assert "hardware: 8x H100 80 GB, ~1.4 TB host RAM" in out
+    assert re.search(r"host RAM per node for offloaded states \(estimate\): 13\d\d GB .*states 1400 GB: ok", out)
     chains = yaml.safe_load((RECIPES_DIR / "chains.yaml").read_text())
     small = {"smaug-72b": {**chains["smaug-72b"], "hardware": {**chains["smaug-72b"]["hardware"], "host_ram_gb": 1200}}}
     small["smaug-72b"]["stages"] = [str(RECIPES_DIR / s) for s in small["smaug-72b"]["stages"]]

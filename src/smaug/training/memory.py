@@ -168,6 +168,22 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
         kept, how = shape.layers * per_layer, "no gradient checkpointing: every layer's tensors"
     part("activations", f"activations ({rows_per_step} x {seq} tokens, {dtype})", tokens * (kept + norm))
     est.assumptions.append(f"activations without an s^2 attention term (flash-attention / SDPA); {how}")
+    shared = bool(recipe.get("dpop_shared_prefix"))
+    if shared:
+        # One tree per pair (or per question with dpop_group_pairs): the common prefix once, then each answer's
+        # rest. A pair that shares only a short prompt is as long as its two rows, so the bound above stands.
+        trees, width = rows_per_step // 2, 2 * seq
+        per_layer_copies = 1 if recipe.get("gradient_checkpointing") else shape.layers
+        label = f"tree attention mask ({trees} x {width}^2: bool, + {dtype} in SDPA per layer kept)"
+        part("activations", label, trees * width**2 * (1 + e * per_layer_copies))
+        est.assumptions.append(
+            "dpop_shared_prefix: activations counted for the longest pair (2 x sequence_len tokens; the Smaug mix "
+            "averages ~0.7x of that, benchmarks/bench_shared_prefix.py)"
+            + (
+                "; dpop_group_pairs: a question's pairs are one tree, beyond micro_batch_size"
+                * bool(recipe.get("dpop_group_pairs"))
+            )
+        )
     if stage >= 3 and not adapter:
         # ZeRO-3 gathers one module's parameters at a time (+ the prefetch bucket, 0.9 h^2 when "auto").
         largest = max(shape.vocab * h, h * shape.intermediate)
@@ -176,7 +192,7 @@ def estimate(recipe: dict[str, Any], shape: ModelShape, world_size: int, gpus_pe
             f"ZeRO-3 gathered parameters (largest module + prefetch, {dtype})",
             (largest + 0.9 * h**2) * e,
         )
-    if recipe.get("dpop_chunked_logps"):
+    if recipe.get("dpop_chunked_logps") or shared:  # the shared forward uses the chunked head
         # The plugin's token-chunked head: one chunk of fp32 logits at a time, twice in backward (recomputed
         # logits and their gradient), plus the head's weight gradient until it is reduced.
         chunk = min(int(recipe.get("dpop_logps_chunk_size") or 1024), tokens)

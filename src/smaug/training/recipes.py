@@ -57,10 +57,12 @@ def list_recipes() -> list[Path]:
 
 
 def needs_gpu(recipe: dict[str, Any]) -> bool:
-    """Written for a CUDA node (flash-attention or DeepSpeed). 4-bit loading alone is not: bitsandbytes runs on
-    the CPU too (recipes/cpu/tiny_dpop_qlora.yml)."""
+    """Written for a CUDA node (flash-attention, DeepSpeed or TF32). 4-bit loading alone is not: bitsandbytes runs
+    on the CPU too (recipes/cpu/tiny_dpop_qlora.yml)."""
     attn = str(recipe.get("attn_implementation") or "")
-    return bool(recipe.get("deepspeed") or recipe.get("flash_attention") or attn.startswith("flash"))
+    return bool(
+        recipe.get("deepspeed") or recipe.get("flash_attention") or attn.startswith("flash") or recipe.get("tf32")
+    )
 
 
 def is_preference(recipe: dict[str, Any]) -> bool:
