@@ -15,8 +15,7 @@ import torch
 import yaml
 
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT
-from smaug.training import chains as C
-from smaug.training import memory
+from smaug.training import chains as C, memory
 
 
 def _host_gb(name: str) -> float:

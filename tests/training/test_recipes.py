@@ -10,9 +10,7 @@ import pytest
 import yaml
 
 from smaug.common.paths import RECIPES_DIR, REPO_ROOT, rel
-from smaug.training import chains as C
-from smaug.training import generate as G
-from smaug.training import recipes as R
+from smaug.training import chains as C, generate as G, recipes as R
 from smaug.training.template_tokens import template_summary
 
 PLUGIN = "axolotl_dpop.DPOPPlugin"
