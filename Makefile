@@ -4,7 +4,7 @@ VENV ?= .venv
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
-# Knobs (all optional): CHAIN (for `make status`), MODEL, MODELS, REF, SUITE, BATCH_SIZE, BACKEND, REPO, DRY_RUN=1,
+# Knobs (all optional): CHAIN (for `make status`, `make figures`), SUITES, PAIRS, MODEL, MODELS, REF, SUITE, BATCH_SIZE, BACKEND, REPO, DRY_RUN=1,
 # PUBLIC=1, JUDGE_URL, JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
@@ -29,7 +29,7 @@ CHAIN_FLAGS = $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(SMAUG_SKI
 
 .PHONY: smaug-34b smaug-72b smaug-72b-qlora smaug-7b mistral-7b-fig2 mistral-7b-fig3 mistral-7b-losses smaug-tiny \
         smaug-tiny-qlora status recipes recipes-check
-.PHONY: setup lint test test-fast demo reproduce eval eval-compare mtbench contamination logprobs card publish \
+.PHONY: setup lint test test-fast demo reproduce figures figures-mini eval eval-compare mtbench contamination logprobs card publish \
         data-metamath data-arc data-hellaswag data-mini bench-loss bench-data bench-status bench-memory \
         bench-memory-plan bench-shared-prefix
 
@@ -86,6 +86,13 @@ mtbench: setup
 
 contamination: setup
 	smaug eval contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
+
+# per-checkpoint scores of a chain and the paper's Figures 2-6 (SUITES: e.g. "MetaMath=gsm8k ARC=arc")
+figures: setup
+	smaug eval sweep $(CHAIN) $(foreach s,$(SUITES),--suite $(s)) $(if $(PAIRS),--pairs $(PAIRS))
+
+# the claim on a task score at laptop scale: SmolLM2-135M, DPO/IPO/SLiC/DPOP, greedy exact match per checkpoint
+figures-mini: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug showcase figures-mini
 
 logprobs: setup
 	smaug eval logprobs --models $(MODELS) --reference $(REF) --pairs $(PAIRS) --out $(OUT)

@@ -10,8 +10,7 @@ import torch
 from smaug.cli import main
 from smaug.common.errors import UserError
 from smaug.data.io import load_pairs
-from smaug.evaluation import logprobs as lp
-from smaug.evaluation import plots
+from smaug.evaluation import logprobs as lp, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -83,7 +83,9 @@ def test_dry_run_passes_multi_node_variables_to_accelerate(capsys):
         "--num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.1.2.3 "
         "--main_process_port 6000 --use_deepspeed --deepspeed_multinode_launcher standard"
     ) in out
-    assert "world size 16" in out and "weights, bf16 (2 B/param) -> CPU" in out
+    # the 72B recipe offloads the optimizer, not the parameters (recipes/deepspeed/zero3_bf16_offload_optimizer.json)
+    assert "world size 16" in out and "AdamW states, fp32 master + m + v (12 B/param) -> CPU" in out
+    assert "weights, bf16 (2 B/param) -> CPU" not in out
 
 
 @pytest.mark.parametrize("env", [{"NODE_RANK": "2", "NNODES": "2"}, {"NUM_GPUS": "eight"}, {"NNODES": "0"}])

@@ -19,7 +19,7 @@ from axolotl_dpop.provenance import package_versions
 from smaug.common.chat import IM_END, chatml_prompt
 from smaug.common.errors import UserError
 from smaug.common.hub import check_model_ref
-from smaug.evaluation.models import load_causal_lm, token_logprobs
+from smaug.evaluation.models import default_dtype, load_causal_lm, token_logprobs
 
 FORMATS = ("chatml", "chat_template", "plain")
 
@@ -154,14 +154,15 @@ def analyse_pairs(
     pairs: list[dict],
     fmt: str = "chatml",
     batch_size: int = 8,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str | None = None,
     max_length: int | None = None,
     window: int = 20,
     per_token: bool = False,
 ) -> dict:
     """Δ log-probs of each model against ``reference`` on ``pairs`` (prompt/chosen/rejected[/system]). The
-    reference is scored once; models load one at a time. ``per_token`` adds every token's log-probs."""
+    reference is scored once; models load one at a time. ``per_token`` adds every token's log-probs. ``dtype``
+    None: `models.default_dtype` for the device."""
     from transformers import AutoTokenizer
 
     if fmt not in FORMATS:
@@ -179,6 +180,7 @@ def analyse_pairs(
                 f"model {path!r} tokenizes pair 1 differently from reference {reference!r}; Δ needs one tokenizer"
             )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dtype = dtype or default_dtype(device)
     reference_model = load_causal_lm(reference, dtype, device)
     ref_chosen, ref_rejected = _pair_logprobs(reference_model, encoded, batch_size, pad_id, "reference")
     del reference_model

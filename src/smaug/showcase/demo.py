@@ -120,7 +120,7 @@ def evaluate(model: Path) -> dict[str, Any]:
     else:
         # One batch per task where it fits: on 2 cores a 30-layer model's per-step overhead dominates, so fewer,
         # larger batches are faster (results do not depend on the batch size).
-        summary = run_eval(str(model), SUITE, dtype="bfloat16", batch_size=32) / "summary.json"
+        summary = run_eval(str(model), SUITE, batch_size=32) / "summary.json"
     return {**json.loads(summary.read_text()), "_path": str(summary)}
 
 
