@@ -85,11 +85,11 @@ mtbench: setup
 	$(EVAL_BIN)smaug eval mtbench --model $(MODEL) --judge-url $(JUDGE_URL) --judge-model $(JUDGE_MODEL) --config $(MTBENCH_CONFIG) $(EVAL_BACKEND)
 
 contamination: setup
-	smaug eval contamination --model $(MODEL) --ref $(REF) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
+	smaug eval contamination --model $(MODEL) $(if $(REF),--ref $(REF)) $(if $(BENCHMARKS),--benchmarks $(BENCHMARKS))
 
 # per-checkpoint scores of a chain and the paper's Figures 2-6 (SUITES: e.g. "MetaMath=gsm8k ARC=arc")
 figures: setup
-	smaug eval sweep $(CHAIN) $(foreach s,$(SUITES),--suite $(s)) $(if $(PAIRS),--pairs $(PAIRS))
+	smaug eval sweep $(CHAIN) $(foreach s,$(SUITES),--suite $(s)) $(foreach p,$(PAIRS),--pairs $(p))
 
 # the claim on a task score at laptop scale: SmolLM2-135M, DPO/IPO/SLiC/DPOP, greedy exact match per checkpoint
 figures-mini: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug showcase figures-mini

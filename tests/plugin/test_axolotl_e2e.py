@@ -2,11 +2,13 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tests.axolotl_runner import assert_ok, log_history, run_axolotl_train, tiny_config, write_pairs
+from tests.axolotl_runner import assert_ok, axolotl_env, log_history, run_axolotl_train, tiny_config, write_pairs
 
 pytestmark = pytest.mark.slow
 DPOP_KEYS = {"dpop/penalty", "dpop/active_fraction"}
@@ -57,10 +59,10 @@ def pairs_with_identical(pairs):
     return path
 
 
-def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, **overrides):
+def _train(tmp_path, tiny_model_dir, pairs, name, launcher_args=None, env=None, **overrides):
     out = tmp_path / name / "out"
     cfg = tiny_config(tiny_model_dir, pairs, out, **overrides)
-    proc = run_axolotl_train(cfg, tmp_path / name, launcher_args=launcher_args)
+    proc = run_axolotl_train(cfg, tmp_path / name, launcher_args=launcher_args, env=env)
     assert_ok(proc)
     return out, log_history(out), proc
 
@@ -71,8 +73,18 @@ def ref_cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_model_dir, pairs):
-    return _train(tmp_path_factory.mktemp("runs"), tiny_model_dir, pairs, "lora", **LORA)
+def without_smaug(tmp_path_factory) -> dict[str, str]:
+    """An environment in which `import smaug` fails (a package of that name first on the path that raises),
+    so a run in it shows the plugin needs only its own distribution."""
+    stub = tmp_path_factory.mktemp("no-smaug")
+    (stub / "smaug").mkdir()
+    (stub / "smaug" / "__init__.py").write_text("raise ImportError('smaug is not importable in this test')\n")
+    return {"PYTHONPATH": str(stub)}
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, pairs, without_smaug):
+    return _train(tmp_path_factory.mktemp("runs"), tiny_model_dir, pairs, "lora", env=without_smaug, **LORA)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +122,16 @@ def test_full_finetune_logs_dpop_metrics_and_saves_a_loadable_model(precompute_r
     provenance = json.loads((out / "smaug_provenance.json").read_text())
     assert provenance["training"]["rl"] == "dpop" and provenance["training"]["dpop_lambda"] == 50.0
     assert provenance["base_model"] == str(tiny_model_dir)
+
+
+def test_the_plugin_trains_without_smaug_importable(lora_run, without_smaug):
+    probe = subprocess.run(
+        [sys.executable, "-c", "import smaug"], env=axolotl_env(without_smaug), capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "smaug is not importable in this test" in probe.stderr
+    _, history, proc = lora_run  # trained in that environment, with the plugin's loss
+    assert len(history) == 3 and DPOP_KEYS <= set(history[0])
+    assert "smaug is not importable" not in proc.stdout + proc.stderr
 
 
 def test_lora_reference_is_the_adapter_disabled(lora_run):
