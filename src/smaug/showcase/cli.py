@@ -1,4 +1,4 @@
-"""`smaug showcase demo|reproduce|tiny-model|demo-model`: what runs on a laptop, offline."""
+"""`smaug showcase demo|reproduce|tiny-model|demo-model|figures-mini`: what runs on a laptop, offline."""
 
 from __future__ import annotations
 
@@ -116,10 +116,12 @@ def _add_figures_mini(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output-root", type=Path, help="where the chain writes (default ./outputs)")
+    parser.set_defaults(func=_figures_mini)
 
-    def run(args: argparse.Namespace) -> int:
-        _offline()
-        figures_mini.figures_mini(args.output_root)
-        return 0
 
-    parser.set_defaults(func=run)
+def _figures_mini(args: argparse.Namespace) -> int:
+    from smaug.showcase.figures_mini import figures_mini
+
+    _offline()
+    figures_mini(args.output_root)
+    return 0
